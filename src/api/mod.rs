@@ -1,0 +1,133 @@
+//! The HTTP face of the server: WHIP and WHEP endpoints, session resources and their status
+//! event streams, the example pages, and `/rest-api/`. One router, served on HTTP and HTTPS.
+
+mod pages;
+mod whip;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures::StreamExt;
+use serde::Serialize;
+use tokio_stream::wrappers::WatchStream;
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::media::Media;
+use crate::registry::{Registry, StopReason};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub media: Arc<Media>,
+    pub registry: Arc<Registry>,
+    pub config: Arc<ArcSwap<Config>>,
+}
+
+pub fn router(state: AppState) -> Router {
+    let max_sdp = state.config.load().settings.max_sdp_size;
+    Router::new()
+        .merge(whip::routes(max_sdp))
+        .route("/session/{id}", axum::routing::delete(delete_session))
+        .route("/session/{id}/events", get(session_events))
+        .route("/rest-api/server/runtime", post(runtime).get(runtime))
+        .merge(pages::routes())
+        .with_state(state)
+}
+
+/// A short plain-text error, as WHIP/WHEP clients expect.
+#[derive(Debug)]
+pub(crate) struct TextError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl TextError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        TextError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for TextError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            )],
+            self.message + "\n",
+        )
+            .into_response()
+    }
+}
+
+fn parse_session_id(raw: &str) -> Result<Uuid, TextError> {
+    Uuid::parse_str(raw)
+        .map_err(|_| TextError::new(StatusCode::NOT_FOUND, format!("no session '{raw}'")))
+}
+
+/// `DELETE /session/{id}`: the client ends its own session.
+async fn delete_session(State(state): State<AppState>, Path(raw): Path<String>) -> Response {
+    let id = match parse_session_id(&raw) {
+        Ok(id) => id,
+        Err(e) => return e.into_response(),
+    };
+    if state.registry.stop(id, StopReason::ClientLeft) {
+        StatusCode::OK.into_response()
+    } else {
+        TextError::new(StatusCode::NOT_FOUND, format!("no session '{id}'")).into_response()
+    }
+}
+
+/// `GET /session/{id}/events`: Server-Sent Events of the session's status, ending after
+/// the final one.
+async fn session_events(State(state): State<AppState>, Path(raw): Path<String>) -> Response {
+    let id = match parse_session_id(&raw) {
+        Ok(id) => id,
+        Err(e) => return e.into_response(),
+    };
+    let Some(status) = state.registry.watch(id) else {
+        return TextError::new(StatusCode::NOT_FOUND, format!("no session '{id}'")).into_response();
+    };
+    let events = WatchStream::new(status).map(|event| {
+        Event::default()
+            .event("status")
+            .id(event.event_id.to_string())
+            .json_data(&event)
+    });
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Runtime {
+    streams: usize,
+    alive_tasks: usize,
+    open_fds: usize,
+}
+
+/// `/rest-api/server/runtime`: what the process holds, to prove stops leave nothing behind.
+async fn runtime(State(state): State<AppState>) -> axum::Json<Runtime> {
+    let open_fds = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0);
+    axum::Json(Runtime {
+        streams: state.registry.len(),
+        alive_tasks: tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks(),
+        open_fds,
+    })
+}

@@ -1,0 +1,191 @@
+//! `POST /whip/{name}` (RFC 9725 ingest) and `POST /whep/{name}` (playback): request
+//! checks, then the media layer, then a `201` with the answer, `Location` and the status
+//! stream's `Link`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+
+use super::{AppState, TextError};
+use crate::media::{MediaError, OfferRequest, resource_path};
+use crate::registry::{Bearer, RegistryError};
+
+/// The `rel` of the status stream link, as the WHEP server-sent-events extension names it.
+const SSE_REL: &str = "urn:ietf:params:whep:ext:core:server-sent-events";
+const MAX_NAME_LEN: usize = 256;
+
+pub fn routes(max_sdp: usize) -> Router<AppState> {
+    Router::new()
+        .route("/whip/{name}", post(publish))
+        .route("/whep/{name}", post(play))
+        .layer(DefaultBodyLimit::max(max_sdp))
+}
+
+#[derive(Clone, Copy)]
+enum Direction {
+    Publish,
+    Play,
+}
+
+async fn publish(
+    state: State<AppState>,
+    peer: ConnectInfo<SocketAddr>,
+    name: Path<String>,
+    query: RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    offer(state, peer, name, query, headers, body, Direction::Publish).await
+}
+
+async fn play(
+    state: State<AppState>,
+    peer: ConnectInfo<SocketAddr>,
+    name: Path<String>,
+    query: RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    offer(state, peer, name, query, headers, body, Direction::Play).await
+}
+
+async fn offer(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+    direction: Direction,
+) -> Response {
+    let request = match read_request(&state, peer, name, query.as_deref(), &headers, &body) {
+        Ok(request) => request,
+        Err(e) => return e.into_response(),
+    };
+    let (name, app) = (request.name.clone(), request.app_key.clone());
+    let answer = match direction {
+        Direction::Publish => state.media.publish(request).await,
+        Direction::Play => state.media.play(request).await,
+    };
+    match answer {
+        Ok(answer) => {
+            let location = resource_path(answer.id);
+            let link = format!("<{location}/events>; rel=\"{SSE_REL}\"; events=\"status\"");
+            tracing::info!(
+                stream = %answer.id, %name, app = %app,
+                published = matches!(direction, Direction::Publish),
+                remote = %peer, "session created"
+            );
+            let mut response = (StatusCode::CREATED, answer.sdp).into_response();
+            let h = response.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/sdp"),
+            );
+            for (key, value) in [
+                (header::LOCATION, location),
+                (header::LINK, link),
+                (
+                    header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                    "Location, Link".to_string(),
+                ),
+            ] {
+                if let Ok(value) = HeaderValue::from_str(&value) {
+                    h.insert(key, value);
+                }
+            }
+            response
+        }
+        Err(e) => media_error(e),
+    }
+}
+
+fn media_error(e: MediaError) -> Response {
+    let status = match &e {
+        MediaError::BadOffer(_) | MediaError::NoMedia(_) => StatusCode::BAD_REQUEST,
+        MediaError::Registry(RegistryError::AlreadyPublishing(_)) => StatusCode::CONFLICT,
+        MediaError::Registry(RegistryError::NotPublishing(_)) => StatusCode::NOT_FOUND,
+        MediaError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+        MediaError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    if status == StatusCode::INTERNAL_SERVER_ERROR {
+        tracing::error!(error = %e, "WHIP/WHEP request failed");
+    }
+    let mut response = TextError::new(status, e.to_string()).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+/// Checks everything about the request that does not need media. `Err` is the response.
+fn read_request(
+    state: &AppState,
+    peer: SocketAddr,
+    name: String,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<OfferRequest, TextError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case("application/sdp") {
+        return Err(TextError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Type must be application/sdp, not '{content_type}'"),
+        ));
+    }
+    if name.is_empty() || name.len() > MAX_NAME_LEN || name.chars().any(char::is_control) {
+        return Err(TextError::new(
+            StatusCode::BAD_REQUEST,
+            format!("a stream name is 1 to {MAX_NAME_LEN} printable characters"),
+        ));
+    }
+    let Ok(sdp) = std::str::from_utf8(body) else {
+        return Err(TextError::new(
+            StatusCode::BAD_REQUEST,
+            "the body is not UTF-8 text",
+        ));
+    };
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
+        .map_err(|e| TextError::new(StatusCode::BAD_REQUEST, format!("bad query string: {e}")))?;
+    let mut app_key = "defaultApp".to_string();
+    let mut custom = BTreeMap::new();
+    for (key, value) in pairs {
+        if key == "app" {
+            app_key = value;
+        } else {
+            custom.insert(key, value);
+        }
+    }
+    if state.config.load().apps.get(&app_key).is_none() {
+        return Err(TextError::new(
+            StatusCode::BAD_REQUEST,
+            format!("unknown app '{app_key}'"),
+        ));
+    }
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string());
+    Ok(OfferRequest {
+        name,
+        app_key,
+        sdp: sdp.to_string(),
+        custom,
+        bearer: Bearer::new(bearer),
+        remote_address: peer.to_string(),
+    })
+}

@@ -1,0 +1,526 @@
+//! A WHIP/WHEP client on webrtc-rs, for the integration tests, the benchmarks and load
+//! generation: a publisher that sends synthetic VP8 and Opus RTP at a chosen bitrate, and a
+//! player that counts what arrives. Both stay on loopback and notice a server-side stop by
+//! the RTCP BYE the server sends before it closes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use webrtc::api::interceptor_registry::register_default_interceptors;
+use webrtc::api::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine};
+use webrtc::api::setting_engine::SettingEngine;
+use webrtc::api::{API, APIBuilder};
+use webrtc::ice::mdns::MulticastDnsMode;
+use webrtc::ice::network_type::NetworkType;
+use webrtc::interceptor::registry::Registry as InterceptorRegistry;
+use webrtc::peer_connection::RTCPeerConnection;
+use webrtc::peer_connection::configuration::RTCConfiguration;
+use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+use webrtc::rtcp::goodbye::Goodbye;
+use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use webrtc::rtp::header::Header;
+use webrtc::rtp::packet::Packet;
+use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
+use webrtc::rtp_transceiver::rtp_codec::{RTCRtpCodecCapability, RTPCodecType};
+use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
+use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
+use webrtc::track::track_local::{TrackLocal, TrackLocalWriter};
+
+/// A failed WHIP/WHEP exchange.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("server answered {status}: {body}")]
+    Refused { status: u16, body: String },
+    #[error("http: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("webrtc: {0}")]
+    WebRtc(#[from] webrtc::Error),
+    #[error("{0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The HTTP status of a refusal, if that is what this is.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Refused { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// What the client learns of its session from the `201`.
+#[derive(Debug, Clone)]
+pub struct SessionLinks {
+    /// Absolute URL of the session resource (`Location`).
+    pub resource: String,
+    /// Absolute URL of the status event stream (`Link`), if advertised.
+    pub events: Option<String>,
+}
+
+/// Counters of what a client saw.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub video_packets: AtomicU64,
+    pub audio_packets: AtomicU64,
+    pub bytes: AtomicU64,
+    pub keyframe_requests: AtomicU64,
+}
+
+impl Counters {
+    pub fn packets(&self) -> u64 {
+        self.video_packets.load(Ordering::Relaxed) + self.audio_packets.load(Ordering::Relaxed)
+    }
+}
+
+/// One client peer connection and how it ends.
+pub struct ClientSession {
+    pub pc: Arc<RTCPeerConnection>,
+    pub links: SessionLinks,
+    pub counters: Arc<Counters>,
+    /// Set when an RTCP BYE from the server arrives: the moment the client knows it ended.
+    pub ended: watch::Receiver<Option<Instant>>,
+    /// When the first media packet arrived (players).
+    pub first_packet: watch::Receiver<Option<Instant>>,
+    cancel: CancellationToken,
+    http: reqwest::Client,
+}
+
+impl ClientSession {
+    /// Hangs up the WHIP/WHEP way: `DELETE` on the resource, then closes the connection.
+    pub async fn hang_up(&self) -> Result<u16, ClientError> {
+        let status = self
+            .http
+            .delete(&self.links.resource)
+            .send()
+            .await?
+            .status()
+            .as_u16();
+        self.close().await;
+        Ok(status)
+    }
+
+    /// Closes the peer connection without telling the server over HTTP.
+    pub async fn close(&self) {
+        self.cancel.cancel();
+        let _ = self.pc.close().await;
+    }
+
+    /// Waits until the server's BYE arrives, at most `timeout`; returns when it arrived.
+    pub async fn wait_ended(&self, timeout: Duration) -> Option<Instant> {
+        let mut ended = self.ended.clone();
+        let got = tokio::time::timeout(timeout, ended.wait_for(|e| e.is_some())).await;
+        match got {
+            Ok(Ok(at)) => *at,
+            _ => None,
+        }
+    }
+
+    /// Waits until at least `n` media packets arrived, at most `timeout`.
+    pub async fn wait_packets(&self, n: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.counters.packets() >= n {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.counters.packets() >= n
+    }
+}
+
+impl Drop for ClientSession {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Builds client peer connections that stay on loopback.
+pub struct Client {
+    api: API,
+    http: reqwest::Client,
+}
+
+/// The synthetic media a publisher sends.
+#[derive(Debug, Clone, Copy)]
+pub struct SyntheticMedia {
+    pub video_bitrate_bps: u64,
+    pub frames_per_second: u32,
+    pub audio: bool,
+}
+
+impl Default for SyntheticMedia {
+    fn default() -> Self {
+        SyntheticMedia {
+            video_bitrate_bps: 1_000_000,
+            frames_per_second: 30,
+            audio: true,
+        }
+    }
+}
+
+const RTP_PAYLOAD_MAX: usize = 1100;
+
+impl Client {
+    pub fn new() -> Result<Self, ClientError> {
+        let mut media = MediaEngine::default();
+        media.register_default_codecs()?;
+        let interceptors = register_default_interceptors(InterceptorRegistry::new(), &mut media)?;
+        let mut s = SettingEngine::default();
+        s.set_include_loopback_candidate(true);
+        s.set_ip_filter(Box::new(|ip| ip.is_loopback()));
+        s.set_network_types(vec![NetworkType::Udp4]);
+        s.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
+        let api = APIBuilder::new()
+            .with_media_engine(media)
+            .with_interceptor_registry(interceptors)
+            .with_setting_engine(s)
+            .build();
+        // No idle connections kept: signalling is rare, and a load generator or a leak check
+        // must not see pooled connections pile up on the server.
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(15))
+            .build()?;
+        Ok(Client { api, http })
+    }
+
+    /// Publishes to `whip_url` (e.g. `http://127.0.0.1:8081/whip/cam`) and starts sending.
+    pub async fn publish(
+        &self,
+        whip_url: &str,
+        media: SyntheticMedia,
+    ) -> Result<ClientSession, ClientError> {
+        let pc = Arc::new(
+            self.api
+                .new_peer_connection(RTCConfiguration::default())
+                .await?,
+        );
+        let video = Arc::new(TrackLocalStaticRTP::new(
+            capability(MIME_TYPE_VP8, 90000, 0),
+            "video".into(),
+            "sluice-client".into(),
+        ));
+        let audio = Arc::new(TrackLocalStaticRTP::new(
+            capability(MIME_TYPE_OPUS, 48000, 2),
+            "audio".into(),
+            "sluice-client".into(),
+        ));
+        let mut tracks: Vec<Arc<TrackLocalStaticRTP>> = vec![video.clone()];
+        if media.audio {
+            tracks.push(audio.clone());
+        }
+        let counters = Arc::new(Counters::default());
+        let cancel = CancellationToken::new();
+        let (ended_tx, ended) = watch::channel(None);
+        let ended_tx = Arc::new(ended_tx);
+        for track in &tracks {
+            let transceiver = pc
+                .add_transceiver_from_track(
+                    track.clone() as Arc<dyn TrackLocal + Send + Sync>,
+                    Some(RTCRtpTransceiverInit {
+                        direction: RTCRtpTransceiverDirection::Sendonly,
+                        send_encodings: vec![],
+                    }),
+                )
+                .await?;
+            let sender = transceiver.sender().await;
+            let counters = counters.clone();
+            let ended_tx = ended_tx.clone();
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                loop {
+                    let read = tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        read = sender.read_rtcp() => read,
+                    };
+                    let Ok((packets, _)) = read else { break };
+                    for p in packets {
+                        if p.as_any().is::<PictureLossIndication>() {
+                            counters.keyframe_requests.fetch_add(1, Ordering::Relaxed);
+                        } else if p.as_any().is::<Goodbye>() {
+                            ended_tx.send_if_modified(|e| {
+                                e.is_none() && e.replace(Instant::now()).is_none()
+                            });
+                        }
+                    }
+                }
+            });
+        }
+        let links = self.signal(&pc, whip_url).await?;
+        tokio::spawn(generate(
+            video,
+            media.audio.then_some(audio),
+            media,
+            counters.clone(),
+            cancel.clone(),
+        ));
+        let (_, first_packet) = watch::channel(None);
+        Ok(ClientSession {
+            pc,
+            links,
+            counters,
+            ended,
+            first_packet,
+            cancel,
+            http: self.http.clone(),
+        })
+    }
+
+    /// Plays from `whep_url` (e.g. `http://127.0.0.1:8081/whep/cam`), counting packets.
+    pub async fn play(&self, whep_url: &str) -> Result<ClientSession, ClientError> {
+        let pc = Arc::new(
+            self.api
+                .new_peer_connection(RTCConfiguration::default())
+                .await?,
+        );
+        let counters = Arc::new(Counters::default());
+        let cancel = CancellationToken::new();
+        let (ended_tx, ended) = watch::channel(None);
+        let ended_tx = Arc::new(ended_tx);
+        let (first_tx, first_packet) = watch::channel(None);
+        let first_tx = Arc::new(first_tx);
+        for kind in [RTPCodecType::Video, RTPCodecType::Audio] {
+            pc.add_transceiver_from_kind(
+                kind,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Recvonly,
+                    send_encodings: vec![],
+                }),
+            )
+            .await?;
+        }
+        let on_track_counters = counters.clone();
+        let on_track_cancel = cancel.clone();
+        pc.on_track(Box::new(move |track, receiver, _| {
+            let counters = on_track_counters.clone();
+            let cancel = on_track_cancel.clone();
+            let first_tx = first_tx.clone();
+            // The receiver has its track now, so its RTCP can be read: the server's BYE comes here.
+            let ended_tx = ended_tx.clone();
+            let rtcp_cancel = cancel.clone();
+            tokio::spawn(async move {
+                loop {
+                    let read = tokio::select! {
+                        _ = rtcp_cancel.cancelled() => break,
+                        read = receiver.read_rtcp() => read,
+                    };
+                    let Ok((packets, _)) = read else { break };
+                    if packets.iter().any(|p| p.as_any().is::<Goodbye>()) {
+                        ended_tx.send_if_modified(|e| {
+                            e.is_none() && e.replace(Instant::now()).is_none()
+                        });
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                let video = track.kind() == RTPCodecType::Video;
+                loop {
+                    let read = tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        read = track.read_rtp() => read,
+                    };
+                    let Ok((packet, _)) = read else { break };
+                    first_tx
+                        .send_if_modified(|f| f.is_none() && f.replace(Instant::now()).is_none());
+                    let counter = if video {
+                        &counters.video_packets
+                    } else {
+                        &counters.audio_packets
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    counters
+                        .bytes
+                        .fetch_add(packet.payload.len() as u64, Ordering::Relaxed);
+                }
+            });
+            Box::pin(async {})
+        }));
+        let links = match self.signal(&pc, whep_url).await {
+            Ok(links) => links,
+            Err(e) => {
+                cancel.cancel();
+                let _ = pc.close().await;
+                return Err(e);
+            }
+        };
+        Ok(ClientSession {
+            pc,
+            links,
+            counters,
+            ended,
+            first_packet,
+            cancel,
+            http: self.http.clone(),
+        })
+    }
+
+    /// Sends an SDP body to a WHIP/WHEP URL as is and returns the status and text: for
+    /// tests of bad input.
+    pub async fn post_raw(
+        &self,
+        url: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> Result<(u16, String), ClientError> {
+        let response = self
+            .http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body)
+            .send()
+            .await?;
+        Ok((response.status().as_u16(), response.text().await?))
+    }
+
+    /// A valid offer that sends video and audio, from a peer connection that is then closed.
+    pub async fn sample_offer(&self) -> Result<String, ClientError> {
+        let pc = self
+            .api
+            .new_peer_connection(RTCConfiguration::default())
+            .await?;
+        for kind in [RTPCodecType::Video, RTPCodecType::Audio] {
+            pc.add_transceiver_from_kind(
+                kind,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Sendonly,
+                    send_encodings: vec![],
+                }),
+            )
+            .await?;
+        }
+        let offer = pc.create_offer(None).await?;
+        let sdp = offer.sdp.clone();
+        pc.close().await?;
+        Ok(sdp)
+    }
+
+    async fn signal(&self, pc: &RTCPeerConnection, url: &str) -> Result<SessionLinks, ClientError> {
+        let offer = pc.create_offer(None).await?;
+        let mut gathered = pc.gathering_complete_promise().await;
+        pc.set_local_description(offer).await?;
+        let _ = tokio::time::timeout(Duration::from_secs(3), gathered.recv()).await;
+        let local = pc
+            .local_description()
+            .await
+            .ok_or_else(|| ClientError::Protocol("no local description".into()))?;
+        let response = self
+            .http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/sdp")
+            .body(local.sdp)
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        let base = response.url().clone();
+        let header = |name: reqwest::header::HeaderName| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(String::from)
+        };
+        let location = header(reqwest::header::LOCATION);
+        let link = header(reqwest::header::LINK);
+        let body = response.text().await?;
+        if status != 201 {
+            return Err(ClientError::Refused { status, body });
+        }
+        let location =
+            location.ok_or_else(|| ClientError::Protocol("201 without Location".into()))?;
+        let resource = base
+            .join(&location)
+            .map_err(|e| ClientError::Protocol(format!("bad Location: {e}")))?
+            .to_string();
+        let events = link.and_then(|l| {
+            let start = l.find('<')? + 1;
+            let end = l.find('>')?;
+            base.join(&l[start..end]).ok().map(|u| u.to_string())
+        });
+        pc.set_remote_description(RTCSessionDescription::answer(body)?)
+            .await?;
+        Ok(SessionLinks { resource, events })
+    }
+}
+
+fn capability(mime: &str, clock_rate: u32, channels: u16) -> RTCRtpCodecCapability {
+    RTCRtpCodecCapability {
+        mime_type: mime.to_string(),
+        clock_rate,
+        channels,
+        ..Default::default()
+    }
+}
+
+/// Sends synthetic VP8 frames (split into RTP packets) and Opus packets in real time.
+async fn generate(
+    video: Arc<TrackLocalStaticRTP>,
+    audio: Option<Arc<TrackLocalStaticRTP>>,
+    media: SyntheticMedia,
+    counters: Arc<Counters>,
+    cancel: CancellationToken,
+) {
+    let fps = media.frames_per_second.max(1);
+    let frame_bytes = (media.video_bitrate_bps / 8 / fps as u64) as usize;
+    let payload = Bytes::from(vec![0x5au8; RTP_PAYLOAD_MAX]);
+    let audio_payload = Bytes::from(vec![0xa5u8; 80]);
+    let mut video_seq: u16 = 0;
+    let mut audio_seq: u16 = 0;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let start = Instant::now();
+    let mut frames_sent: u64 = 0;
+    let mut audio_ts: u32 = 0;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let due = (start.elapsed().as_secs_f64() * fps as f64) as u64;
+        while frames_sent < due {
+            let timestamp = (frames_sent * 90_000 / fps as u64) as u32;
+            let mut left = frame_bytes.max(1);
+            while left > 0 {
+                let size = left.min(RTP_PAYLOAD_MAX);
+                left -= size;
+                let packet = Packet {
+                    header: Header {
+                        version: 2,
+                        marker: left == 0,
+                        sequence_number: video_seq,
+                        timestamp,
+                        ..Default::default()
+                    },
+                    payload: payload.slice(..size),
+                };
+                video_seq = video_seq.wrapping_add(1);
+                if video.write_rtp(&packet).await.is_ok() {
+                    counters.video_packets.fetch_add(1, Ordering::Relaxed);
+                    counters.bytes.fetch_add(size as u64, Ordering::Relaxed);
+                }
+            }
+            frames_sent += 1;
+        }
+        if let Some(audio) = &audio {
+            let packet = Packet {
+                header: Header {
+                    version: 2,
+                    sequence_number: audio_seq,
+                    timestamp: audio_ts,
+                    ..Default::default()
+                },
+                payload: audio_payload.clone(),
+            };
+            audio_seq = audio_seq.wrapping_add(1);
+            audio_ts = audio_ts.wrapping_add(960);
+            if audio.write_rtp(&packet).await.is_ok() {
+                counters.audio_packets.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}

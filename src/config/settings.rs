@@ -1,0 +1,372 @@
+//! `server.properties`: Java properties syntax, parsed by the `java-properties` crate, into
+//! one typed [`Settings`] with defaults.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use java_properties::{LineContent, PropertiesIter};
+
+use super::ConfigError;
+
+/// Where media flows: one UDP port shared by every session, or a port per session from a range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaPorts {
+    /// One socket for all sessions (`media_udp_mux_port`); `0` lets the OS choose it.
+    Mux(u16),
+    /// A socket per session from `media_port_from..=media_port_to`; `0..=0` lets the OS choose.
+    Range(u16, u16),
+}
+
+/// Typed server settings. Every field has a default; see the README for each key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// `rest_api_address`: the address the HTTP(S) listeners bind.
+    pub rest_api_address: IpAddr,
+    /// `rest_api_port`; `None` (0 or empty) turns the HTTP listener off.
+    pub rest_api_port: Option<u16>,
+    /// `rest_api_https_port`; `None` (0 or empty) turns the HTTPS listener off.
+    pub rest_api_https_port: Option<u16>,
+    /// `rest_api_https_cert` / `rest_api_https_key` (PEM); self-signed when absent.
+    pub https_cert: Option<PathBuf>,
+    pub https_key: Option<PathBuf>,
+    pub media_ports: MediaPorts,
+    /// `media_public_ip`: announced as an extra ICE candidate for clients beyond NAT.
+    pub media_public_ip: Option<IpAddr>,
+    /// `ice_include_loopback`: offer 127.0.0.1 candidates (needed by clients on the same host).
+    pub ice_include_loopback: bool,
+    /// `ice_loopback_only`: gather candidates on loopback only (tests, single-host set-ups).
+    pub ice_loopback_only: bool,
+    /// `ice_disconnected_timeout` / `ice_failed_timeout` (ms): how long a silent peer lives.
+    pub ice_disconnected_timeout: Duration,
+    pub ice_failed_timeout: Duration,
+    /// `node_id`: shown as `nodeId` in stream records.
+    pub node_id: String,
+    /// `max_sdp_size` (bytes): larger WHIP/WHEP bodies get `413`.
+    pub max_sdp_size: usize,
+    /// `player_wait_for_publisher` (ms): how long a WHEP request waits for a publisher that
+    /// has connected but not yet sent its first media.
+    pub player_wait_for_publisher: Duration,
+    pub keep_alive_streaming_sessions_enabled: bool,
+    pub streaming_sessions_keep_alive_interval: Duration,
+    pub streaming_sessions_keep_alive_app_keys: Vec<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            rest_api_address: IpAddr::from([0, 0, 0, 0]),
+            rest_api_port: Some(8081),
+            rest_api_https_port: Some(8444),
+            https_cert: None,
+            https_key: None,
+            media_ports: MediaPorts::Range(31001, 32000),
+            media_public_ip: None,
+            ice_include_loopback: true,
+            ice_loopback_only: false,
+            ice_disconnected_timeout: Duration::from_millis(4000),
+            ice_failed_timeout: Duration::from_millis(8000),
+            node_id: "sluice".into(),
+            max_sdp_size: 64 * 1024,
+            player_wait_for_publisher: Duration::from_millis(5000),
+            keep_alive_streaming_sessions_enabled: false,
+            streaming_sessions_keep_alive_interval: Duration::from_millis(10_000),
+            streaming_sessions_keep_alive_app_keys: vec!["defaultApp".into()],
+        }
+    }
+}
+
+/// The keys this version knows. An unknown key is an error: a typo must not silently
+/// leave a default in force.
+const KNOWN_KEYS: &[&str] = &[
+    "rest_api_address",
+    "rest_api_port",
+    "rest_api_https_port",
+    "rest_api_https_cert",
+    "rest_api_https_key",
+    "media_port_from",
+    "media_port_to",
+    "media_udp_mux_port",
+    "media_public_ip",
+    "ice_include_loopback",
+    "ice_loopback_only",
+    "ice_disconnected_timeout",
+    "ice_failed_timeout",
+    "node_id",
+    "max_sdp_size",
+    "player_wait_for_publisher",
+    "keep_alive_streaming_sessions_enabled",
+    "streaming_sessions_keep_alive_interval",
+    "streaming_sessions_keep_alive_app_keys",
+];
+
+struct Reader<'a> {
+    file: &'a Path,
+    values: HashMap<String, (usize, String)>,
+}
+
+impl Reader<'_> {
+    fn error(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        let line = self.values.get(key).map(|(l, _)| *l).unwrap_or(0);
+        ConfigError::Value {
+            file: self.file.to_path_buf(),
+            line,
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn raw(&self, key: &str) -> Option<&str> {
+        self.values.get(key).map(|(_, v)| v.trim())
+    }
+
+    fn parse<T: std::str::FromStr>(
+        &self,
+        key: &str,
+        allowed: &str,
+    ) -> Result<Option<T>, ConfigError> {
+        match self.raw(key) {
+            None => Ok(None),
+            Some(v) => v
+                .parse()
+                .map(Some)
+                .map_err(|_| self.error(key, format!("'{v}' is not {allowed}"))),
+        }
+    }
+
+    /// A port where `0` or an empty value means "off".
+    fn optional_port(&self, key: &str, default: Option<u16>) -> Result<Option<u16>, ConfigError> {
+        match self.raw(key) {
+            None => Ok(default),
+            Some("") | Some("0") => Ok(None),
+            Some(_) => self.parse::<u16>(key, "a port number (1-65535, or 0/empty for off)"),
+        }
+    }
+
+    fn bool(&self, key: &str, default: bool) -> Result<bool, ConfigError> {
+        match self.raw(key) {
+            None => Ok(default),
+            Some(v) if v.eq_ignore_ascii_case("true") => Ok(true),
+            Some(v) if v.eq_ignore_ascii_case("false") => Ok(false),
+            Some(v) => Err(self.error(key, format!("'{v}' is not true or false"))),
+        }
+    }
+
+    fn millis(&self, key: &str, default: Duration, min: u64) -> Result<Duration, ConfigError> {
+        match self.parse::<u64>(key, "a number of milliseconds")? {
+            None => Ok(default),
+            Some(ms) if ms < min => {
+                Err(self.error(key, format!("{ms} ms is below the minimum of {min} ms")))
+            }
+            Some(ms) => Ok(Duration::from_millis(ms)),
+        }
+    }
+
+    fn path(&self, key: &str) -> Option<PathBuf> {
+        let v = self.raw(key)?;
+        if v.is_empty() {
+            return None;
+        }
+        let path = PathBuf::from(v);
+        // Relative paths are relative to the file that names them, not to the working directory.
+        Some(match self.file.parent() {
+            Some(dir) if path.is_relative() => dir.join(path),
+            _ => path,
+        })
+    }
+}
+
+impl Settings {
+    /// Parses the text of a `server.properties` file. `file` is used in error messages and
+    /// to resolve relative paths.
+    pub fn parse(file: &Path, text: &str) -> Result<Settings, ConfigError> {
+        let mut values = HashMap::new();
+        for line in PropertiesIter::new(text.as_bytes()) {
+            let line = line.map_err(|e| ConfigError::Syntax {
+                file: file.to_path_buf(),
+                line: e.line_number().unwrap_or(0),
+                message: e.to_string(),
+            })?;
+            let number = line.line_number();
+            if let LineContent::KVPair(key, value) = line.consume_content() {
+                if !KNOWN_KEYS.contains(&key.as_str()) {
+                    return Err(ConfigError::Value {
+                        file: file.to_path_buf(),
+                        line: number,
+                        key,
+                        message: "unknown key (see the README for the keys Sluice reads)".into(),
+                    });
+                }
+                values.insert(key, (number, value));
+            }
+        }
+        let r = Reader { file, values };
+        let d = Settings::default();
+        let media_ports =
+            match r.parse::<u16>("media_udp_mux_port", "a port number (0 lets the OS choose)")? {
+                Some(port) => MediaPorts::Mux(port),
+                None => {
+                    let (from, to) = match d.media_ports {
+                        MediaPorts::Range(from, to) => (from, to),
+                        MediaPorts::Mux(_) => (0, 0),
+                    };
+                    let from = r
+                        .parse::<u16>("media_port_from", "a port number")?
+                        .unwrap_or(from);
+                    let to = r
+                        .parse::<u16>("media_port_to", "a port number")?
+                        .unwrap_or(to);
+                    if to < from {
+                        return Err(r.error(
+                            "media_port_to",
+                            format!("{to} is below media_port_from ({from})"),
+                        ));
+                    }
+                    MediaPorts::Range(from, to)
+                }
+            };
+        let app_keys = match r.raw("streaming_sessions_keep_alive_app_keys") {
+            None => d.streaming_sessions_keep_alive_app_keys.clone(),
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+        };
+        let settings = Settings {
+            rest_api_address: r
+                .parse("rest_api_address", "an IP address")?
+                .unwrap_or(d.rest_api_address),
+            rest_api_port: r.optional_port("rest_api_port", d.rest_api_port)?,
+            rest_api_https_port: r.optional_port("rest_api_https_port", d.rest_api_https_port)?,
+            https_cert: r.path("rest_api_https_cert"),
+            https_key: r.path("rest_api_https_key"),
+            media_ports,
+            media_public_ip: r.parse("media_public_ip", "an IP address")?,
+            ice_include_loopback: r.bool("ice_include_loopback", d.ice_include_loopback)?,
+            ice_loopback_only: r.bool("ice_loopback_only", d.ice_loopback_only)?,
+            ice_disconnected_timeout: r.millis(
+                "ice_disconnected_timeout",
+                d.ice_disconnected_timeout,
+                500,
+            )?,
+            ice_failed_timeout: r.millis("ice_failed_timeout", d.ice_failed_timeout, 500)?,
+            node_id: r
+                .raw("node_id")
+                .filter(|v| !v.is_empty())
+                .map(String::from)
+                .unwrap_or(d.node_id),
+            max_sdp_size: r
+                .parse::<usize>("max_sdp_size", "a number of bytes")?
+                .unwrap_or(d.max_sdp_size),
+            player_wait_for_publisher: r.millis(
+                "player_wait_for_publisher",
+                d.player_wait_for_publisher,
+                0,
+            )?,
+            keep_alive_streaming_sessions_enabled: r.bool(
+                "keep_alive_streaming_sessions_enabled",
+                d.keep_alive_streaming_sessions_enabled,
+            )?,
+            streaming_sessions_keep_alive_interval: r.millis(
+                "streaming_sessions_keep_alive_interval",
+                d.streaming_sessions_keep_alive_interval,
+                100,
+            )?,
+            streaming_sessions_keep_alive_app_keys: app_keys,
+        };
+        if settings.https_cert.is_some() != settings.https_key.is_some() {
+            let key = if settings.https_cert.is_some() {
+                "rest_api_https_key"
+            } else {
+                "rest_api_https_cert"
+            };
+            return Err(r.error(
+                key,
+                "rest_api_https_cert and rest_api_https_key must be set together",
+            ));
+        }
+        if settings.ice_failed_timeout < settings.ice_disconnected_timeout {
+            return Err(r.error(
+                "ice_failed_timeout",
+                "must not be below ice_disconnected_timeout",
+            ));
+        }
+        Ok(settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Settings, ConfigError> {
+        Settings::parse(Path::new("/etc/sluice/server.properties"), text)
+    }
+
+    #[test]
+    fn properties_syntax_with_comments_continuations_and_escapes() {
+        let s = parse(
+            "# comment\n! also a comment\nrest_api_port = 9000\nstreaming_sessions_keep_alive_app_keys=defaultApp,\\\n    liveApp\nnode_id=a\\u0062c\n",
+        )
+        .unwrap();
+        assert_eq!(s.rest_api_port, Some(9000));
+        assert_eq!(
+            s.streaming_sessions_keep_alive_app_keys,
+            vec!["defaultApp", "liveApp"]
+        );
+        assert_eq!(s.node_id, "abc");
+    }
+
+    #[test]
+    fn zero_or_empty_turns_a_listener_off() {
+        let s = parse("rest_api_port=0\nrest_api_https_port=\n").unwrap();
+        assert_eq!(s.rest_api_port, None);
+        assert_eq!(s.rest_api_https_port, None);
+    }
+
+    #[test]
+    fn errors_name_line_key_and_what_is_allowed() {
+        let err = parse("\n\nrest_api_https_port=eighty\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "/etc/sluice/server.properties:3: rest_api_https_port: 'eighty' is not a port number (1-65535, or 0/empty for off)"
+        );
+        let err = parse("rest_api_prot=1\n").unwrap_err().to_string();
+        assert!(err.contains(":1: rest_api_prot: unknown key"), "{err}");
+        let err = parse("media_port_from=5000\nmedia_port_to=4000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(":2: media_port_to"), "{err}");
+        assert!(parse("rest_api_https_cert=a.pem\n").is_err());
+    }
+
+    #[test]
+    fn media_ports_mux_or_range() {
+        assert_eq!(
+            parse("media_udp_mux_port=0").unwrap().media_ports,
+            MediaPorts::Mux(0)
+        );
+        assert_eq!(
+            parse("media_port_from=40000\nmedia_port_to=40100")
+                .unwrap()
+                .media_ports,
+            MediaPorts::Range(40000, 40100)
+        );
+    }
+
+    #[test]
+    fn relative_tls_paths_are_relative_to_the_file() {
+        let s =
+            parse("rest_api_https_cert=tls/cert.pem\nrest_api_https_key=/abs/key.pem\n").unwrap();
+        assert_eq!(
+            s.https_cert.unwrap(),
+            PathBuf::from("/etc/sluice/tls/cert.pem")
+        );
+        assert_eq!(s.https_key.unwrap(), PathBuf::from("/abs/key.pem"));
+    }
+}

@@ -1,0 +1,14 @@
+//! Sluice: a WebRTC media server (WHIP in, WHEP out) whose streams live only as long as
+//! policy allows. See `DESIGN.md` in the shared folder and the README.
+//!
+//! Modules by capability; dependencies point one way (`api` and `media` use `registry` and
+//! `config`; `registry` knows nothing of WebRTC).
+
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod media;
+pub mod registry;
+pub mod server;
+
+pub use server::{RunningServer, ServerOptions, start};

@@ -1,0 +1,81 @@
+//! Builds the one webrtc-rs `API` every peer connection of the server is made from: codecs,
+//! interceptors, and the ICE settings (loopback candidates, UDP mux or port range, public IP).
+
+use webrtc::api::interceptor_registry::register_default_interceptors;
+use webrtc::api::media_engine::MediaEngine;
+use webrtc::api::setting_engine::SettingEngine;
+use webrtc::api::{API, APIBuilder};
+use webrtc::ice::mdns::MulticastDnsMode;
+use webrtc::ice::network_type::NetworkType;
+use webrtc::ice::udp_mux::{UDPMuxDefault, UDPMuxParams};
+use webrtc::ice::udp_network::{EphemeralUDP, UDPNetwork};
+use webrtc::ice_transport::ice_candidate_type::RTCIceCandidateType;
+use webrtc::interceptor::registry::Registry as InterceptorRegistry;
+
+use crate::config::{MediaPorts, Settings};
+
+use super::MediaError;
+
+/// The webrtc-rs API and, in mux mode, the one UDP socket's address.
+pub struct Engine {
+    pub api: API,
+    pub mux_addr: Option<std::net::SocketAddr>,
+}
+
+/// ICE keep-alive interval: consent checks this often keep a live peer from looking silent.
+const ICE_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(1);
+
+pub async fn build(settings: &Settings) -> Result<Engine, MediaError> {
+    let mut media = MediaEngine::default();
+    media.register_default_codecs()?;
+    let interceptors = register_default_interceptors(InterceptorRegistry::new(), &mut media)?;
+
+    let mut s = SettingEngine::default();
+    s.set_include_loopback_candidate(settings.ice_include_loopback || settings.ice_loopback_only);
+    s.set_network_types(vec![NetworkType::Udp4]);
+    // Remote mDNS names are not resolved: that would need a multicast socket, and browsers'
+    // checks still reach us as peer-reflexive candidates.
+    s.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
+    s.set_ice_timeouts(
+        Some(settings.ice_disconnected_timeout),
+        Some(settings.ice_failed_timeout),
+        Some(ICE_KEEPALIVE),
+    );
+    if settings.ice_loopback_only {
+        s.set_ip_filter(Box::new(|ip| ip.is_loopback()));
+    }
+    if let Some(ip) = settings.media_public_ip {
+        // A server-reflexive candidate adds the public address without hiding the host ones.
+        s.set_nat_1to1_ips(vec![ip.to_string()], RTCIceCandidateType::Srflx);
+    }
+    let mut mux_addr = None;
+    match settings.media_ports {
+        MediaPorts::Mux(port) => {
+            let bind = if settings.ice_loopback_only {
+                std::net::SocketAddr::from(([127, 0, 0, 1], port))
+            } else {
+                std::net::SocketAddr::from(([0, 0, 0, 0], port))
+            };
+            let socket = tokio::net::UdpSocket::bind(bind).await.map_err(|e| {
+                MediaError::Internal(format!("cannot bind media UDP port {bind}: {e}"))
+            })?;
+            mux_addr = socket.local_addr().ok();
+            s.set_udp_network(UDPNetwork::Muxed(UDPMuxDefault::new(UDPMuxParams::new(
+                socket,
+            ))));
+        }
+        MediaPorts::Range(from, to) => {
+            let range = EphemeralUDP::new(from, to).map_err(|e| {
+                MediaError::Internal(format!("bad media port range {from}-{to}: {e}"))
+            })?;
+            s.set_udp_network(UDPNetwork::Ephemeral(range));
+        }
+    }
+
+    let api = APIBuilder::new()
+        .with_media_engine(media)
+        .with_interceptor_registry(interceptors)
+        .with_setting_engine(s)
+        .build();
+    Ok(Engine { api, mux_addr })
+}

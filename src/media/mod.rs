@@ -1,0 +1,480 @@
+//! WHIP ingest and WHEP playback: peer connections, the publisher→players relay, and
+//! tearing a session down completely. Registers every session with the registry and gives
+//! it a [`SessionControl`] as the one way to stop it.
+
+mod engine;
+pub mod offer;
+mod relay;
+mod session;
+
+pub use relay::{RelayStats, RelayTrack};
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+use webrtc::api::API;
+use webrtc::peer_connection::RTCPeerConnection;
+use webrtc::peer_connection::configuration::RTCConfiguration;
+use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
+use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+use webrtc::rtcp::goodbye::Goodbye;
+use webrtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
+use webrtc::track::track_local::TrackLocal;
+use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
+
+use crate::config::Settings;
+use crate::registry::{
+    Bearer, MediaKind, NewStream, Registry, RegistryError, Status, StopHandle, StopReason,
+};
+
+use session::{Session, SessionControl};
+
+/// Why a WHIP/WHEP request failed. Each maps to one HTTP status in `api`.
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    #[error("{0}")]
+    BadOffer(String),
+    #[error("the offer has no audio or video to {0}")]
+    NoMedia(&'static str),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("stream '{0}' has not started sending media yet")]
+    NotReady(String),
+    #[error("media error: {0}")]
+    Internal(String),
+}
+
+impl From<webrtc::Error> for MediaError {
+    fn from(e: webrtc::Error) -> Self {
+        MediaError::Internal(e.to_string())
+    }
+}
+
+/// A WHIP or WHEP offer with what the HTTP request said about its client.
+#[derive(Debug, Clone)]
+pub struct OfferRequest {
+    pub name: String,
+    pub app_key: String,
+    pub sdp: String,
+    pub custom: BTreeMap<String, String>,
+    pub bearer: Bearer,
+    pub remote_address: String,
+}
+
+/// The answer to a WHIP/WHEP offer: the new session's id and the SDP answer.
+#[derive(Debug, Clone)]
+pub struct SessionAnswer {
+    pub id: Uuid,
+    pub sdp: String,
+}
+
+/// A live publisher as players see it: its tracks once they arrive.
+struct Publisher {
+    /// How many tracks the offer said it would send.
+    expected_tracks: usize,
+    tracks: watch::Sender<Vec<Arc<RelayTrack>>>,
+}
+
+/// The media side of the server.
+pub struct Media {
+    api: API,
+    registry: Arc<Registry>,
+    settings: Settings,
+    publishers: Mutex<HashMap<Uuid, Arc<Publisher>>>,
+    mux_addr: Option<std::net::SocketAddr>,
+}
+
+/// How long ICE gathering may take before the answer goes out with what was gathered.
+const GATHER_TIMEOUT: Duration = Duration::from_secs(3);
+/// A session that has not connected by then is stopped.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl Media {
+    pub async fn new(settings: Settings, registry: Arc<Registry>) -> Result<Arc<Self>, MediaError> {
+        let engine = engine::build(&settings).await?;
+        Ok(Arc::new(Media {
+            api: engine.api,
+            registry,
+            settings,
+            publishers: Mutex::new(HashMap::new()),
+            mux_addr: engine.mux_addr,
+        }))
+    }
+
+    /// The media UDP socket's address in mux mode.
+    pub fn mux_addr(&self) -> Option<std::net::SocketAddr> {
+        self.mux_addr
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// WHIP: accepts a publisher's offer. Nothing is registered unless this succeeds.
+    pub async fn publish(
+        self: &Arc<Self>,
+        request: OfferRequest,
+    ) -> Result<SessionAnswer, MediaError> {
+        let summary = offer::inspect(&request.sdp)?;
+        if summary.sending.is_empty() {
+            return Err(MediaError::NoMedia("publish"));
+        }
+        if self.registry.publisher_of(&request.name).is_some() {
+            return Err(RegistryError::AlreadyPublishing(request.name).into());
+        }
+        let id = Uuid::new_v4();
+        let pc = self.new_peer_connection().await?;
+        let (control, stop_rx) = SessionControl::new();
+        let tasks = TaskTracker::new();
+        let cancel = CancellationToken::new();
+        let publisher = Arc::new(Publisher {
+            expected_tracks: summary.sending.len(),
+            tracks: watch::channel(Vec::new()).0,
+        });
+        self.on_publisher_track(&pc, id, &publisher, &control, &tasks, &cancel);
+        self.on_state_change(&pc, id, false, &control, &tasks, &cancel, Vec::new);
+
+        let answer = match self.negotiate(&pc, &request.sdp).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                let _ = pc.close().await;
+                return Err(e);
+            }
+        };
+        let mut new = NewStream::publisher(&request.name, &request.app_key);
+        new.media_session_id = Some(id);
+        new.session_id = resource_path(id);
+        new.remote_address = request.remote_address;
+        new.media_kinds = kinds(&summary.sending);
+        new.custom = request.custom;
+        new.bearer = request.bearer;
+        if let Err(e) = self.registry.register(new, control.clone()) {
+            let _ = pc.close().await;
+            return Err(e.into());
+        }
+        self.lock_publishers().insert(id, publisher);
+        self.spawn_supervisor(id, pc, tasks, cancel, stop_rx);
+        Ok(SessionAnswer { id, sdp: answer })
+    }
+
+    /// WHEP: accepts a player's offer for a stream being published.
+    pub async fn play(
+        self: &Arc<Self>,
+        request: OfferRequest,
+    ) -> Result<SessionAnswer, MediaError> {
+        let summary = offer::inspect(&request.sdp)?;
+        if summary.receiving.is_empty() {
+            return Err(MediaError::NoMedia("play"));
+        }
+        let tracks = self.publisher_tracks(&request.name).await?;
+        let id = Uuid::new_v4();
+        let pc = self.new_peer_connection().await?;
+        let (control, stop_rx) = SessionControl::new();
+        let tasks = TaskTracker::new();
+        let cancel = CancellationToken::new();
+
+        let mut senders = Vec::new();
+        for relay in &tracks {
+            if !summary.receiving.contains(&relay.kind) {
+                continue;
+            }
+            let local = Arc::new(TrackLocalStaticRTP::new(
+                relay.codec.clone(),
+                kind_name(relay.kind).to_string(),
+                format!("sluice-{}", request.name),
+            ));
+            let sender = match pc
+                .add_track(local.clone() as Arc<dyn TrackLocal + Send + Sync>)
+                .await
+            {
+                Ok(sender) => sender,
+                Err(e) => {
+                    let _ = pc.close().await;
+                    return Err(e.into());
+                }
+            };
+            senders.push((relay.clone(), local, sender));
+        }
+        let relays: Vec<_> = senders.iter().map(|(relay, _, _)| relay.clone()).collect();
+        self.on_state_change(&pc, id, true, &control, &tasks, &cancel, move || {
+            relays.clone()
+        });
+
+        let answer = match self.negotiate(&pc, &request.sdp).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                let _ = pc.close().await;
+                return Err(e);
+            }
+        };
+        let mut new = NewStream::player(&request.name, &request.app_key);
+        new.media_session_id = Some(id);
+        new.session_id = resource_path(id);
+        new.remote_address = request.remote_address;
+        new.media_kinds = kinds(&senders.iter().map(|(r, _, _)| r.kind).collect::<Vec<_>>());
+        new.custom = request.custom;
+        new.bearer = request.bearer;
+        if let Err(e) = self.registry.register(new, control.clone()) {
+            let _ = pc.close().await;
+            return Err(e.into());
+        }
+        for (relay, local, sender) in senders {
+            tasks.spawn(relay.clone().feed(relay.subscribe(), local, cancel.clone()));
+            let control = control.clone();
+            let cancel = cancel.clone();
+            tasks.spawn(async move {
+                loop {
+                    let read = tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        read = sender.read_rtcp() => read,
+                    };
+                    let Ok((packets, _)) = read else { break };
+                    for packet in packets {
+                        let any = packet.as_any();
+                        if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
+                            relay.request_keyframe().await;
+                        } else if any.is::<Goodbye>() {
+                            control.stop(StopReason::ClientLeft);
+                        }
+                    }
+                }
+            });
+        }
+        self.spawn_supervisor(id, pc, tasks, cancel, stop_rx);
+        Ok(SessionAnswer { id, sdp: answer })
+    }
+
+    /// The tracks of the publisher of `name`, waiting a little for a publisher that has
+    /// connected but not sent all its tracks yet.
+    async fn publisher_tracks(&self, name: &str) -> Result<Vec<Arc<RelayTrack>>, MediaError> {
+        let not_publishing =
+            || MediaError::Registry(RegistryError::NotPublishing(name.to_string()));
+        let id = self
+            .registry
+            .publisher_of(name)
+            .ok_or_else(not_publishing)?;
+        let publisher = self
+            .lock_publishers()
+            .get(&id)
+            .cloned()
+            .ok_or_else(not_publishing)?;
+        let mut tracks = publisher.tracks.subscribe();
+        let expected = publisher.expected_tracks;
+        drop(publisher);
+        let waited = {
+            let all_arrived = tracks.wait_for(|t| t.len() >= expected);
+            match tokio::time::timeout(self.settings.player_wait_for_publisher, all_arrived).await {
+                Ok(Ok(t)) => Some(Ok(t.clone())),
+                // The publisher ended while we waited.
+                Ok(Err(_)) => Some(Err(not_publishing())),
+                Err(_) => None,
+            }
+        };
+        match waited {
+            Some(result) => result,
+            None => {
+                let t = tracks.borrow().clone();
+                if t.is_empty() {
+                    Err(MediaError::NotReady(name.to_string()))
+                } else {
+                    Ok(t)
+                }
+            }
+        }
+    }
+
+    async fn new_peer_connection(&self) -> Result<Arc<RTCPeerConnection>, MediaError> {
+        // No ICE servers: the server answers with its own host (and configured public)
+        // candidates, and must never reach out to a public STUN server.
+        let config = RTCConfiguration::default();
+        Ok(Arc::new(self.api.new_peer_connection(config).await?))
+    }
+
+    /// Applies the offer and returns the complete answer (non-trickle: all candidates in it).
+    async fn negotiate(&self, pc: &RTCPeerConnection, sdp: &str) -> Result<String, MediaError> {
+        let offer = RTCSessionDescription::offer(sdp.to_string())
+            .map_err(|e| MediaError::BadOffer(format!("invalid offer: {e}")))?;
+        pc.set_remote_description(offer)
+            .await
+            .map_err(|e| MediaError::BadOffer(format!("offer not usable: {e}")))?;
+        let answer = pc.create_answer(None).await?;
+        let mut gathered = pc.gathering_complete_promise().await;
+        pc.set_local_description(answer).await?;
+        let _ = tokio::time::timeout(GATHER_TIMEOUT, gathered.recv()).await;
+        let local = pc
+            .local_description()
+            .await
+            .ok_or_else(|| MediaError::Internal("no local description after answer".into()))?;
+        Ok(local.sdp)
+    }
+
+    fn on_publisher_track(
+        &self,
+        pc: &Arc<RTCPeerConnection>,
+        id: Uuid,
+        publisher: &Arc<Publisher>,
+        control: &Arc<SessionControl>,
+        tasks: &TaskTracker,
+        cancel: &CancellationToken,
+    ) {
+        let weak_pc = Arc::downgrade(pc);
+        let publisher = Arc::downgrade(publisher);
+        let registry = self.registry.clone();
+        let control = control.clone();
+        let tasks = tasks.clone();
+        let cancel = cancel.clone();
+        pc.on_track(Box::new(move |remote, receiver, _transceiver| {
+            let kind = match remote.kind() {
+                RTPCodecType::Audio => MediaKind::Audio,
+                _ => MediaKind::Video,
+            };
+            let relay = RelayTrack::new(
+                kind,
+                remote.codec().capability,
+                remote.ssrc(),
+                weak_pc.clone(),
+            );
+            tasks.spawn(relay.clone().pump(remote, cancel.clone()));
+            let control = control.clone();
+            let cancel = cancel.clone();
+            tasks.spawn(async move {
+                loop {
+                    let read = tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        read = receiver.read_rtcp() => read,
+                    };
+                    let Ok((packets, _)) = read else { break };
+                    if packets.iter().any(|p| p.as_any().is::<Goodbye>()) {
+                        control.stop(StopReason::ClientLeft);
+                    }
+                }
+            });
+            if let Some(publisher) = publisher.upgrade() {
+                let mut all_arrived = false;
+                publisher.tracks.send_modify(|tracks| {
+                    tracks.push(relay);
+                    all_arrived = tracks.len() == publisher.expected_tracks;
+                });
+                if all_arrived {
+                    registry.set_status(id, Status::Publishing, "");
+                }
+            }
+            Box::pin(async {})
+        }));
+    }
+
+    /// Follows the peer connection: a player is `PLAYING` once connected (and asks for a key
+    /// frame); a broken connection stops the session; one that never connects is stopped.
+    #[allow(clippy::too_many_arguments)]
+    fn on_state_change<F>(
+        &self,
+        pc: &Arc<RTCPeerConnection>,
+        id: Uuid,
+        is_player: bool,
+        control: &Arc<SessionControl>,
+        tasks: &TaskTracker,
+        cancel: &CancellationToken,
+        relays: F,
+    ) where
+        F: Fn() -> Vec<Arc<RelayTrack>> + Send + Sync + 'static,
+    {
+        let registry = self.registry.clone();
+        let control_for_state = control.clone();
+        let tasks_for_state = tasks.clone();
+        pc.on_peer_connection_state_change(Box::new(move |state| {
+            match state {
+                RTCPeerConnectionState::Connected if is_player => {
+                    registry.set_status(id, Status::Playing, "");
+                    for relay in relays() {
+                        tasks_for_state.spawn(async move { relay.request_keyframe().await });
+                    }
+                }
+                RTCPeerConnectionState::Failed => {
+                    control_for_state.stop(StopReason::ConnectionLost("ICE or DTLS failed".into()));
+                }
+                _ => {}
+            }
+            Box::pin(async {})
+        }));
+        let registry = self.registry.clone();
+        let control = control.clone();
+        let cancel = cancel.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = tokio::time::sleep(CONNECT_TIMEOUT) => {
+                    if registry.get(id).is_some_and(|r| r.status == Status::Pending) {
+                        control.stop(StopReason::ConnectionLost(format!(
+                            "no media within {} s", CONNECT_TIMEOUT.as_secs()
+                        )));
+                    }
+                }
+            }
+        });
+    }
+
+    fn spawn_supervisor(
+        self: &Arc<Self>,
+        id: Uuid,
+        pc: Arc<RTCPeerConnection>,
+        tasks: TaskTracker,
+        cancel: CancellationToken,
+        stop_rx: tokio::sync::oneshot::Receiver<StopReason>,
+    ) {
+        let session = Session {
+            id,
+            pc,
+            tasks,
+            cancel,
+            registry: self.registry.clone(),
+        };
+        let media = Arc::downgrade(self);
+        tokio::spawn(session.supervise(stop_rx, move |id| {
+            if let Some(media) = media.upgrade() {
+                media.lock_publishers().remove(&id);
+            }
+        }));
+    }
+
+    /// Stops every session (server shutdown) and waits, bounded, until they are gone.
+    pub async fn stop_all(&self, reason: &str) {
+        for record in self.registry.find(|_| true) {
+            self.registry
+                .stop(record.media_session_id, StopReason::server(reason));
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !self.registry.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn lock_publishers(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<Publisher>>> {
+        self.publishers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The path of a session's resource: `Location` of the `201`, target of `DELETE`.
+pub fn resource_path(id: Uuid) -> String {
+    format!("/session/{id}")
+}
+
+fn kinds(list: &[MediaKind]) -> Vec<MediaKind> {
+    let mut kinds = list.to_vec();
+    kinds.sort();
+    kinds.dedup();
+    kinds
+}
+
+fn kind_name(kind: MediaKind) -> &'static str {
+    match kind {
+        MediaKind::Audio => "audio",
+        MediaKind::Video => "video",
+    }
+}

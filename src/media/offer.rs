@@ -1,0 +1,113 @@
+//! Reading a WHIP/WHEP SDP offer before any peer connection exists: is it SDP, what media it
+//! sends and receives. Pure functions, testable without sockets.
+
+use std::io::Cursor;
+
+use webrtc::sdp::SessionDescription;
+
+use crate::registry::MediaKind;
+
+use super::MediaError;
+
+/// What an offer asks for, by media section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfferSummary {
+    /// Kinds of the sections the client sends (`sendonly` / `sendrecv`), in order.
+    pub sending: Vec<MediaKind>,
+    /// Kinds of the sections the client receives (`recvonly` / `sendrecv`), in order.
+    pub receiving: Vec<MediaKind>,
+    /// The offer has an `application` (data channel) section.
+    pub has_data_channel: bool,
+}
+
+/// Parses an offer. `Err` explains in one line what is wrong with it.
+pub fn inspect(sdp: &str) -> Result<OfferSummary, MediaError> {
+    if !sdp.trim_start().starts_with("v=") {
+        return Err(MediaError::BadOffer(
+            "the body is not SDP (it must start with v=0)".into(),
+        ));
+    }
+    let parsed = SessionDescription::unmarshal(&mut Cursor::new(sdp.as_bytes()))
+        .map_err(|e| MediaError::BadOffer(format!("unparsable SDP: {e}")))?;
+    let mut summary = OfferSummary {
+        sending: Vec::new(),
+        receiving: Vec::new(),
+        has_data_channel: false,
+    };
+    for media in &parsed.media_descriptions {
+        let kind = match media.media_name.media.as_str() {
+            "audio" => MediaKind::Audio,
+            "video" => MediaKind::Video,
+            "application" => {
+                summary.has_data_channel = true;
+                continue;
+            }
+            _ => continue,
+        };
+        // A rejected section (port 0) carries nothing.
+        if media.media_name.port.value == 0 {
+            continue;
+        }
+        let has = |name: &str| media.attributes.iter().any(|a| a.key == name);
+        let (sends, receives) = if has("sendonly") {
+            (true, false)
+        } else if has("recvonly") {
+            (false, true)
+        } else if has("inactive") {
+            (false, false)
+        } else {
+            (true, true)
+        };
+        if sends {
+            summary.sending.push(kind);
+        }
+        if receives {
+            summary.receiving.push(kind);
+        }
+    }
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEAD: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n";
+
+    fn offer(sections: &str) -> String {
+        format!("{HEAD}{sections}")
+    }
+
+    #[test]
+    fn directions_and_kinds() {
+        let s = inspect(&offer(
+            "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=sendonly\r\n\
+             m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=recvonly\r\n\
+             m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\n\
+             m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\n",
+        ))
+        .unwrap();
+        assert_eq!(s.sending, vec![MediaKind::Audio, MediaKind::Video]);
+        assert_eq!(s.receiving, vec![MediaKind::Video, MediaKind::Video]);
+        assert!(s.has_data_channel);
+    }
+
+    #[test]
+    fn garbage_is_refused_with_a_reason() {
+        let err = inspect("hello").unwrap_err().to_string();
+        assert!(err.contains("not SDP"), "{err}");
+        let err = inspect("v=0\r\nthis is not sdp\r\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unparsable SDP"), "{err}");
+    }
+
+    #[test]
+    fn rejected_sections_carry_nothing() {
+        let s = inspect(&offer(
+            "m=video 0 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=sendonly\r\n",
+        ))
+        .unwrap();
+        assert!(s.sending.is_empty());
+    }
+}

@@ -1,0 +1,144 @@
+//! The publisher→players relay: one fan-out per published track. The publisher's reader
+//! pushes each RTP packet once into a broadcast ring; every player's writer reads it at its
+//! own pace. A slow player lags and skips (counted as drops, then asks for a key frame); it
+//! never blocks the publisher or the other players.
+
+use std::sync::Arc;
+use std::sync::Weak;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use webrtc::peer_connection::RTCPeerConnection;
+use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use webrtc::rtp::packet::Packet;
+use webrtc::rtp_transceiver::rtp_codec::RTCRtpCodecCapability;
+use webrtc::track::track_local::TrackLocalWriter;
+use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
+use webrtc::track::track_remote::TrackRemote;
+
+use crate::registry::{MediaKind, now_ms};
+
+/// Packets a player may fall behind by before it skips: about two seconds of 2 Mbit/s video.
+const RING_CAPACITY: usize = 512;
+/// Key frame requests to a publisher are spaced at least this far apart.
+const KEYFRAME_MIN_INTERVAL_MS: u64 = 300;
+
+/// Counters of one relayed track, shared by its reader and writers.
+#[derive(Debug, Default)]
+pub struct RelayStats {
+    pub received_packets: AtomicU64,
+    pub received_bytes: AtomicU64,
+    pub forwarded_packets: AtomicU64,
+    pub dropped_packets: AtomicU64,
+}
+
+/// One track of a publisher, as players subscribe to it.
+pub struct RelayTrack {
+    pub kind: MediaKind,
+    pub codec: RTCRtpCodecCapability,
+    /// The publisher's SSRC of this track, for key frame requests.
+    pub ssrc: u32,
+    packets: broadcast::Sender<Arc<Packet>>,
+    publisher: Weak<RTCPeerConnection>,
+    last_keyframe_request_ms: AtomicU64,
+    pub stats: RelayStats,
+}
+
+impl RelayTrack {
+    pub fn new(
+        kind: MediaKind,
+        codec: RTCRtpCodecCapability,
+        ssrc: u32,
+        publisher: Weak<RTCPeerConnection>,
+    ) -> Arc<Self> {
+        let (packets, _) = broadcast::channel(RING_CAPACITY);
+        Arc::new(RelayTrack {
+            kind,
+            codec,
+            ssrc,
+            packets,
+            publisher,
+            last_keyframe_request_ms: AtomicU64::new(0),
+            stats: RelayStats::default(),
+        })
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Packet>> {
+        self.packets.subscribe()
+    }
+
+    /// Asks the publisher for a key frame (RTCP PLI), at most once per interval.
+    pub async fn request_keyframe(&self) {
+        if self.kind != MediaKind::Video {
+            return;
+        }
+        let now = now_ms();
+        let last = self.last_keyframe_request_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < KEYFRAME_MIN_INTERVAL_MS
+            || self
+                .last_keyframe_request_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        if let Some(pc) = self.publisher.upgrade() {
+            let pli = PictureLossIndication {
+                sender_ssrc: 0,
+                media_ssrc: self.ssrc,
+            };
+            if let Err(e) = pc.write_rtcp(&[Box::new(pli)]).await {
+                tracing::debug!(error = %e, "key frame request not sent");
+            }
+        }
+    }
+
+    /// Reads the publisher's track until it ends or `cancel` fires, fanning each packet out.
+    pub async fn pump(self: Arc<Self>, remote: Arc<TrackRemote>, cancel: CancellationToken) {
+        loop {
+            let read = tokio::select! {
+                _ = cancel.cancelled() => break,
+                read = remote.read_rtp() => read,
+            };
+            let Ok((packet, _)) = read else { break };
+            self.stats.received_packets.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .received_bytes
+                .fetch_add(packet.payload.len() as u64, Ordering::Relaxed);
+            // No receiver is not an error: nobody is playing yet.
+            let _ = self.packets.send(Arc::new(packet));
+        }
+    }
+
+    /// Writes this track's packets to one player's local track until `cancel` fires.
+    pub async fn feed(
+        self: Arc<Self>,
+        mut packets: broadcast::Receiver<Arc<Packet>>,
+        local: Arc<TrackLocalStaticRTP>,
+        cancel: CancellationToken,
+    ) {
+        loop {
+            let next = tokio::select! {
+                _ = cancel.cancelled() => break,
+                next = packets.recv() => next,
+            };
+            match next {
+                Ok(packet) => {
+                    // A write fails only when the player's transport is gone; its session
+                    // notices that on its own and cancels this task.
+                    if local.write_rtp(&packet).await.is_ok() {
+                        self.stats.forwarded_packets.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(skipped)) => {
+                    self.stats
+                        .dropped_packets
+                        .fetch_add(skipped, Ordering::Relaxed);
+                    self.request_keyframe().await;
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    }
+}

@@ -1,0 +1,393 @@
+//! The table of live streams: records, their indexes (by id, by name), status changes,
+//! the event bus, and the one way to stop a stream.
+//!
+//! The registry knows nothing of WebRTC. A stream holds a [`StopHandle`]; stopping a stream
+//! asks its handle to tear the session down, and the session reports back with
+//! [`Registry::finish`], which announces the final status and removes the record. This keeps
+//! the control plane testable and benchmarkable with synthetic streams and no sockets.
+
+mod record;
+
+pub use record::{Bearer, MediaKind, NewStream, Status, StatusEvent, StopReason, StreamRecord};
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{broadcast, watch};
+use uuid::Uuid;
+
+/// Something that can stop a stream: a WebRTC session, or a synthetic stream in tests.
+///
+/// `stop` must return quickly and never block: it starts the teardown, which ends with
+/// [`Registry::finish`]. Calling it twice is harmless; the first reason wins.
+pub trait StopHandle: Send + Sync {
+    fn stop(&self, reason: StopReason);
+}
+
+/// Why a registration was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RegistryError {
+    #[error("stream '{0}' is already being published")]
+    AlreadyPublishing(String),
+    #[error("no stream '{0}' is being published")]
+    NotPublishing(String),
+}
+
+struct Entry {
+    record: StreamRecord,
+    handle: Arc<dyn StopHandle>,
+    status_tx: watch::Sender<StatusEvent>,
+}
+
+#[derive(Default)]
+struct NameSlot {
+    publisher: Option<Uuid>,
+    players: HashSet<Uuid>,
+}
+
+#[derive(Default)]
+struct Table {
+    by_id: HashMap<Uuid, Entry>,
+    by_name: HashMap<String, NameSlot>,
+    next_event_id: u64,
+}
+
+impl Table {
+    fn next_event(&mut self, record: &StreamRecord) -> StatusEvent {
+        self.next_event_id += 1;
+        StatusEvent::of(record, self.next_event_id)
+    }
+}
+
+/// The live streams of one server. Cheap to share behind an `Arc`.
+pub struct Registry {
+    table: RwLock<Table>,
+    events: broadcast::Sender<StatusEvent>,
+    node_id: String,
+}
+
+const EVENT_BUS_CAPACITY: usize = 4096;
+
+impl Registry {
+    pub fn new(node_id: impl Into<String>) -> Arc<Self> {
+        let (events, _) = broadcast::channel(EVENT_BUS_CAPACITY);
+        Arc::new(Self {
+            table: RwLock::new(Table::default()),
+            events,
+            node_id: node_id.into(),
+        })
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Adds a stream in status `PENDING`. A publisher needs its name free; a player needs
+    /// a publisher of that name.
+    pub fn register(
+        &self,
+        new: NewStream,
+        handle: Arc<dyn StopHandle>,
+    ) -> Result<StreamRecord, RegistryError> {
+        let mut table = self.write();
+        let slot = table.by_name.get(&new.name);
+        let publisher = slot.and_then(|s| s.publisher);
+        if new.published && publisher.is_some() {
+            return Err(RegistryError::AlreadyPublishing(new.name));
+        }
+        if !new.published && publisher.is_none() {
+            return Err(RegistryError::NotPublishing(new.name));
+        }
+        let record = StreamRecord::new(new, &self.node_id, now_ms());
+        let id = record.media_session_id;
+        let slot = table.by_name.entry(record.name.clone()).or_default();
+        if record.published {
+            slot.publisher = Some(id);
+        } else {
+            slot.players.insert(id);
+        }
+        let event = table.next_event(&record);
+        let (status_tx, _) = watch::channel(event.clone());
+        table.by_id.insert(
+            id,
+            Entry {
+                record: record.clone(),
+                handle,
+                status_tx,
+            },
+        );
+        drop(table);
+        let _ = self.events.send(event);
+        Ok(record)
+    }
+
+    /// Registers a stream with no media behind it: its stop handle finishes it at once.
+    /// For tests and benchmarks of the control plane at scale.
+    pub fn register_synthetic(
+        self: &Arc<Self>,
+        new: NewStream,
+    ) -> Result<StreamRecord, RegistryError> {
+        let handle = Arc::new(SyntheticHandle {
+            registry: Arc::downgrade(self),
+            id: std::sync::OnceLock::new(),
+        });
+        let record = self.register(new, handle.clone())?;
+        let _ = handle.id.set(record.media_session_id);
+        let status = if record.published {
+            Status::Publishing
+        } else {
+            Status::Playing
+        };
+        self.set_status(record.media_session_id, status, "");
+        Ok(record)
+    }
+
+    /// Moves a live stream to a non-final status. Final statuses go through [`finish`](Self::finish).
+    pub fn set_status(&self, id: Uuid, status: Status, info: &str) -> bool {
+        debug_assert!(!status.is_final());
+        let mut table = self.write();
+        let Some(entry) = table.by_id.get_mut(&id) else {
+            return false;
+        };
+        if entry.record.status == status && entry.record.info == info {
+            return true;
+        }
+        entry.record.status = status;
+        entry.record.info = info.to_string();
+        let record = entry.record.clone();
+        let event = table.next_event(&record);
+        if let Some(entry) = table.by_id.get(&id) {
+            entry.status_tx.send_replace(event.clone());
+        }
+        drop(table);
+        let _ = self.events.send(event);
+        true
+    }
+
+    /// Asks a stream to stop. Returns `false` when there is no such stream.
+    /// The handle is called with no lock held.
+    pub fn stop(&self, id: Uuid, reason: StopReason) -> bool {
+        let handle = self.read().by_id.get(&id).map(|e| e.handle.clone());
+        match handle {
+            Some(handle) => {
+                handle.stop(reason);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Called by a stream's session once it is torn down: announces the final status and
+    /// removes the record. A publisher's players are asked to stop with
+    /// [`StopReason::PublisherStopped`]. Returns the final record, or `None` if already gone.
+    pub fn finish(&self, id: Uuid, reason: &StopReason) -> Option<StreamRecord> {
+        let mut table = self.write();
+        let mut entry = table.by_id.remove(&id)?;
+        let (status, info) = reason.final_status(entry.record.published);
+        entry.record.status = status;
+        entry.record.info = info;
+        let record = entry.record;
+        let mut orphans = Vec::new();
+        if let Some(slot) = table.by_name.get_mut(&record.name) {
+            if record.published {
+                if slot.publisher == Some(id) {
+                    slot.publisher = None;
+                }
+                orphans.extend(slot.players.iter().copied());
+            } else {
+                slot.players.remove(&id);
+            }
+            if slot.publisher.is_none() && slot.players.is_empty() {
+                table.by_name.remove(&record.name);
+            }
+        }
+        let handles: Vec<_> = orphans
+            .iter()
+            .filter_map(|p| table.by_id.get(p).map(|e| e.handle.clone()))
+            .collect();
+        let event = table.next_event(&record);
+        drop(table);
+        // Dropping the sender after the last value ends every status stream of this session.
+        entry.status_tx.send_replace(event.clone());
+        drop(entry.status_tx);
+        let _ = self.events.send(event);
+        for handle in handles {
+            handle.stop(StopReason::PublisherStopped);
+        }
+        Some(record)
+    }
+
+    pub fn get(&self, id: Uuid) -> Option<StreamRecord> {
+        self.read().by_id.get(&id).map(|e| e.record.clone())
+    }
+
+    /// The id of the publisher of `name`, if one is registered.
+    pub fn publisher_of(&self, name: &str) -> Option<Uuid> {
+        self.read().by_name.get(name).and_then(|s| s.publisher)
+    }
+
+    /// Every record matching `keep`, in no particular order.
+    pub fn find(&self, keep: impl Fn(&StreamRecord) -> bool) -> Vec<StreamRecord> {
+        self.read()
+            .by_id
+            .values()
+            .filter(|e| keep(&e.record))
+            .map(|e| e.record.clone())
+            .collect()
+    }
+
+    /// The records of streams named `name`: the publisher and its players.
+    pub fn find_by_name(&self, name: &str) -> Vec<StreamRecord> {
+        let table = self.read();
+        let Some(slot) = table.by_name.get(name) else {
+            return Vec::new();
+        };
+        slot.publisher
+            .iter()
+            .chain(slot.players.iter())
+            .filter_map(|id| table.by_id.get(id).map(|e| e.record.clone()))
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The status stream of one session: its current status, then every change, ending
+    /// after the final status.
+    pub fn watch(&self, id: Uuid) -> Option<watch::Receiver<StatusEvent>> {
+        self.read().by_id.get(&id).map(|e| e.status_tx.subscribe())
+    }
+
+    /// Every status change of every stream.
+    pub fn events(&self) -> broadcast::Receiver<StatusEvent> {
+        self.events.subscribe()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Table> {
+        // A panic while holding the lock cannot leave the table half-updated in a way that
+        // matters more than losing the server, so poisoning is ignored.
+        self.table.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Table> {
+        self.table.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+struct SyntheticHandle {
+    registry: Weak<Registry>,
+    id: std::sync::OnceLock<Uuid>,
+}
+
+impl StopHandle for SyntheticHandle {
+    fn stop(&self, reason: StopReason) {
+        if let (Some(registry), Some(id)) = (self.registry.upgrade(), self.id.get()) {
+            registry.finish(*id, &reason);
+        }
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publisher(name: &str) -> NewStream {
+        NewStream::publisher(name, "defaultApp")
+    }
+
+    #[test]
+    fn publisher_name_is_exclusive_until_it_finishes() {
+        let registry = Registry::new("node");
+        let first = registry.register_synthetic(publisher("cam")).unwrap();
+        assert_eq!(
+            registry.register_synthetic(publisher("cam")).unwrap_err(),
+            RegistryError::AlreadyPublishing("cam".into())
+        );
+        assert!(registry.stop(first.media_session_id, StopReason::server("done")));
+        assert!(registry.is_empty());
+        registry.register_synthetic(publisher("cam")).unwrap();
+    }
+
+    #[test]
+    fn player_needs_a_publisher_and_dies_with_it() {
+        let registry = Registry::new("node");
+        assert_eq!(
+            registry
+                .register_synthetic(NewStream::player("cam", "defaultApp"))
+                .unwrap_err(),
+            RegistryError::NotPublishing("cam".into())
+        );
+        let publisher = registry.register_synthetic(publisher("cam")).unwrap();
+        let player = registry
+            .register_synthetic(NewStream::player("cam", "defaultApp"))
+            .unwrap();
+        let mut player_status = registry.watch(player.media_session_id).unwrap();
+        let mut bus = registry.events();
+        assert_eq!(registry.find_by_name("cam").len(), 2);
+        registry.stop(publisher.media_session_id, StopReason::ClientLeft);
+        assert!(registry.is_empty());
+        let last = player_status.borrow_and_update().clone();
+        assert_eq!(last.status, Status::Failed);
+        assert_eq!(last.info, "Stopped by publisher stop");
+        let first = bus.try_recv().unwrap();
+        assert_eq!(first.status, Status::Unpublished);
+        assert_eq!(first.media_session_id, publisher.media_session_id);
+        let second = bus.try_recv().unwrap();
+        assert_eq!(second.media_session_id, player.media_session_id);
+        assert!(second.event_id > first.event_id);
+    }
+
+    #[test]
+    fn server_stop_of_a_player_says_why_and_leaves_the_publisher() {
+        let registry = Registry::new("node");
+        let publisher = registry.register_synthetic(publisher("cam")).unwrap();
+        let player = registry
+            .register_synthetic(NewStream::player("cam", "defaultApp"))
+            .unwrap();
+        let watch = registry.watch(player.media_session_id).unwrap();
+        registry.stop(player.media_session_id, StopReason::server("too long"));
+        assert_eq!(watch.borrow().status, Status::Failed);
+        assert_eq!(watch.borrow().info, "Stopped by server: too long");
+        assert!(
+            watch.has_changed().is_err(),
+            "the status stream ends after the final status"
+        );
+        assert_eq!(registry.len(), 1);
+        assert!(registry.get(publisher.media_session_id).is_some());
+        assert!(!registry.stop(player.media_session_id, StopReason::ClientLeft));
+    }
+
+    #[test]
+    fn holds_a_hundred_thousand_synthetic_streams() {
+        let registry = Registry::new("node");
+        for i in 0..100_000 {
+            registry
+                .register_synthetic(publisher(&format!("s{i}")))
+                .unwrap();
+        }
+        assert_eq!(registry.len(), 100_000);
+        assert_eq!(registry.find_by_name("s99999").len(), 1);
+        let ids: Vec<_> = registry
+            .find(|_| true)
+            .into_iter()
+            .map(|r| r.media_session_id)
+            .collect();
+        for id in ids {
+            registry.stop(id, StopReason::server("bulk"));
+        }
+        assert!(registry.is_empty());
+    }
+}

@@ -1,0 +1,272 @@
+//! What the registry stores about a stream, and the words of its lifecycle.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The status of a stream, with the names of the system Sluice models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Status {
+    New,
+    Pending,
+    Publishing,
+    Playing,
+    Unpublished,
+    Stopped,
+    Failed,
+}
+
+impl Status {
+    pub const ALL: [Status; 7] = [
+        Status::New,
+        Status::Pending,
+        Status::Publishing,
+        Status::Playing,
+        Status::Unpublished,
+        Status::Stopped,
+        Status::Failed,
+    ];
+
+    pub fn is_final(self) -> bool {
+        matches!(self, Status::Unpublished | Status::Stopped | Status::Failed)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::New => "NEW",
+            Status::Pending => "PENDING",
+            Status::Publishing => "PUBLISHING",
+            Status::Playing => "PLAYING",
+            Status::Unpublished => "UNPUBLISHED",
+            Status::Stopped => "STOPPED",
+            Status::Failed => "FAILED",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a stream ends. Decides its final status and `info`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    /// The client hung up (DELETE on its resource, or RTCP BYE).
+    ClientLeft,
+    /// The server stopped it: REST terminate, keep-alive verdict, shutdown.
+    Server(String),
+    /// The publisher of a player's stream ended.
+    PublisherStopped,
+    /// The connection broke (ICE or DTLS failed, no media).
+    ConnectionLost(String),
+}
+
+impl StopReason {
+    pub fn server(reason: impl Into<String>) -> Self {
+        StopReason::Server(reason.into())
+    }
+
+    /// The final status and `info` a stream gets for this reason.
+    pub fn final_status(&self, published: bool) -> (Status, String) {
+        match self {
+            StopReason::ClientLeft if published => {
+                (Status::Unpublished, "Unpublished by client".into())
+            }
+            StopReason::ClientLeft => (Status::Stopped, "Stopped by client".into()),
+            StopReason::Server(why) if why.is_empty() => {
+                (Status::Failed, "Stopped by server".into())
+            }
+            StopReason::Server(why) => (Status::Failed, format!("Stopped by server: {why}")),
+            StopReason::PublisherStopped => (Status::Failed, "Stopped by publisher stop".into()),
+            StopReason::ConnectionLost(why) => (Status::Failed, format!("Failed: {why}")),
+        }
+    }
+}
+
+/// The kinds of media a stream carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaKind {
+    Audio,
+    Video,
+}
+
+/// A bearer token a client presented. Kept for policies; never printed or serialized.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Bearer(Option<String>);
+
+impl Bearer {
+    pub fn new(token: Option<String>) -> Self {
+        Bearer(token)
+    }
+
+    /// The token itself, for a policy that must check it.
+    pub fn expose(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+}
+
+impl fmt::Debug for Bearer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(_) => f.write_str("Bearer(***)"),
+            None => f.write_str("Bearer(none)"),
+        }
+    }
+}
+
+/// What a session tells the registry when it registers a stream.
+#[derive(Debug, Clone)]
+pub struct NewStream {
+    pub name: String,
+    pub app_key: String,
+    pub published: bool,
+    pub session_id: String,
+    pub remote_address: String,
+    pub media_kinds: Vec<MediaKind>,
+    pub custom: BTreeMap<String, String>,
+    pub bearer: Bearer,
+    /// Set when the caller has already chosen the id (e.g. to name the resource).
+    pub media_session_id: Option<Uuid>,
+}
+
+impl NewStream {
+    pub fn publisher(name: &str, app_key: &str) -> Self {
+        Self::new(name, app_key, true)
+    }
+
+    pub fn player(name: &str, app_key: &str) -> Self {
+        Self::new(name, app_key, false)
+    }
+
+    fn new(name: &str, app_key: &str, published: bool) -> Self {
+        NewStream {
+            name: name.to_string(),
+            app_key: app_key.to_string(),
+            published,
+            session_id: String::new(),
+            remote_address: String::new(),
+            media_kinds: Vec::new(),
+            custom: BTreeMap::new(),
+            bearer: Bearer::default(),
+            media_session_id: None,
+        }
+    }
+}
+
+/// One stream as the registry keeps it and the REST API shows it (camelCase, no token).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamRecord {
+    pub node_id: String,
+    pub app_key: String,
+    pub session_id: String,
+    pub media_session_id: Uuid,
+    pub name: String,
+    pub published: bool,
+    pub status: Status,
+    pub info: String,
+    pub created_date: u64,
+    pub remote_address: String,
+    pub media_kinds: Vec<MediaKind>,
+    pub custom: BTreeMap<String, String>,
+    #[serde(skip)]
+    pub bearer: Bearer,
+}
+
+impl StreamRecord {
+    pub(super) fn new(new: NewStream, node_id: &str, now_ms: u64) -> Self {
+        let id = new.media_session_id.unwrap_or_else(Uuid::new_v4);
+        let session_id = if new.session_id.is_empty() {
+            id.to_string()
+        } else {
+            new.session_id
+        };
+        StreamRecord {
+            node_id: node_id.to_string(),
+            app_key: new.app_key,
+            session_id,
+            media_session_id: id,
+            name: new.name,
+            published: new.published,
+            status: Status::Pending,
+            info: String::new(),
+            created_date: now_ms,
+            remote_address: new.remote_address,
+            media_kinds: new.media_kinds,
+            custom: new.custom,
+            bearer: new.bearer,
+        }
+    }
+}
+
+/// One status change of one stream, as the event bus and the status streams carry it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusEvent {
+    /// Server-wide, strictly increasing.
+    pub event_id: u64,
+    pub media_session_id: Uuid,
+    pub name: String,
+    pub app_key: String,
+    pub published: bool,
+    pub status: Status,
+    pub info: String,
+}
+
+impl StatusEvent {
+    pub(super) fn of(record: &StreamRecord, event_id: u64) -> Self {
+        StatusEvent {
+            event_id,
+            media_session_id: record.media_session_id,
+            name: record.name.clone(),
+            app_key: record.app_key.clone(),
+            published: record.published,
+            status: record.status,
+            info: record.info.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_never_shows() {
+        let mut new = NewStream::publisher("cam", "defaultApp");
+        new.bearer = Bearer::new(Some("s3cret".into()));
+        let record = StreamRecord::new(new, "n", 1);
+        assert!(!format!("{record:?}").contains("s3cret"));
+        assert!(!serde_json::to_string(&record).unwrap().contains("s3cret"));
+        assert_eq!(record.bearer.expose(), Some("s3cret"));
+    }
+
+    #[test]
+    fn final_status_follows_the_model() {
+        assert_eq!(
+            StopReason::ClientLeft.final_status(true).0,
+            Status::Unpublished
+        );
+        assert_eq!(
+            StopReason::ClientLeft.final_status(false).0,
+            Status::Stopped
+        );
+        assert_eq!(
+            StopReason::server("x").final_status(false),
+            (Status::Failed, "Stopped by server: x".to_string())
+        );
+    }
+
+    #[test]
+    fn status_names_match_serde() {
+        for s in Status::ALL {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! Wiring: reads the configuration, builds the registry and the media layer, and serves the
+//! router on the HTTP and HTTPS listeners until asked to shut down.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use axum_server::tls_rustls::RustlsConfig;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::config::{Config, Settings};
+use crate::media::Media;
+use crate::registry::Registry;
+
+/// How to start a server. The listen overrides win over `server.properties`
+/// (tests bind `127.0.0.1:0`).
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions {
+    pub config_dir: Option<PathBuf>,
+    pub http_listen: Option<SocketAddr>,
+    pub https_listen: Option<SocketAddr>,
+}
+
+/// A started server: where it listens, and how to stop it.
+pub struct RunningServer {
+    pub http_addr: Option<SocketAddr>,
+    pub https_addr: Option<SocketAddr>,
+    pub media_mux_addr: Option<SocketAddr>,
+    pub registry: Arc<Registry>,
+    media: Arc<Media>,
+    shutdown: CancellationToken,
+    listeners: tokio::task::JoinSet<()>,
+}
+
+impl RunningServer {
+    /// Stops every stream (clients see `FAILED`, not a timeout), then the listeners.
+    pub async fn shutdown(mut self) {
+        self.media.stop_all("server shutdown").await;
+        self.shutdown.cancel();
+        while self.listeners.join_next().await.is_some() {}
+    }
+
+    /// Runs until Ctrl-C or SIGTERM, then shuts down cleanly.
+    pub async fn run_until_signal(self) -> anyhow::Result<()> {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        self.shutdown().await;
+        Ok(())
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
+    let config = match &options.config_dir {
+        Some(dir) => Config::load(dir)?,
+        None => Config::defaults(),
+    };
+    let settings = config.settings.clone();
+    let registry = Registry::new(settings.node_id.clone());
+    let media = Media::new(settings.clone(), registry.clone()).await?;
+    let state = AppState {
+        media: media.clone(),
+        registry: registry.clone(),
+        config: Arc::new(ArcSwap::from_pointee(config)),
+    };
+    let router = api::router(state);
+    let shutdown = CancellationToken::new();
+    let mut listeners = tokio::task::JoinSet::new();
+
+    let http_bind = options.http_listen.or_else(|| {
+        settings
+            .rest_api_port
+            .map(|p| SocketAddr::new(settings.rest_api_address, p))
+    });
+    let mut http_addr = None;
+    if let Some(bind) = http_bind {
+        let listener = tokio::net::TcpListener::bind(bind)
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {bind}"))?;
+        http_addr = Some(listener.local_addr()?);
+        let app = router
+            .clone()
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let stop = shutdown.clone();
+        listeners.spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "HTTP listener ended");
+            }
+        });
+    }
+
+    let https_bind = options.https_listen.or_else(|| {
+        settings
+            .rest_api_https_port
+            .map(|p| SocketAddr::new(settings.rest_api_address, p))
+    });
+    let mut https_addr = None;
+    if let Some(bind) = https_bind {
+        let tls = tls_config(&settings).await?;
+        let listener = std::net::TcpListener::bind(bind)
+            .with_context(|| format!("cannot listen for HTTPS on {bind}"))?;
+        listener.set_nonblocking(true)?;
+        https_addr = Some(listener.local_addr()?);
+        let handle = axum_server::Handle::new();
+        let server = axum_server::from_tcp_rustls(listener, tls)?.handle(handle.clone());
+        let app = router.into_make_service_with_connect_info::<SocketAddr>();
+        let stop = shutdown.clone();
+        listeners.spawn(async move {
+            tokio::spawn(async move {
+                stop.cancelled().await;
+                handle.graceful_shutdown(Some(Duration::from_secs(2)));
+            });
+            if let Err(e) = server.serve(app).await {
+                tracing::error!(error = %e, "HTTPS listener ended");
+            }
+        });
+    }
+
+    tracing::info!(http = ?http_addr, https = ?https_addr, media_mux = ?media.mux_addr(), "sluice is serving");
+    Ok(RunningServer {
+        http_addr,
+        https_addr,
+        media_mux_addr: media.mux_addr(),
+        registry,
+        media,
+        shutdown,
+        listeners,
+    })
+}
+
+/// The certificate named in the settings, or a self-signed one for `localhost`.
+async fn tls_config(settings: &Settings) -> anyhow::Result<RustlsConfig> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match (&settings.https_cert, &settings.https_key) {
+        (Some(cert), Some(key)) => {
+            RustlsConfig::from_pem_file(cert, key)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot use TLS certificate {} / key {}",
+                        cert.display(),
+                        key.display()
+                    )
+                })
+        }
+        _ => {
+            let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+            let generated = rcgen::generate_simple_self_signed(names)
+                .context("cannot generate a self-signed certificate")?;
+            RustlsConfig::from_pem(
+                generated.cert.pem().into_bytes(),
+                generated.signing_key.serialize_pem().into_bytes(),
+            )
+            .await
+            .context("cannot use the self-signed certificate")
+        }
+    }
+}

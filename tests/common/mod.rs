@@ -1,0 +1,170 @@
+//! Test harness: starts the real `sluice` binary on ephemeral loopback ports with a config
+//! directory of the test's own, and kills it when dropped.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub struct TestServer {
+    child: Child,
+    pub http: SocketAddr,
+    pub https: Option<SocketAddr>,
+    pub dir: tempfile::TempDir,
+    pub http_client: reqwest::Client,
+}
+
+/// Server logs in tests: its own warnings, and only errors of the WebRTC stack (which warns on
+/// every ordinary teardown).
+pub const QUIET_LOG: &str = "warn,webrtc=error,webrtc_ice=error,webrtc_srtp=error,webrtc_dtls=error,webrtc_mdns=error,webrtc_sctp=error,interceptor=error";
+
+/// Settings every test server gets: media and ICE on loopback only, OS-chosen ports.
+pub const LOOPBACK: &str = "ice_loopback_only=true\nmedia_port_from=0\nmedia_port_to=0\n";
+
+impl TestServer {
+    /// Starts a server whose `server.properties` is `LOOPBACK` plus `extra`.
+    pub fn start(extra: &str) -> TestServer {
+        Self::start_with(&format!("{LOOPBACK}{extra}"), None, true)
+    }
+
+    pub fn start_with(properties: &str, apps: Option<&str>, https: bool) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("server.properties"), properties).expect("write properties");
+        if let Some(apps) = apps {
+            std::fs::write(dir.path().join("apps.toml"), apps).expect("write apps");
+        }
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(dir.path())
+            .arg("--http")
+            .arg("127.0.0.1:0");
+        if https {
+            command.arg("--https").arg("127.0.0.1:0");
+        }
+        let mut child = command
+            .env(
+                "SLUICE_LOG",
+                std::env::var("SLUICE_LOG").unwrap_or_else(|_| QUIET_LOG.into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start sluice");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = lines
+            .next()
+            .and_then(|l| l.ok())
+            .unwrap_or_else(|| panic!("sluice exited before it was ready: {:?}", child.try_wait()));
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let field = |key: &str| {
+            ready
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .and_then(|v| v.parse::<SocketAddr>().ok())
+        };
+        let http = field("http=").unwrap_or_else(|| panic!("no http address in '{ready}'"));
+        let https = field("https=");
+        let http_client = reqwest::Client::builder()
+            .no_proxy()
+            .danger_accept_invalid_certs(true)
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(20))
+            .build()
+            .expect("http client");
+        TestServer {
+            child,
+            http,
+            https,
+            dir,
+            http_client,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What the server process holds: streams, tokio tasks, open file descriptors.
+    pub async fn runtime(&self) -> Value {
+        self.http_client
+            .get(self.url("/rest-api/server/runtime"))
+            .send()
+            .await
+            .expect("runtime request")
+            .json()
+            .await
+            .expect("runtime json")
+    }
+
+    pub async fn streams(&self) -> u64 {
+        self.runtime().await["streams"].as_u64().expect("streams")
+    }
+
+    /// Polls `check` every 20 ms until it holds, at most `timeout`.
+    pub async fn eventually<F, Fut>(&self, timeout: Duration, mut check: F) -> bool
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if check().await {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads a session's status stream until it ends (or `timeout`): the `status` events' data.
+pub async fn read_status_events(
+    client: &reqwest::Client,
+    url: &str,
+    timeout: Duration,
+) -> Vec<Value> {
+    use futures::StreamExt;
+    let mut events = Vec::new();
+    let Ok(response) = client.get(url).send().await else {
+        return events;
+    };
+    let mut body = response.bytes_stream();
+    let mut buffer = String::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while let Ok(Some(Ok(chunk))) = tokio::time::timeout_at(deadline, body.next()).await {
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            for line in block.lines() {
+                if let Some(Ok(value)) = line
+                    .strip_prefix("data:")
+                    .map(|d| serde_json::from_str(d.trim()))
+                {
+                    events.push(value);
+                }
+            }
+        }
+    }
+    events
+}
