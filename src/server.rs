@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use axum_server::tls_rustls::RustlsConfig;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::auth::Tokens;
 use crate::api::{self, AppState};
 use crate::config::{Config, Settings};
 use crate::media::Media;
@@ -76,10 +77,22 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
     let settings = config.settings.clone();
     let registry = Registry::new(settings.node_id.clone());
     let media = Media::new(settings.clone(), registry.clone()).await?;
+    let tokens = Tokens::new(
+        settings.rest_api_tokens.clone(),
+        settings.rest_api_tokens_file.clone(),
+    )
+    .with_context(|| {
+        let file = settings
+            .rest_api_tokens_file
+            .as_deref()
+            .unwrap_or(std::path::Path::new(""));
+        format!("cannot read rest_api_tokens_file {}", file.display())
+    })?;
     let state = AppState {
         media: media.clone(),
         registry: registry.clone(),
         config: Arc::new(ArcSwap::from_pointee(config)),
+        tokens: Arc::new(tokens),
     };
     let router = api::router(state);
     let shutdown = CancellationToken::new();
@@ -122,6 +135,14 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
             .with_context(|| format!("cannot listen for HTTPS on {bind}"))?;
         listener.set_nonblocking(true)?;
         https_addr = Some(listener.local_addr()?);
+        if let (Some(cert), Some(key)) = (&settings.https_cert, &settings.https_key) {
+            listeners.spawn(reload_certificate(
+                tls.clone(),
+                cert.clone(),
+                key.clone(),
+                shutdown.clone(),
+            ));
+        }
         let handle = axum_server::Handle::new();
         let server = axum_server::from_tcp_rustls(listener, tls)?.handle(handle.clone());
         let app = router.into_make_service_with_connect_info::<SocketAddr>();
@@ -147,6 +168,44 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
         shutdown,
         listeners,
     })
+}
+
+/// How often the certificate files are checked for a change.
+const CERTIFICATE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Picks up a changed certificate or key without restart. A file that does not load (half
+/// written, wrong key) keeps the last good certificate in force and is tried again on the
+/// next change.
+async fn reload_certificate(
+    tls: RustlsConfig,
+    cert: PathBuf,
+    key: PathBuf,
+    stop: CancellationToken,
+) {
+    let stamp = |path: &PathBuf| {
+        std::fs::metadata(path)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())))
+    };
+    let mut last = (stamp(&cert), stamp(&key));
+    let mut tick = tokio::time::interval(CERTIFICATE_CHECK_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = (stamp(&cert), stamp(&key));
+        if now == last {
+            continue;
+        }
+        last = now;
+        match tls.reload_from_pem_file(&cert, &key).await {
+            Ok(()) => tracing::info!(cert = %cert.display(), "TLS certificate reloaded"),
+            Err(e) => {
+                tracing::error!(cert = %cert.display(), error = %e, "TLS certificate not reloaded; the previous one stays in force")
+            }
+        }
+    }
 }
 
 /// The certificate named in the settings, or a self-signed one for `localhost`.

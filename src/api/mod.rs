@@ -1,7 +1,9 @@
 //! The HTTP face of the server: WHIP and WHEP endpoints, session resources and their status
 //! event streams, the example pages, and `/rest-api/`. One router, served on HTTP and HTTPS.
 
+pub mod auth;
 mod pages;
+pub mod rest;
 mod whip;
 
 use std::sync::Arc;
@@ -28,15 +30,23 @@ pub struct AppState {
     pub media: Arc<Media>,
     pub registry: Arc<Registry>,
     pub config: Arc<ArcSwap<Config>>,
+    pub tokens: Arc<auth::Tokens>,
 }
 
 pub fn router(state: AppState) -> Router {
     let max_sdp = state.config.load().settings.max_sdp_size;
+    let rest_api = rest::routes()
+        .route("/rest-api/server/runtime", post(runtime).get(runtime))
+        .route("/rest-api/{*rest}", axum::routing::any(rest::not_found))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
     Router::new()
         .merge(whip::routes(max_sdp))
         .route("/session/{id}", axum::routing::delete(delete_session))
         .route("/session/{id}/events", get(session_events))
-        .route("/rest-api/server/runtime", post(runtime).get(runtime))
+        .merge(rest_api)
         .merge(pages::routes())
         .with_state(state)
 }

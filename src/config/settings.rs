@@ -31,6 +31,10 @@ pub struct Settings {
     /// `rest_api_https_cert` / `rest_api_https_key` (PEM); self-signed when absent.
     pub https_cert: Option<PathBuf>,
     pub https_key: Option<PathBuf>,
+    /// `rest_api_tokens`: comma list of bearer tokens for `/rest-api/`; none means open.
+    pub rest_api_tokens: Vec<String>,
+    /// `rest_api_tokens_file`: more tokens, one per line (`#` comments), re-read on change.
+    pub rest_api_tokens_file: Option<PathBuf>,
     pub media_ports: MediaPorts,
     /// `media_public_ip`: announced as an extra ICE candidate for clients beyond NAT.
     pub media_public_ip: Option<IpAddr>,
@@ -61,6 +65,8 @@ impl Default for Settings {
             rest_api_https_port: Some(8444),
             https_cert: None,
             https_key: None,
+            rest_api_tokens: Vec::new(),
+            rest_api_tokens_file: None,
             media_ports: MediaPorts::Range(31001, 32000),
             media_public_ip: None,
             ice_include_loopback: true,
@@ -85,6 +91,8 @@ const KNOWN_KEYS: &[&str] = &[
     "rest_api_https_port",
     "rest_api_https_cert",
     "rest_api_https_key",
+    "rest_api_tokens",
+    "rest_api_tokens_file",
     "media_port_from",
     "media_port_to",
     "media_udp_mux_port",
@@ -163,6 +171,17 @@ impl Reader<'_> {
         }
     }
 
+    /// A comma-separated list; blanks dropped.
+    fn list(&self, key: &str) -> Option<Vec<String>> {
+        self.raw(key).map(|list| {
+            list.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        })
+    }
+
     fn path(&self, key: &str) -> Option<PathBuf> {
         let v = self.raw(key)?;
         if v.is_empty() {
@@ -226,15 +245,9 @@ impl Settings {
                     MediaPorts::Range(from, to)
                 }
             };
-        let app_keys = match r.raw("streaming_sessions_keep_alive_app_keys") {
-            None => d.streaming_sessions_keep_alive_app_keys.clone(),
-            Some(list) => list
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-                .collect(),
-        };
+        let app_keys = r
+            .list("streaming_sessions_keep_alive_app_keys")
+            .unwrap_or_else(|| d.streaming_sessions_keep_alive_app_keys.clone());
         let settings = Settings {
             rest_api_address: r
                 .parse("rest_api_address", "an IP address")?
@@ -243,6 +256,8 @@ impl Settings {
             rest_api_https_port: r.optional_port("rest_api_https_port", d.rest_api_https_port)?,
             https_cert: r.path("rest_api_https_cert"),
             https_key: r.path("rest_api_https_key"),
+            rest_api_tokens: r.list("rest_api_tokens").unwrap_or_default(),
+            rest_api_tokens_file: r.path("rest_api_tokens_file"),
             media_ports,
             media_public_ip: r.parse("media_public_ip", "an IP address")?,
             ice_include_loopback: r.bool("ice_include_loopback", d.ice_include_loopback)?,

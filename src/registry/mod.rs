@@ -6,12 +6,16 @@
 //! [`Registry::finish`], which announces the final status and removes the record. This keeps
 //! the control plane testable and benchmarkable with synthetic streams and no sockets.
 
+mod audit;
+mod filter;
 mod record;
 
+pub use audit::{TerminatedStream, Termination, TerminationSource};
+pub use filter::{FilterError, PluginFilter, RequestKind, StreamFilter, StreamRequest};
 pub use record::{Bearer, MediaKind, NewStream, Status, StatusEvent, StopReason, StreamRecord};
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{broadcast, watch};
@@ -64,10 +68,13 @@ impl Table {
 pub struct Registry {
     table: RwLock<Table>,
     events: broadcast::Sender<StatusEvent>,
+    audit: Mutex<audit::AuditTrail>,
     node_id: String,
 }
 
 const EVENT_BUS_CAPACITY: usize = 4096;
+/// Terminations kept for `GET /rest-api/stream/terminations`.
+const AUDIT_CAPACITY: usize = 1000;
 
 impl Registry {
     pub fn new(node_id: impl Into<String>) -> Arc<Self> {
@@ -75,6 +82,7 @@ impl Registry {
         Arc::new(Self {
             table: RwLock::new(Table::default()),
             events,
+            audit: Mutex::new(audit::AuditTrail::new(AUDIT_CAPACITY)),
             node_id: node_id.into(),
         })
     }
@@ -248,6 +256,80 @@ impl Registry {
             .chain(slot.players.iter())
             .filter_map(|id| table.by_id.get(id).map(|e| e.record.clone()))
             .collect()
+    }
+
+    /// The records matching the built-in conditions of `filter`, using the id and name
+    /// indexes when the filter names ids or a name. A plugin filter is not evaluated here:
+    /// the caller runs it on the returned copies, so no Lua call happens under the lock.
+    pub fn select(&self, filter: &StreamFilter) -> Vec<StreamRecord> {
+        let keep = |r: &StreamRecord| filter.matches(r);
+        let table = self.read();
+        let pick = |ids: &mut dyn Iterator<Item = Uuid>| -> Vec<StreamRecord> {
+            ids.filter_map(|id| table.by_id.get(&id))
+                .filter(|e| keep(&e.record))
+                .map(|e| e.record.clone())
+                .collect()
+        };
+        if let Some(ids) = filter::named_ids(filter) {
+            return pick(&mut ids.iter().copied());
+        }
+        if let Some(name) = &filter.name {
+            let Some(slot) = table.by_name.get(name) else {
+                return Vec::new();
+            };
+            let ids = filter::dedup(slot.publisher.iter().chain(slot.players.iter()).copied());
+            return pick(&mut ids.into_iter());
+        }
+        table
+            .by_id
+            .values()
+            .filter(|e| keep(&e.record))
+            .map(|e| e.record.clone())
+            .collect()
+    }
+
+    /// Stops every stream in `streams` with `reason`, and records the termination in the
+    /// audit trail and the log. Returns the record.
+    pub fn terminate(
+        &self,
+        streams: &[StreamRecord],
+        reason: &str,
+        source: TerminationSource,
+        filter: serde_json::Value,
+    ) -> Termination {
+        let termination = {
+            let mut audit = self.audit.lock().unwrap_or_else(|e| e.into_inner());
+            let termination = Termination {
+                id: audit.next_id(),
+                time: now_ms(),
+                source,
+                reason: reason.to_string(),
+                filter,
+                streams: streams.iter().map(TerminatedStream::from).collect(),
+            };
+            audit.push(termination.clone());
+            termination
+        };
+        tracing::info!(
+            termination = termination.id,
+            source = ?termination.source,
+            reason = %termination.reason,
+            filter = %termination.filter,
+            streams = termination.streams.len(),
+            "terminating streams"
+        );
+        for record in streams {
+            self.stop(record.media_session_id, StopReason::server(reason));
+        }
+        termination
+    }
+
+    /// The recent terminations, oldest first.
+    pub fn terminations(&self) -> Vec<Termination> {
+        self.audit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .recent()
     }
 
     pub fn len(&self) -> usize {

@@ -168,3 +168,74 @@ pub async fn read_status_events(
     }
     events
 }
+
+/// A server started in the test's own process, so that the test can fill its registry with
+/// synthetic streams. HTTP and HTTPS on ephemeral loopback ports.
+pub struct InProcessServer {
+    pub server: Option<sluice::RunningServer>,
+    pub http: SocketAddr,
+    pub https: Option<SocketAddr>,
+    pub registry: std::sync::Arc<sluice::registry::Registry>,
+    pub dir: tempfile::TempDir,
+    pub http_client: reqwest::Client,
+}
+
+impl InProcessServer {
+    pub async fn start(extra: &str) -> InProcessServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(
+            dir.path().join("server.properties"),
+            format!("{LOOPBACK}{extra}"),
+        )
+        .expect("properties");
+        Self::start_in(dir).await
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir) -> InProcessServer {
+        let server = sluice::start(sluice::ServerOptions {
+            config_dir: Some(dir.path().to_path_buf()),
+            http_listen: Some("127.0.0.1:0".parse().unwrap()),
+            https_listen: Some("127.0.0.1:0".parse().unwrap()),
+        })
+        .await
+        .expect("server starts");
+        let http_client = reqwest::Client::builder()
+            .no_proxy()
+            .danger_accept_invalid_certs(true)
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(20))
+            .build()
+            .expect("http client");
+        InProcessServer {
+            http: server.http_addr.expect("http"),
+            https: server.https_addr,
+            registry: server.registry.clone(),
+            server: Some(server),
+            dir,
+            http_client,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    /// POSTs a JSON body to a REST path; returns the status and the JSON answer.
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .http_client
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! `/rest-api/stream/…`: find, find_all and terminate with filters, the way the system we
+//! model answers them (same paths, fields and codes), plus reasons, dry runs and the audit
+//! trail. Every error is JSON `{"error": …, "field": …}` and changes nothing.
+
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::AppState;
+use crate::registry::{FilterError, RequestKind, StreamRecord, StreamRequest, TerminationSource};
+
+/// Request bodies larger than this get `413`.
+pub const MAX_BODY: usize = 64 * 1024;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/rest-api/stream/find",
+            post(find).fallback(method_not_allowed),
+        )
+        .route(
+            "/rest-api/stream/find_all",
+            post(find_all).fallback(method_not_allowed),
+        )
+        .route(
+            "/rest-api/stream/terminate",
+            post(terminate).fallback(method_not_allowed),
+        )
+        .route(
+            "/rest-api/stream/terminations",
+            get(terminations)
+                .post(terminations)
+                .fallback(method_not_allowed),
+        )
+}
+
+/// A JSON error of the REST API.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            field: None,
+        }
+    }
+}
+
+impl From<FilterError> for ApiError {
+    fn from(e: FilterError) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: e.message,
+            field: e.field,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "error": self.message });
+        if let Some(field) = self.field {
+            body["field"] = Value::String(field);
+        }
+        (self.status, Json(body)).into_response()
+    }
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed: use POST",
+    )
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such REST endpoint")
+}
+
+/// Reads a JSON body: `415` for another content type, `413` over [`MAX_BODY`], `400` for
+/// malformed JSON. An empty body is `{}`.
+async fn json_body(headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
+    let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is over {MAX_BODY} bytes"),
+        )
+    })?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case("application/json") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Type must be application/json, not '{content_type}'"),
+        ));
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")))
+}
+
+/// The streams a parsed request selects.
+fn select(state: &AppState, request: &StreamRequest) -> Result<Vec<StreamRecord>, ApiError> {
+    if let Some(plugin) = &request.filter.plugin {
+        // The plugin issue evaluates named filters here, on the copies `select` returns.
+        return Err(ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: format!("unknown filter '{}': no plugin defines it", plugin.name),
+            field: Some("filter".into()),
+        });
+    }
+    let mut streams = state.registry.select(&request.filter);
+    streams.sort_by_key(|s| (s.created_date, s.media_session_id));
+    Ok(streams)
+}
+
+fn streams_or_404(streams: Vec<StreamRecord>) -> Response {
+    if streams.is_empty() {
+        ApiError::new(StatusCode::NOT_FOUND, "no stream matches").into_response()
+    } else {
+        Json(streams).into_response()
+    }
+}
+
+async fn find(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let body = json_body(&headers, body).await?;
+    let request = StreamRequest::parse(&body, RequestKind::Find)?;
+    Ok(streams_or_404(select(&state, &request)?))
+}
+
+async fn find_all(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let body = json_body(&headers, body).await?;
+    if body.as_object().is_none_or(|o| !o.is_empty()) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "find_all takes no filters; use find",
+        ));
+    }
+    Ok(streams_or_404(select(&state, &StreamRequest::default())?))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TerminateAnswer {
+    /// The audit trail's id of this termination; absent on a dry run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    termination_id: Option<u64>,
+    dry_run: bool,
+    reason: String,
+    media_session_ids: Vec<Uuid>,
+    streams: Vec<StreamRecord>,
+}
+
+async fn terminate(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let body = json_body(&headers, body).await?;
+    let request = StreamRequest::parse(&body, RequestKind::Terminate)?;
+    let streams = select(&state, &request)?;
+    if streams.is_empty() {
+        return Ok(ApiError::new(StatusCode::NOT_FOUND, "no stream matches").into_response());
+    }
+    let reason = request.reason.clone().unwrap_or_default();
+    let termination_id = if request.dry_run {
+        None
+    } else {
+        let mut filter = body;
+        if let Some(object) = filter.as_object_mut() {
+            object.remove("reason");
+        }
+        let source = TerminationSource::Rest {
+            remote_address: peer.to_string(),
+        };
+        Some(
+            state
+                .registry
+                .terminate(&streams, &reason, source, filter)
+                .id,
+        )
+    };
+    Ok(Json(TerminateAnswer {
+        termination_id,
+        dry_run: request.dry_run,
+        reason,
+        media_session_ids: streams.iter().map(|s| s.media_session_id).collect(),
+        streams,
+    })
+    .into_response())
+}
+
+async fn terminations(State(state): State<AppState>) -> Response {
+    Json(state.registry.terminations()).into_response()
+}
