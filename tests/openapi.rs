@@ -1,0 +1,301 @@
+//! `openapi.yaml` against the running server: every documented operation is served, every
+//! answer the server gives is documented for that operation and matches its schema, and the
+//! spec accepts exactly the request bodies the server accepts.
+
+mod common;
+
+use common::InProcessServer;
+use serde_json::{Value, json};
+use sluice::registry::NewStream;
+
+fn spec() -> Value {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml"))
+        .expect("openapi.yaml");
+    serde_norway::from_str(&text).expect("openapi.yaml is YAML")
+}
+
+fn resolve<'a>(spec: &'a Value, node: &'a Value) -> &'a Value {
+    match node.get("$ref").and_then(Value::as_str) {
+        Some(reference) => {
+            let mut target = spec;
+            for part in reference.trim_start_matches("#/").split('/') {
+                target = &target[part];
+            }
+            assert!(!target.is_null(), "dangling $ref {reference}");
+            resolve(spec, target)
+        }
+        None => node,
+    }
+}
+
+/// Properties a schema declares, through `allOf`.
+fn declared_properties(spec: &Value, schema: &Value) -> Vec<String> {
+    let schema = resolve(spec, schema);
+    let mut names: Vec<String> = schema["properties"]
+        .as_object()
+        .map(|p| p.keys().cloned().collect())
+        .unwrap_or_default();
+    for part in schema["allOf"].as_array().into_iter().flatten() {
+        names.extend(declared_properties(spec, part));
+    }
+    names
+}
+
+/// Checks `value` against the subset of OpenAPI schema the spec uses. `Err` says where.
+fn validate(spec: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), String> {
+    let schema = resolve(spec, schema);
+    for part in schema["allOf"].as_array().into_iter().flatten() {
+        validate(spec, part, value, at)?;
+    }
+    if let Some(kind) = schema["type"].as_str() {
+        let ok = match kind {
+            "object" => value.is_object(),
+            "array" => value.is_array(),
+            "string" => value.is_string(),
+            "integer" => value.is_u64() || value.is_i64(),
+            "boolean" => value.is_boolean(),
+            other => return Err(format!("{at}: schema type {other} not handled")),
+        };
+        if !ok {
+            return Err(format!("{at}: {value} is not {kind}"));
+        }
+    }
+    if let Some(allowed) = schema["enum"].as_array() {
+        if !allowed.contains(value) {
+            return Err(format!("{at}: {value} not in {allowed:?}"));
+        }
+    }
+    if schema["format"] == "uuid"
+        && value
+            .as_str()
+            .is_some_and(|s| uuid::Uuid::parse_str(s).is_err())
+    {
+        return Err(format!("{at}: {value} is not a uuid"));
+    }
+    if let (Some(max), Some(s)) = (schema["maxLength"].as_u64(), value.as_str()) {
+        if s.len() as u64 > max {
+            return Err(format!("{at}: longer than {max}"));
+        }
+    }
+    if let Some(object) = value.as_object() {
+        for name in schema["required"].as_array().into_iter().flatten() {
+            let name = name.as_str().unwrap();
+            if !object.contains_key(name) {
+                return Err(format!("{at}: missing required {name}"));
+            }
+        }
+        let declared = declared_properties(spec, schema);
+        for (key, item) in object {
+            match schema["properties"].get(key) {
+                Some(property) => validate(spec, property, item, &format!("{at}.{key}"))?,
+                None => match &schema["additionalProperties"] {
+                    Value::Bool(false) if !declared.contains(key) => {
+                        return Err(format!("{at}: property {key} is not allowed"));
+                    }
+                    extra @ Value::Object(_) => {
+                        validate(spec, extra, item, &format!("{at}.{key}"))?
+                    }
+                    _ => {}
+                },
+            }
+        }
+    }
+    if let (Some(items), Some(array)) = (schema.get("items"), value.as_array()) {
+        for (i, item) in array.iter().enumerate() {
+            validate(spec, items, item, &format!("{at}[{i}]"))?;
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spec_matches_the_running_server() {
+    let spec = spec();
+    let server = InProcessServer::start("").await;
+    let cam = server
+        .registry
+        .register_synthetic(NewStream::publisher("cam", "defaultApp"))
+        .unwrap();
+    server
+        .registry
+        .register_synthetic(NewStream::player("cam", "defaultApp"))
+        .unwrap();
+
+    // (method, path, content type, body)
+    let requests: Vec<(&str, &str, &str, String)> = vec![
+        (
+            "POST",
+            "/rest-api/stream/find",
+            "application/json",
+            json!({"name": "cam"}).to_string(),
+        ),
+        (
+            "POST",
+            "/rest-api/stream/find",
+            "application/json",
+            json!({"name": "nobody"}).to_string(),
+        ),
+        (
+            "POST",
+            "/rest-api/stream/find",
+            "application/json",
+            json!({"nmae": "cam"}).to_string(),
+        ),
+        ("POST", "/rest-api/stream/find", "text/plain", "{}".into()),
+        (
+            "PUT",
+            "/rest-api/stream/find",
+            "application/json",
+            "{}".into(),
+        ),
+        (
+            "POST",
+            "/rest-api/stream/find_all",
+            "application/json",
+            "{}".into(),
+        ),
+        (
+            "POST",
+            "/rest-api/stream/find_all",
+            "application/json",
+            json!({"name": "cam"}).to_string(),
+        ),
+        (
+            "POST",
+            "/rest-api/stream/terminate",
+            "application/json",
+            json!({"name": "cam", "dryRun": true}).to_string(),
+        ),
+        (
+            "POST",
+            "/rest-api/stream/terminate",
+            "application/json",
+            json!({"published": "yes"}).to_string(),
+        ),
+        (
+            "POST",
+            "/rest-api/stream/terminate",
+            "application/json",
+            format!("{{\"name\":\"{}\"}}", "x".repeat(70_000)),
+        ),
+        (
+            "GET",
+            "/rest-api/stream/terminate",
+            "application/json",
+            String::new(),
+        ),
+        (
+            "POST",
+            "/rest-api/stream/terminate",
+            "application/json",
+            json!({"published": false, "reason": "spec"}).to_string(),
+        ),
+        (
+            "POST",
+            "/rest-api/stream/terminate",
+            "application/json",
+            json!({"mediaSessionId": cam.media_session_id}).to_string(),
+        ),
+        (
+            "GET",
+            "/rest-api/stream/terminations",
+            "application/json",
+            String::new(),
+        ),
+        (
+            "POST",
+            "/rest-api/stream/terminations",
+            "application/json",
+            String::new(),
+        ),
+        (
+            "GET",
+            "/rest-api/server/runtime",
+            "application/json",
+            String::new(),
+        ),
+    ];
+    let mut served = std::collections::BTreeSet::new();
+    for (method, path, content_type, body) in requests {
+        let what = format!("{method} {path} {}", &body[..body.len().min(50)]);
+        let response = server
+            .http_client
+            .request(method.parse().unwrap(), server.url(path))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16().to_string();
+        let answer: Value = response
+            .json()
+            .await
+            .unwrap_or_else(|_| panic!("{what}: JSON answer"));
+        let operations = &spec["paths"][path];
+        assert!(operations.is_object(), "{path} is not documented");
+        let operation = &operations[method.to_lowercase()];
+        if status == "405" && operation.is_null() {
+            // An undocumented method: the path's operations document the 405.
+            let documented = operations
+                .as_object()
+                .unwrap()
+                .values()
+                .any(|op| op["responses"].get("405").is_some());
+            assert!(documented, "{what}: 405 is not documented for {path}");
+            continue;
+        }
+        assert!(
+            operation.is_object(),
+            "{what}: {method} {path} is not documented"
+        );
+        served.insert(format!("{} {path}", method.to_lowercase()));
+        let documented = operation["responses"]
+            .get(&status)
+            .unwrap_or_else(|| panic!("{what}: answered {status}, which the spec does not list"));
+        let documented = resolve(&spec, documented);
+        let schema = &documented["content"]["application/json"]["schema"];
+        validate(&spec, schema, &answer, "answer")
+            .unwrap_or_else(|e| panic!("{what}: {e}\n{answer}"));
+    }
+    for (path, operations) in spec["paths"].as_object().unwrap() {
+        for method in operations.as_object().unwrap().keys() {
+            assert!(
+                served.contains(&format!("{method} {path}")),
+                "{method} {path} is documented but not exercised"
+            );
+        }
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spec_accepts_exactly_the_bodies_the_server_accepts() {
+    let spec = spec();
+    let server = InProcessServer::start("").await;
+    let id = uuid::Uuid::new_v4();
+    let bodies = [
+        json!({"name": "cam"}),
+        json!({"published": false, "dryRun": true}),
+        json!({"mediaSessionIds": [id], "status": "PLAYING"}),
+        json!({"nmae": "cam"}),
+        json!({"published": "yes"}),
+        json!({"status": "LIVE"}),
+        json!({"mediaSessionId": "not-a-uuid"}),
+        json!({"name": "cam", "reason": "why", "dryRun": true}),
+        json!({"all": true, "dryRun": true}),
+    ];
+    let schema = &spec["paths"]["/rest-api/stream/terminate"]["post"]["requestBody"]["content"]["application/json"]
+        ["schema"];
+    for body in bodies {
+        let spec_accepts = validate(&spec, schema, &body, "body").is_ok();
+        let (status, answer) = server
+            .post("/rest-api/stream/terminate", body.clone())
+            .await;
+        let server_accepts = status != 400;
+        assert_eq!(
+            spec_accepts, server_accepts,
+            "{body}: spec accepts {spec_accepts}, server answered {status} {answer}"
+        );
+    }
+    server.shutdown().await;
+}
