@@ -60,10 +60,8 @@ fn validate(spec: &Value, schema: &Value, value: &Value, at: &str) -> Result<(),
             return Err(format!("{at}: {value} is not {kind}"));
         }
     }
-    if let Some(allowed) = schema["enum"].as_array() {
-        if !allowed.contains(value) {
-            return Err(format!("{at}: {value} not in {allowed:?}"));
-        }
+    if let Some(allowed) = schema["enum"].as_array().filter(|a| !a.contains(value)) {
+        return Err(format!("{at}: {value} not in {allowed:?}"));
     }
     if schema["format"] == "uuid"
         && value
@@ -72,10 +70,10 @@ fn validate(spec: &Value, schema: &Value, value: &Value, at: &str) -> Result<(),
     {
         return Err(format!("{at}: {value} is not a uuid"));
     }
-    if let (Some(max), Some(s)) = (schema["maxLength"].as_u64(), value.as_str()) {
-        if s.len() as u64 > max {
-            return Err(format!("{at}: longer than {max}"));
-        }
+    if let (Some(max), Some(s)) = (schema["maxLength"].as_u64(), value.as_str())
+        && s.len() as u64 > max
+    {
+        return Err(format!("{at}: longer than {max}"));
     }
     if let Some(object) = value.as_object() {
         for name in schema["required"].as_array().into_iter().flatten() {
