@@ -30,13 +30,19 @@ fn parse_args() -> anyhow::Result<Args> {
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
-        let mut value = || it.next().ok_or_else(|| anyhow::anyhow!("{arg} needs a value"));
+        let mut value = || {
+            it.next()
+                .ok_or_else(|| anyhow::anyhow!("{arg} needs a value"))
+        };
         match arg.as_str() {
             "--url" => args.url = value()?,
             "--server-pid" => args.server_pid = Some(value()?.parse()?),
             "--bitrate" => args.bitrate = value()?.parse()?,
             "--seconds" => args.seconds = value()?.parse()?,
-            n => args.players.push(n.parse().map_err(|_| anyhow::anyhow!("unknown argument {n}"))?),
+            n => args.players.push(
+                n.parse()
+                    .map_err(|_| anyhow::anyhow!("unknown argument {n}"))?,
+            ),
         }
     }
     if args.players.is_empty() {
@@ -70,7 +76,15 @@ async fn main() -> anyhow::Result<()> {
     let me = std::process::id();
     println!(
         "{:>7} {:>9} {:>9} {:>8} {:>11} {:>10} {:>10} {:>12} {:>12}",
-        "players", "sent/s", "recv/s", "loss%", "first pkt", "srv CPU%", "gen CPU%", "srv µs/pkt", "srv KiB/plr"
+        "players",
+        "sent/s",
+        "recv/s",
+        "loss%",
+        "first pkt",
+        "srv CPU%",
+        "gen CPU%",
+        "srv µs/pkt",
+        "srv KiB/plr"
     );
     for (round, &players) in args.players.iter().enumerate() {
         let name = format!("load{round}");
@@ -94,7 +108,8 @@ async fn main() -> anyhow::Result<()> {
         }
         for (posted, player) in &sessions {
             let mut first = player.first_packet.clone();
-            let at = tokio::time::timeout(Duration::from_secs(10), first.wait_for(|f| f.is_some())).await;
+            let at = tokio::time::timeout(Duration::from_secs(10), first.wait_for(|f| f.is_some()))
+                .await;
             if let Ok(Ok(at)) = at {
                 first_packet.push(at.expect("set").saturating_duration_since(*posted));
             }
@@ -111,7 +126,11 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(args.seconds)).await;
         let elapsed = start.elapsed().as_secs_f64();
         let sent = publisher.counters.packets() - sent_before;
-        let received: u64 = sessions.iter().map(|(_, p)| p.counters.packets()).sum::<u64>() - received_before;
+        let received: u64 = sessions
+            .iter()
+            .map(|(_, p)| p.counters.packets())
+            .sum::<u64>()
+            - received_before;
         let server_cpu = match (server_cpu_before, args.server_pid.and_then(cpu_seconds)) {
             (Some(a), Some(b)) => Some(b - a),
             _ => None,
@@ -134,13 +153,19 @@ async fn main() -> anyhow::Result<()> {
             sent as f64 / elapsed,
             received as f64 / elapsed,
             loss,
-            median_first.map(|d| format!("{d:.1?}")).unwrap_or_else(|| "-".into()),
+            median_first
+                .map(|d| format!("{d:.1?}"))
+                .unwrap_or_else(|| "-".into()),
             server_cpu
                 .map(|c| format!("{:.0}", c * 100.0 / elapsed))
                 .unwrap_or_else(|| "-".into()),
             my_cpu.map(|c| c * 100.0 / elapsed).unwrap_or(0.0),
-            per_packet.map(|p| format!("{p:.2}")).unwrap_or_else(|| "-".into()),
-            per_player.map(|k| k.to_string()).unwrap_or_else(|| "-".into()),
+            per_packet
+                .map(|p| format!("{p:.2}"))
+                .unwrap_or_else(|| "-".into()),
+            per_player
+                .map(|k| k.to_string())
+                .unwrap_or_else(|| "-".into()),
         );
         for (_, player) in &sessions {
             player.close().await;

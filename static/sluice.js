@@ -36,13 +36,12 @@ async function negotiate(pc, endpoint) {
   return { location, events };
 }
 
-// Shows status and info in the page: #status gets the status and data-status, #info the reason.
+// Shows the status and its reason in #status ("FAILED — Stopped by server: …"); the bare
+// status is in its data-status attribute, for styling and for tests.
 function showStatus(status, info) {
   const s = document.getElementById("status");
-  const i = document.getElementById("info");
   s.textContent = info ? `${status} — ${info}` : status;
   s.dataset.status = status;
-  i.textContent = info || "";
 }
 
 // One publisher or player session with start/stop buttons; `setup(pc)` adds tracks or
@@ -63,6 +62,7 @@ function session({ kind, setup }) {
 
   start.onclick = async () => {
     start.disabled = true;
+    start.textContent = "Start";
     const name = document.getElementById("name").value.trim();
     const app = document.getElementById("app").value.trim() || "defaultApp";
     showStatus("PENDING", "");

@@ -1,0 +1,251 @@
+//! The example pages in a real browser: headless Chromium publishes its fake camera, a second
+//! Chromium plays and really decodes frames, a REST terminate stops the player and the page
+//! shows why, one click resumes, and stopping the publisher shows `Stopped by publisher stop`.
+//! A screenshot of each state goes to `test-artifacts/browser/`.
+//!
+//! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them).
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::TestServer;
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// One headless Chromium under its own chromedriver, killed when dropped.
+struct Browser {
+    driver: Child,
+    client: Option<Client>,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        assert!(
+            std::path::Path::new(CHROMIUM).exists() && std::path::Path::new(CHROMEDRIVER).exists(),
+            "the browser test needs {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)"
+        );
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .arg("--allowed-ips=127.0.0.1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let profile = tempfile::tempdir().unwrap();
+        let args = [
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-quic",
+            "--no-first-run",
+            "--use-fake-device-for-media-stream",
+            "--use-fake-ui-for-media-stream",
+            "--allow-loopback-in-peer-connection",
+            "--autoplay-policy=no-user-gesture-required",
+            // Host candidates as plain addresses: no mDNS names, so no multicast on the LAN.
+            "--disable-features=WebRtcHideLocalIpsWithMdns",
+            "--window-size=720,900",
+            &format!("--user-data-dir={}", profile.path().display()),
+        ];
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert("browserName".into(), json!("chrome"));
+        capabilities.insert(
+            "goog:chromeOptions".into(),
+            json!({"binary": CHROMIUM, "args": args}),
+        );
+        let mut browser = Browser {
+            driver,
+            client: None,
+            _profile: profile,
+        };
+        let deadline = Instant::now() + WAIT;
+        let client = loop {
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            match ClientBuilder::new(connector)
+                .capabilities(capabilities.clone())
+                .connect(&format!("http://127.0.0.1:{port}"))
+                .await
+            {
+                Ok(client) => break client,
+                Err(e) if Instant::now() > deadline => panic!("chromedriver did not start: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        browser.client = Some(client);
+        browser
+    }
+
+    fn page(&self) -> &Client {
+        self.client.as_ref().expect("connected")
+    }
+
+    async fn js(&self, script: &str) -> Value {
+        self.page()
+            .execute(script, vec![])
+            .await
+            .expect("script runs")
+    }
+
+    async fn status(&self) -> String {
+        self.js("return document.getElementById('status').textContent")
+            .await
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
+
+    /// Waits until the page's status starts with `prefix`; returns the whole text.
+    async fn wait_status(&self, prefix: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let status = self.status().await;
+            if status.starts_with(prefix) {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "status is '{status}', waited for '{prefix}'"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the video element decodes frames: a size, and time moving on.
+    async fn wait_decoding(&self) {
+        let deadline = Instant::now() + WAIT;
+        let mut last_time = -1.0;
+        loop {
+            let v = self
+                .js("const v = document.getElementById('video'); return [v.videoWidth, v.currentTime];")
+                .await;
+            let (width, time) = (v[0].as_f64().unwrap_or(0.0), v[1].as_f64().unwrap_or(0.0));
+            if width > 0.0 && last_time >= 0.0 && time > last_time {
+                return;
+            }
+            if width > 0.0 {
+                last_time = time;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no frames decoded (videoWidth {width}, currentTime {time})"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    async fn click(&self, id: &str) {
+        self.page()
+            .find(Locator::Id(id))
+            .await
+            .expect("button")
+            .click()
+            .await
+            .expect("click");
+    }
+
+    async fn screenshot(&self, name: &str) {
+        let png = self.page().screenshot().await.expect("screenshot");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("test-artifacts/browser");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // The WebDriver session ends with its chromedriver; killing the driver ends Chromium.
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_and_play_in_chromium_with_server_side_stops() {
+    if std::env::var_os("SLUICE_SKIP_BROWSER").is_some() {
+        eprintln!("SLUICE_SKIP_BROWSER is set: browser test not run");
+        return;
+    }
+    let server = TestServer::start("rest_api_https_port=0\n");
+    let publisher = Browser::start().await;
+    let player = Browser::start().await;
+
+    publisher
+        .page()
+        .goto(&server.url("/publish.html"))
+        .await
+        .unwrap();
+    publisher
+        .js("document.getElementById('name').value = 'browser'; return 0;")
+        .await;
+    publisher.click("start").await;
+    publisher.wait_status("PUBLISHING").await;
+    publisher.screenshot("1-publisher-publishing").await;
+
+    player
+        .page()
+        .goto(&server.url("/play.html?name=browser"))
+        .await
+        .unwrap();
+    player.click("start").await;
+    player.wait_status("PLAYING").await;
+    player.wait_decoding().await;
+    player.screenshot("2-player-playing").await;
+
+    // The operator stops the player: the page shows the reason.
+    let terminate = server
+        .http_client
+        .post(server.url("/rest-api/stream/terminate"))
+        .json(&json!({"name": "browser", "published": false, "reason": "browser test"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(terminate.status(), 200);
+    let shown = player.wait_status("FAILED").await;
+    assert_eq!(shown, "FAILED — Stopped by server: browser test");
+    player.screenshot("3-player-stopped-by-server").await;
+    assert_eq!(
+        publisher.status().await,
+        "PUBLISHING",
+        "the publisher was not touched"
+    );
+
+    // One click resumes.
+    let label = player
+        .js("return document.getElementById('start').textContent")
+        .await;
+    assert_eq!(label, "Resume");
+    player.click("start").await;
+    player.wait_status("PLAYING").await;
+    player.wait_decoding().await;
+    player.screenshot("4-player-resumed").await;
+
+    // The publisher stops: the player is told why.
+    publisher.click("stop").await;
+    publisher.wait_status("UNPUBLISHED").await;
+    let shown = player.wait_status("FAILED").await;
+    assert_eq!(shown, "FAILED — Stopped by publisher stop");
+    player.screenshot("5-player-publisher-stopped").await;
+    publisher.screenshot("6-publisher-stopped").await;
+    assert!(
+        server
+            .eventually(WAIT, || async { server.streams().await == 0 })
+            .await
+    );
+}
