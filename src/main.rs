@@ -34,6 +34,47 @@ enum Command {
         #[arg(long)]
         log_json: bool,
     },
+    /// Validate server.properties, apps.toml and the plugins they name; exit non-zero on errors.
+    Check {
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        config: PathBuf,
+    },
+    /// Show or edit the applications in apps.toml (the running server applies the change).
+    App {
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: AppCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AppCommand {
+    /// List the apps, or one app, with their hook URL, plugin and methods.
+    Show { name: Option<String> },
+    /// Add an app, optionally with its REST hook URL.
+    Add { name: String, url: Option<String> },
+    /// Remove an app.
+    Remove { name: String },
+    /// Set an app's REST hook URL.
+    Update { name: String, url: String },
+    /// Set (or with no file, remove) an app's Lua plugin.
+    SetPlugin {
+        name: String,
+        plugin: Option<String>,
+    },
+    /// Give an app a REST hook method (StreamKeepAliveEvent, publishStream, …).
+    AddRestMethod { name: String, method: String },
+    /// Take a REST hook method away from an app.
+    RemoveRestMethod { name: String, method: String },
+    /// Set a restClientConfig field of a method: clientExclude, restExclude, restOverwrite
+    /// (comma lists), restOnError (FAIL|LOG), restPolicy (NOT_OVERWRITE|OVERWRITE).
+    SetRestConfig {
+        name: String,
+        method: String,
+        key: String,
+        value: String,
+    },
 }
 
 #[tokio::main]
@@ -67,7 +108,89 @@ async fn main() -> anyhow::Result<()> {
             );
             server.run_until_signal().await
         }
+        Command::Check { config } => check(&config),
+        Command::App { config, command } => app(&config, command),
     }
+}
+
+fn check(dir: &std::path::Path) -> anyhow::Result<()> {
+    let config = sluice::config::Config::load(dir)?;
+    let mut problems = Vec::new();
+    for (name, app) in &config.apps.apps {
+        if let Some(plugin) = &app.plugin {
+            let path = config.settings.plugin_dir.join(plugin);
+            if !path.is_file() {
+                problems.push(format!(
+                    "apps.{name}.plugin: {} does not exist",
+                    path.display()
+                ));
+            }
+        }
+    }
+    if !problems.is_empty() {
+        anyhow::bail!("{}", problems.join("\n"));
+    }
+    println!(
+        "{}: configuration is valid ({} apps)",
+        dir.display(),
+        config.apps.apps.len()
+    );
+    Ok(())
+}
+
+fn app(dir: &std::path::Path, command: AppCommand) -> anyhow::Result<()> {
+    use sluice::config::edit::{AppEdit, apply_to_dir};
+    let edit = match command {
+        AppCommand::Show { name } => {
+            let config = sluice::config::Config::load(dir)?;
+            let mut shown = 0;
+            for (key, app) in config
+                .apps
+                .apps
+                .iter()
+                .filter(|(k, _)| name.as_ref().is_none_or(|n| n == *k))
+            {
+                shown += 1;
+                println!("{key}");
+                println!("  url:     {}", app.url.as_deref().unwrap_or("-"));
+                println!("  plugin:  {}", app.plugin.as_deref().unwrap_or("-"));
+                for (method, rest) in &app.methods {
+                    println!(
+                        "  method:  {method} restOnError={} restPolicy={} restExclude=[{}] restOverwrite=[{}] clientExclude=[{}]",
+                        rest.rest_on_error.as_deref().unwrap_or("FAIL"),
+                        rest.rest_policy.as_deref().unwrap_or("NOT_OVERWRITE"),
+                        rest.rest_exclude.join(","),
+                        rest.rest_overwrite.join(","),
+                        rest.client_exclude.join(","),
+                    );
+                }
+            }
+            if let (0, Some(name)) = (shown, name) {
+                anyhow::bail!("no app '{name}'");
+            }
+            return Ok(());
+        }
+        AppCommand::Add { name, url } => AppEdit::Add { name, url },
+        AppCommand::Remove { name } => AppEdit::Remove { name },
+        AppCommand::Update { name, url } => AppEdit::Update { name, url },
+        AppCommand::SetPlugin { name, plugin } => AppEdit::SetPlugin { name, plugin },
+        AppCommand::AddRestMethod { name, method } => AppEdit::AddRestMethod { name, method },
+        AppCommand::RemoveRestMethod { name, method } => AppEdit::RemoveRestMethod { name, method },
+        AppCommand::SetRestConfig {
+            name,
+            method,
+            key,
+            value,
+        } => AppEdit::SetRestConfig {
+            name,
+            method,
+            key,
+            value,
+        },
+    };
+    apply_to_dir(dir, &edit)?;
+    println!("{}: updated", dir.join("apps.toml").display());
+    Ok(())
 }
 
 fn init_logging(json: bool) {

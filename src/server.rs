@@ -7,13 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use arc_swap::ArcSwap;
 use axum_server::tls_rustls::RustlsConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::auth::Tokens;
 use crate::api::{self, AppState};
-use crate::config::{Config, Settings};
+use crate::config::{ConfigStore, Settings, watch};
 use crate::media::Media;
 use crate::registry::Registry;
 
@@ -70,18 +69,11 @@ async fn wait_for_signal() {
 }
 
 pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
-    let config = match &options.config_dir {
-        Some(dir) => Config::load(dir)?,
-        None => Config::defaults(),
-    };
-    let settings = config.settings.clone();
+    let config = ConfigStore::open(options.config_dir.as_deref())?;
+    let settings = config.load().settings.clone();
     let registry = Registry::new(settings.node_id.clone());
-    let media = Media::new(settings.clone(), registry.clone()).await?;
-    let tokens = Tokens::new(
-        settings.rest_api_tokens.clone(),
-        settings.rest_api_tokens_file.clone(),
-    )
-    .with_context(|| {
+    let media = Media::new(config.clone(), registry.clone()).await?;
+    let tokens = Tokens::new(&settings).with_context(|| {
         let file = settings
             .rest_api_tokens_file
             .as_deref()
@@ -91,12 +83,20 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
     let state = AppState {
         media: media.clone(),
         registry: registry.clone(),
-        config: Arc::new(ArcSwap::from_pointee(config)),
+        config: config.clone(),
         tokens: Arc::new(tokens),
     };
     let router = api::router(state);
     let shutdown = CancellationToken::new();
     let mut listeners = tokio::task::JoinSet::new();
+    let (watcher, _touches) = watch::spawn(
+        config.clone(),
+        vec![settings.plugin_dir.clone()],
+        shutdown.clone(),
+    );
+    listeners.spawn(async move {
+        let _ = watcher.await;
+    });
 
     let http_bind = options.http_listen.or_else(|| {
         settings

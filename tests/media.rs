@@ -271,8 +271,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn media_over_one_muxed_udp_port_and_pages_over_https() {
-    let server =
-        TestServer::start_with("ice_loopback_only=true\nmedia_udp_mux_port=0\n", None, true);
+    let server = TestServer::start_with("ice_loopback_only=true\nmedia_udp_mux_port=0\n", None);
     let client = Client::new().unwrap();
     let publisher = client
         .publish(&server.url("/whip/mux"), SyntheticMedia::default())

@@ -15,58 +15,62 @@ use subtle::ConstantTimeEq;
 
 use super::AppState;
 use super::rest::ApiError;
+use crate::config::Settings;
 
-/// Where the accepted tokens come from.
+/// The tokens file as last read, re-read when its path or metadata changes.
+#[derive(Default)]
 pub struct Tokens {
-    inline: Vec<String>,
-    file: Option<PathBuf>,
-    from_file: Mutex<FileTokens>,
+    file: Mutex<FileTokens>,
 }
 
 #[derive(Default)]
 struct FileTokens {
+    path: Option<PathBuf>,
     stamp: Option<(SystemTime, u64)>,
     tokens: Vec<String>,
 }
 
 impl Tokens {
-    /// Reads the file now: a tokens file that cannot be read at start is an error.
-    pub fn new(inline: Vec<String>, file: Option<PathBuf>) -> std::io::Result<Self> {
-        let tokens = Tokens {
-            inline,
-            file,
-            from_file: Mutex::new(FileTokens::default()),
-        };
-        if let Some(path) = &tokens.file {
-            let loaded = read_file(path)?;
-            *tokens.lock() = loaded;
+    /// Reads the tokens file now: one that cannot be read at start is an error.
+    pub fn new(settings: &Settings) -> std::io::Result<Self> {
+        let tokens = Tokens::default();
+        if let Some(path) = &settings.rest_api_tokens_file {
+            *tokens.lock() = read_file(path)?;
         }
         Ok(tokens)
     }
 
     /// True when no token is configured: the REST API is open.
-    pub fn is_open(&self) -> bool {
-        self.inline.is_empty() && self.file.is_none()
+    pub fn is_open(settings: &Settings) -> bool {
+        settings.rest_api_tokens.is_empty() && settings.rest_api_tokens_file.is_none()
     }
 
-    pub fn accepts(&self, presented: &str) -> bool {
-        self.refresh();
+    pub fn accepts(&self, settings: &Settings, presented: &str) -> bool {
+        if let Some(path) = &settings.rest_api_tokens_file {
+            self.refresh(path);
+        }
         let from_file = self.lock();
+        let file_tokens = match &settings.rest_api_tokens_file {
+            Some(path) if from_file.path.as_ref() == Some(path) => from_file.tokens.as_slice(),
+            _ => &[],
+        };
         let mut accepted = 0u8;
         // Every token is compared, so the time taken does not tell which one came close.
-        for token in self.inline.iter().chain(from_file.tokens.iter()) {
+        for token in settings.rest_api_tokens.iter().chain(file_tokens) {
             accepted |= token.as_bytes().ct_eq(presented.as_bytes()).unwrap_u8();
         }
         accepted == 1
     }
 
-    fn refresh(&self) {
-        let Some(path) = &self.file else { return };
+    fn refresh(&self, path: &PathBuf) {
         let stamp = std::fs::metadata(path)
             .ok()
             .and_then(|m| Some((m.modified().ok()?, m.len())));
-        if stamp.is_some() && stamp == self.lock().stamp {
-            return;
+        {
+            let current = self.lock();
+            if current.path.as_ref() == Some(path) && stamp.is_some() && stamp == current.stamp {
+                return;
+            }
         }
         match read_file(path) {
             Ok(loaded) => *self.lock() = loaded,
@@ -77,7 +81,7 @@ impl Tokens {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, FileTokens> {
-        self.from_file.lock().unwrap_or_else(|e| e.into_inner())
+        self.file.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -91,6 +95,7 @@ fn read_file(path: &PathBuf) -> std::io::Result<FileTokens> {
         .map(String::from)
         .collect();
     Ok(FileTokens {
+        path: Some(path.clone()),
         stamp: metadata.modified().ok().map(|m| (m, metadata.len())),
         tokens,
     })
@@ -102,7 +107,8 @@ pub async fn require_token(
     request: Request,
     next: Next,
 ) -> Response {
-    if state.tokens.is_open() {
+    let config = state.config.load();
+    if Tokens::is_open(&config.settings) {
         return next.run(request).await;
     }
     let presented = request
@@ -112,7 +118,7 @@ pub async fn require_token(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     match presented {
-        Some(token) if state.tokens.accepts(token) => next.run(request).await,
+        Some(token) if state.tokens.accepts(&config.settings, token) => next.run(request).await,
         _ => {
             let mut response =
                 ApiError::new(StatusCode::UNAUTHORIZED, "missing or invalid bearer token")
@@ -134,23 +140,36 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("tokens");
         std::fs::write(&file, "# operators\nalpha\n\n").unwrap();
-        let tokens = Tokens::new(vec!["inline".into()], Some(file.clone())).unwrap();
-        assert!(tokens.accepts("inline"));
-        assert!(tokens.accepts("alpha"));
-        assert!(!tokens.accepts("alph"));
-        assert!(!tokens.accepts(""));
+        let settings = Settings {
+            rest_api_tokens: vec!["inline".into()],
+            rest_api_tokens_file: Some(file.clone()),
+            ..Settings::default()
+        };
+        let tokens = Tokens::new(&settings).unwrap();
+        assert!(tokens.accepts(&settings, "inline"));
+        assert!(tokens.accepts(&settings, "alpha"));
+        assert!(!tokens.accepts(&settings, "alph"));
+        assert!(!tokens.accepts(&settings, ""));
         std::fs::write(&file, "beta-token-longer\n").unwrap();
-        assert!(tokens.accepts("beta-token-longer"));
-        assert!(!tokens.accepts("alpha"));
+        assert!(tokens.accepts(&settings, "beta-token-longer"));
+        assert!(!tokens.accepts(&settings, "alpha"));
         std::fs::remove_file(&file).unwrap();
         assert!(
-            tokens.accepts("beta-token-longer"),
+            tokens.accepts(&settings, "beta-token-longer"),
             "an unreadable file keeps the last good tokens"
+        );
+        let without_file = Settings {
+            rest_api_tokens_file: None,
+            ..settings
+        };
+        assert!(
+            !tokens.accepts(&without_file, "beta-token-longer"),
+            "a file no longer named gives no tokens"
         );
     }
 
     #[test]
     fn no_tokens_means_open() {
-        assert!(Tokens::new(Vec::new(), None).unwrap().is_open());
+        assert!(Tokens::is_open(&Settings::default()));
     }
 }

@@ -8,7 +8,6 @@ mod whip;
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -20,7 +19,7 @@ use serde::Serialize;
 use tokio_stream::wrappers::WatchStream;
 use uuid::Uuid;
 
-use crate::config::Config;
+use crate::config::ConfigStore;
 use crate::media::Media;
 use crate::registry::{Registry, StopReason};
 
@@ -29,7 +28,7 @@ use crate::registry::{Registry, StopReason};
 pub struct AppState {
     pub media: Arc<Media>,
     pub registry: Arc<Registry>,
-    pub config: Arc<ArcSwap<Config>>,
+    pub config: Arc<ConfigStore>,
     pub tokens: Arc<auth::Tokens>,
 }
 
@@ -37,6 +36,7 @@ pub fn router(state: AppState) -> Router {
     let max_sdp = state.config.load().settings.max_sdp_size;
     let rest_api = rest::routes()
         .route("/rest-api/server/runtime", post(runtime).get(runtime))
+        .route("/rest-api/config", get(config_status).post(config_status))
         .route("/rest-api/{*rest}", axum::routing::any(rest::not_found))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -118,6 +118,33 @@ async fn session_events(State(state): State<AppState>, Path(raw): Path<String>) 
     Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConfigView {
+    dir: Option<String>,
+    #[serde(flatten)]
+    status: crate::config::ReloadStatus,
+    reloads: u64,
+    failures: u64,
+    settings: std::collections::BTreeMap<&'static str, String>,
+    apps: crate::config::Apps,
+}
+
+/// `/rest-api/config`: the values in force, which file versions they come from, the last
+/// reload error and the keys waiting for a restart.
+async fn config_status(State(state): State<AppState>) -> axum::Json<ConfigView> {
+    let config = state.config.load();
+    let (reloads, failures) = state.config.counts();
+    axum::Json(ConfigView {
+        dir: state.config.dir().map(|d| d.display().to_string()),
+        status: state.config.status(),
+        reloads,
+        failures,
+        settings: config.settings.as_properties(),
+        apps: config.apps.clone(),
+    })
 }
 
 #[derive(Serialize)]

@@ -4,12 +4,12 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
 
 /// One REST hook method of an app and its `restClientConfig`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct MethodConfig {
     #[serde(default)]
@@ -23,7 +23,7 @@ pub struct MethodConfig {
 }
 
 /// One application.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppConfig {
     /// The REST hook base URL of the app's web server.
@@ -35,7 +35,7 @@ pub struct AppConfig {
 }
 
 /// Every application, by `appKey`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Apps {
     #[serde(default)]
@@ -51,8 +51,99 @@ impl Default for Apps {
     }
 }
 
+/// The REST hook methods Sluice sends, by their names in the system it models.
+pub const HOOK_METHODS: &[&str] = &[
+    "StreamKeepAliveEvent",
+    "StreamKeepAliveBatchEvent",
+    "publishStream",
+    "playStream",
+    "StreamStatusEvent",
+];
+pub const REST_ON_ERROR: &[&str] = &["FAIL", "LOG"];
+pub const REST_POLICY: &[&str] = &["NOT_OVERWRITE", "OVERWRITE"];
+
 impl Apps {
     pub fn parse(file: &Path, text: &str) -> Result<Apps, ConfigError> {
+        let apps: Apps = Self::parse_toml(file, text)?;
+        apps.validate()
+            .map_err(|(line_hint, message)| ConfigError::Syntax {
+                file: file.to_path_buf(),
+                line: find_line(text, &line_hint),
+                message,
+            })?;
+        Ok(apps)
+    }
+
+    /// Checks what TOML cannot: names, URLs, plugin paths, method names and policy values.
+    /// `Err` holds a text to find the line by, and the message.
+    fn validate(&self) -> Result<(), (String, String)> {
+        for (name, app) in &self.apps {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err((
+                    name.clone(),
+                    format!("app name '{name}': use letters, digits, '-', '_', '.'"),
+                ));
+            }
+            if let Some(url) = &app.url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return Err((
+                    url.clone(),
+                    format!("apps.{name}.url '{url}' must be an http:// or https:// URL"),
+                ));
+            }
+            if let Some(plugin) = &app.plugin {
+                let path = Path::new(plugin);
+                if plugin.is_empty()
+                    || path.is_absolute()
+                    || path
+                        .components()
+                        .any(|c| !matches!(c, std::path::Component::Normal(_)))
+                {
+                    return Err((
+                        plugin.clone(),
+                        format!(
+                            "apps.{name}.plugin '{plugin}' must be a file name under the plugin directory"
+                        ),
+                    ));
+                }
+            }
+            for (method, config) in &app.methods {
+                if !HOOK_METHODS.contains(&method.as_str()) {
+                    return Err((
+                        method.clone(),
+                        format!(
+                            "apps.{name}.methods.{method}: unknown method; one of {}",
+                            HOOK_METHODS.join(", ")
+                        ),
+                    ));
+                }
+                for (key, value, allowed) in [
+                    ("restOnError", &config.rest_on_error, REST_ON_ERROR),
+                    ("restPolicy", &config.rest_policy, REST_POLICY),
+                ] {
+                    if let Some(value) = value
+                        && !allowed.contains(&value.as_str())
+                    {
+                        return Err((
+                            value.clone(),
+                            format!(
+                                "apps.{name}.methods.{method}.{key} '{value}': one of {}",
+                                allowed.join(", ")
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn parse_toml(file: &Path, text: &str) -> Result<Apps, ConfigError> {
         toml::from_str(text).map_err(|e| {
             let line = e
                 .span()
@@ -75,6 +166,14 @@ impl Apps {
     pub fn get(&self, app_key: &str) -> Option<&AppConfig> {
         self.apps.get(app_key)
     }
+}
+
+/// The first line holding `needle` (1-based), or 0.
+fn find_line(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(needle))
+        .map(|i| i + 1)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -113,5 +212,24 @@ restExclude = ["custom"]
         .to_string();
         assert!(err.starts_with("apps.toml:3:"), "{err}");
         assert!(err.contains("plugn"), "{err}");
+    }
+
+    #[test]
+    fn values_are_checked() {
+        let cases = [
+            ("[apps.a]\nurl = \"ftp://x\"\n", "apps.toml:2:"),
+            ("[apps.a]\nplugin = \"../etc/passwd\"\n", "apps.toml:2:"),
+            ("[apps.a.methods.keepAlive]\n", "apps.toml:1:"),
+            (
+                "[apps.a.methods.StreamKeepAliveEvent]\nrestOnError = \"IGNORE\"\n",
+                "apps.toml:2:",
+            ),
+        ];
+        for (text, at) in cases {
+            let err = Apps::parse(Path::new("apps.toml"), text)
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(at), "{text}: {err}");
+        }
     }
 }

@@ -4,10 +4,14 @@
 //! file, the line, the key and what is allowed.
 
 mod apps;
+pub mod edit;
 mod settings;
+mod store;
+pub mod watch;
 
 pub use apps::{AppConfig, Apps, MethodConfig};
-pub use settings::{MediaPorts, Settings};
+pub use settings::{MediaPorts, RESTART_KEYS, Settings};
+pub use store::{ConfigStore, FileVersion, PendingRestart, ReloadError, ReloadStatus};
 
 use std::path::{Path, PathBuf};
 
@@ -54,10 +58,13 @@ impl Config {
 
     /// Reads `dir/server.properties` and `dir/apps.toml`; an absent file means defaults.
     pub fn load(dir: &Path) -> Result<Self, ConfigError> {
-        let settings = read_optional(&dir.join("server.properties"))?
+        let mut settings = read_optional(&dir.join("server.properties"))?
             .map(|(path, text)| Settings::parse(&path, &text))
             .transpose()?
             .unwrap_or_default();
+        if settings.plugin_dir.is_relative() {
+            settings.plugin_dir = dir.join(&settings.plugin_dir);
+        }
         let apps = read_optional(&dir.join("apps.toml"))?
             .map(|(path, text)| Apps::parse(&path, &text))
             .transpose()?

@@ -52,6 +52,12 @@ pub struct Settings {
     /// `player_wait_for_publisher` (ms): how long a WHEP request waits for a publisher that
     /// has connected but not yet sent its first media.
     pub player_wait_for_publisher: Duration,
+    /// `plugin_dir`: where `apps.toml` plugins live (relative to the config directory).
+    pub plugin_dir: PathBuf,
+    /// `rest_hook_timeout` (ms): how long one REST hook call may take.
+    pub rest_hook_timeout: Duration,
+    /// `rest_hook_max_in_flight`: REST hook calls in flight per app at most.
+    pub rest_hook_max_in_flight: usize,
     pub keep_alive_streaming_sessions_enabled: bool,
     pub streaming_sessions_keep_alive_interval: Duration,
     pub streaming_sessions_keep_alive_app_keys: Vec<String>,
@@ -76,6 +82,9 @@ impl Default for Settings {
             node_id: "sluice".into(),
             max_sdp_size: 64 * 1024,
             player_wait_for_publisher: Duration::from_millis(5000),
+            plugin_dir: PathBuf::from("plugins"),
+            rest_hook_timeout: Duration::from_millis(3000),
+            rest_hook_max_in_flight: 64,
             keep_alive_streaming_sessions_enabled: false,
             streaming_sessions_keep_alive_interval: Duration::from_millis(10_000),
             streaming_sessions_keep_alive_app_keys: vec!["defaultApp".into()],
@@ -104,9 +113,29 @@ const KNOWN_KEYS: &[&str] = &[
     "node_id",
     "max_sdp_size",
     "player_wait_for_publisher",
+    "plugin_dir",
+    "rest_hook_timeout",
+    "rest_hook_max_in_flight",
     "keep_alive_streaming_sessions_enabled",
     "streaming_sessions_keep_alive_interval",
     "streaming_sessions_keep_alive_app_keys",
+];
+
+/// Keys read once at start: a change is reported and takes effect at the next restart.
+pub const RESTART_KEYS: &[&str] = &[
+    "rest_api_address",
+    "rest_api_port",
+    "rest_api_https_port",
+    "media_port_from",
+    "media_port_to",
+    "media_udp_mux_port",
+    "media_public_ip",
+    "ice_include_loopback",
+    "ice_loopback_only",
+    "ice_disconnected_timeout",
+    "ice_failed_timeout",
+    "node_id",
+    "max_sdp_size",
 ];
 
 struct Reader<'a> {
@@ -187,16 +216,96 @@ impl Reader<'_> {
         if v.is_empty() {
             return None;
         }
-        let path = PathBuf::from(v);
-        // Relative paths are relative to the file that names them, not to the working directory.
-        Some(match self.file.parent() {
+        Some(self.relative(Path::new(v)))
+    }
+
+    /// Relative paths are relative to the file that names them, not to the working directory.
+    fn relative(&self, path: &Path) -> PathBuf {
+        match self.file.parent() {
             Some(dir) if path.is_relative() => dir.join(path),
-            _ => path,
-        })
+            _ => path.to_path_buf(),
+        }
     }
 }
 
 impl Settings {
+    /// Every key with the value in force, as `server.properties` would spell it. Tokens are
+    /// shown as a count, never in clear.
+    pub fn as_properties(&self) -> std::collections::BTreeMap<&'static str, String> {
+        let ms = |d: Duration| d.as_millis().to_string();
+        let opt = |v: Option<String>| v.unwrap_or_default();
+        let port = |p: Option<u16>| p.map(|p| p.to_string()).unwrap_or_else(|| "0".into());
+        let (from, to, mux) = match self.media_ports {
+            MediaPorts::Range(from, to) => (from.to_string(), to.to_string(), String::new()),
+            MediaPorts::Mux(port) => (String::new(), String::new(), port.to_string()),
+        };
+        std::collections::BTreeMap::from([
+            ("rest_api_address", self.rest_api_address.to_string()),
+            ("rest_api_port", port(self.rest_api_port)),
+            ("rest_api_https_port", port(self.rest_api_https_port)),
+            (
+                "rest_api_https_cert",
+                opt(self.https_cert.as_ref().map(|p| p.display().to_string())),
+            ),
+            (
+                "rest_api_https_key",
+                opt(self.https_key.as_ref().map(|p| p.display().to_string())),
+            ),
+            (
+                "rest_api_tokens",
+                format!("({} set)", self.rest_api_tokens.len()),
+            ),
+            (
+                "rest_api_tokens_file",
+                opt(self
+                    .rest_api_tokens_file
+                    .as_ref()
+                    .map(|p| p.display().to_string())),
+            ),
+            ("media_port_from", from),
+            ("media_port_to", to),
+            ("media_udp_mux_port", mux),
+            (
+                "media_public_ip",
+                opt(self.media_public_ip.map(|ip| ip.to_string())),
+            ),
+            (
+                "ice_include_loopback",
+                self.ice_include_loopback.to_string(),
+            ),
+            ("ice_loopback_only", self.ice_loopback_only.to_string()),
+            (
+                "ice_disconnected_timeout",
+                ms(self.ice_disconnected_timeout),
+            ),
+            ("ice_failed_timeout", ms(self.ice_failed_timeout)),
+            ("node_id", self.node_id.clone()),
+            ("max_sdp_size", self.max_sdp_size.to_string()),
+            (
+                "player_wait_for_publisher",
+                ms(self.player_wait_for_publisher),
+            ),
+            ("plugin_dir", self.plugin_dir.display().to_string()),
+            ("rest_hook_timeout", ms(self.rest_hook_timeout)),
+            (
+                "rest_hook_max_in_flight",
+                self.rest_hook_max_in_flight.to_string(),
+            ),
+            (
+                "keep_alive_streaming_sessions_enabled",
+                self.keep_alive_streaming_sessions_enabled.to_string(),
+            ),
+            (
+                "streaming_sessions_keep_alive_interval",
+                ms(self.streaming_sessions_keep_alive_interval),
+            ),
+            (
+                "streaming_sessions_keep_alive_app_keys",
+                self.streaming_sessions_keep_alive_app_keys.join(","),
+            ),
+        ])
+    }
+
     /// Parses the text of a `server.properties` file. `file` is used in error messages and
     /// to resolve relative paths.
     pub fn parse(file: &Path, text: &str) -> Result<Settings, ConfigError> {
@@ -213,7 +322,7 @@ impl Settings {
                     return Err(ConfigError::Value {
                         file: file.to_path_buf(),
                         line: number,
-                        key,
+                        key: key.escape_debug().to_string(),
                         message: "unknown key (see the README for the keys Sluice reads)".into(),
                     });
                 }
@@ -281,6 +390,17 @@ impl Settings {
                 d.player_wait_for_publisher,
                 0,
             )?,
+            plugin_dir: r
+                .path("plugin_dir")
+                .unwrap_or_else(|| r.relative(&d.plugin_dir)),
+            rest_hook_timeout: r.millis("rest_hook_timeout", d.rest_hook_timeout, 10)?,
+            rest_hook_max_in_flight: match r
+                .parse::<usize>("rest_hook_max_in_flight", "a count from 1")?
+            {
+                None => d.rest_hook_max_in_flight,
+                Some(0) => return Err(r.error("rest_hook_max_in_flight", "must be at least 1")),
+                Some(n) => n,
+            },
             keep_alive_streaming_sessions_enabled: r.bool(
                 "keep_alive_streaming_sessions_enabled",
                 d.keep_alive_streaming_sessions_enabled,

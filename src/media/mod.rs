@@ -29,7 +29,7 @@ use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
 use webrtc::track::track_local::TrackLocal;
 use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 
-use crate::config::Settings;
+use crate::config::ConfigStore;
 use crate::registry::{
     Bearer, MediaKind, NewStream, Registry, RegistryError, Status, StopHandle, StopReason,
 };
@@ -86,7 +86,7 @@ struct Publisher {
 pub struct Media {
     api: API,
     registry: Arc<Registry>,
-    settings: Settings,
+    config: Arc<ConfigStore>,
     publishers: Mutex<HashMap<Uuid, Arc<Publisher>>>,
     mux_addr: Option<std::net::SocketAddr>,
 }
@@ -97,12 +97,16 @@ const GATHER_TIMEOUT: Duration = Duration::from_secs(3);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl Media {
-    pub async fn new(settings: Settings, registry: Arc<Registry>) -> Result<Arc<Self>, MediaError> {
-        let engine = engine::build(&settings).await?;
+    /// Builds the WebRTC engine from the settings in force now (its keys need a restart).
+    pub async fn new(
+        config: Arc<ConfigStore>,
+        registry: Arc<Registry>,
+    ) -> Result<Arc<Self>, MediaError> {
+        let engine = engine::build(&config.load().settings).await?;
         Ok(Arc::new(Media {
             api: engine.api,
             registry,
-            settings,
+            config,
             publishers: Mutex::new(HashMap::new()),
             mux_addr: engine.mux_addr,
         }))
@@ -270,7 +274,12 @@ impl Media {
         drop(publisher);
         let waited = {
             let all_arrived = tracks.wait_for(|t| t.len() >= expected);
-            match tokio::time::timeout(self.settings.player_wait_for_publisher, all_arrived).await {
+            match tokio::time::timeout(
+                self.config.load().settings.player_wait_for_publisher,
+                all_arrived,
+            )
+            .await
+            {
                 Ok(Ok(t)) => Some(Ok(t.clone())),
                 // The publisher ended while we waited.
                 Ok(Err(_)) => Some(Err(not_publishing())),

@@ -28,10 +28,12 @@ pub const LOOPBACK: &str = "ice_loopback_only=true\nmedia_port_from=0\nmedia_por
 impl TestServer {
     /// Starts a server whose `server.properties` is `LOOPBACK` plus `extra`.
     pub fn start(extra: &str) -> TestServer {
-        Self::start_with(&format!("{LOOPBACK}{extra}"), None, true)
+        Self::start_with(&format!("{LOOPBACK}{extra}"), None)
     }
 
-    pub fn start_with(properties: &str, apps: Option<&str>, https: bool) -> TestServer {
+    /// Starts a server with exactly these files. HTTP and HTTPS listen on ephemeral loopback
+    /// ports whatever the properties say.
+    pub fn start_with(properties: &str, apps: Option<&str>) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("server.properties"), properties).expect("write properties");
         if let Some(apps) = apps {
@@ -43,10 +45,9 @@ impl TestServer {
             .arg("--config")
             .arg(dir.path())
             .arg("--http")
+            .arg("127.0.0.1:0")
+            .arg("--https")
             .arg("127.0.0.1:0");
-        if https {
-            command.arg("--https").arg("127.0.0.1:0");
-        }
         let mut child = command
             .env(
                 "SLUICE_LOG",
