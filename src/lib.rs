@@ -7,6 +7,8 @@
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod hooks;
+pub mod keepalive;
 pub mod media;
 pub mod registry;
 pub mod server;

@@ -68,7 +68,7 @@ enum AppCommand {
     /// Take a REST hook method away from an app.
     RemoveRestMethod { name: String, method: String },
     /// Set a restClientConfig field of a method: clientExclude, restExclude, restOverwrite
-    /// (comma lists), restOnError (FAIL|LOG), restPolicy (NOT_OVERWRITE|OVERWRITE).
+    /// (comma lists), restOnError (FAIL|LOG), restPolicy (NOTIFY|OVERWRITE).
     SetRestConfig {
         name: String,
         method: String,
@@ -158,7 +158,7 @@ fn app(dir: &std::path::Path, command: AppCommand) -> anyhow::Result<()> {
                     println!(
                         "  method:  {method} restOnError={} restPolicy={} restExclude=[{}] restOverwrite=[{}] clientExclude=[{}]",
                         rest.rest_on_error.as_deref().unwrap_or("FAIL"),
-                        rest.rest_policy.as_deref().unwrap_or("NOT_OVERWRITE"),
+                        rest.rest_policy.as_deref().unwrap_or("NOTIFY"),
                         rest.rest_exclude.join(","),
                         rest.rest_overwrite.join(","),
                         rest.client_exclude.join(","),

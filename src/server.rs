@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 use crate::api::auth::Tokens;
 use crate::api::{self, AppState};
 use crate::config::{ConfigStore, Settings, watch};
+use crate::hooks::{HookClient, notify};
+use crate::keepalive::KeepAlive;
 use crate::media::Media;
 use crate::registry::Registry;
 
@@ -81,15 +83,29 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
             .unwrap_or(std::path::Path::new(""));
         format!("cannot read rest_api_tokens_file {}", file.display())
     })?;
+    let shutdown = CancellationToken::new();
+    let mut listeners = tokio::task::JoinSet::new();
+    let hooks = HookClient::new();
+    let keepalive = KeepAlive::new(registry.clone(), config.clone(), hooks.clone());
+    let scheduler = keepalive.spawn(shutdown.clone());
+    let notifier = notify::spawn(
+        registry.clone(),
+        config.clone(),
+        hooks.clone(),
+        shutdown.clone(),
+    );
+    listeners.spawn(async move {
+        let _ = tokio::join!(scheduler, notifier);
+    });
     let state = AppState {
         media: media.clone(),
         registry: registry.clone(),
         config: config.clone(),
         tokens: Arc::new(tokens),
+        hooks,
+        keepalive,
     };
     let router = api::router(state);
-    let shutdown = CancellationToken::new();
-    let mut listeners = tokio::task::JoinSet::new();
     let (watcher, _touches) = watch::spawn(
         config.clone(),
         vec![settings.plugin_dir.clone()],

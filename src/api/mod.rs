@@ -30,6 +30,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub config: Arc<ConfigStore>,
     pub tokens: Arc<auth::Tokens>,
+    pub hooks: crate::hooks::HookClient,
+    pub keepalive: Arc<crate::keepalive::KeepAlive>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -37,6 +39,10 @@ pub fn router(state: AppState) -> Router {
     let rest_api = rest::routes()
         .route("/rest-api/server/runtime", post(runtime).get(runtime))
         .route("/rest-api/config", get(config_status).post(config_status))
+        .route(
+            "/rest-api/keepalive",
+            get(keepalive_status).post(keepalive_status),
+        )
         .route("/rest-api/{*rest}", axum::routing::any(rest::not_found))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -144,6 +150,48 @@ async fn config_status(State(state): State<AppState>) -> axum::Json<ConfigView> 
         failures,
         settings: config.settings.as_properties(),
         apps: config.apps.clone(),
+    })
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct KeepAliveView {
+    enabled: bool,
+    interval_ms: u64,
+    app_keys: Vec<String>,
+    verdicts: std::collections::BTreeMap<&'static str, crate::keepalive::VerdictCounts>,
+    hooks: Vec<HookView>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HookView {
+    app_key: String,
+    method: String,
+    #[serde(flatten)]
+    counts: crate::hooks::OutcomeCounts,
+}
+
+/// `/rest-api/keepalive`: the scheduler's settings in force, verdicts by source and result,
+/// and every REST hook's outcomes by app and method.
+async fn keepalive_status(State(state): State<AppState>) -> axum::Json<KeepAliveView> {
+    let settings = &state.config.load().settings;
+    axum::Json(KeepAliveView {
+        enabled: settings.keep_alive_streaming_sessions_enabled,
+        interval_ms: settings.streaming_sessions_keep_alive_interval.as_millis() as u64,
+        app_keys: settings.streaming_sessions_keep_alive_app_keys.clone(),
+        verdicts: state.keepalive.stats.snapshot(),
+        hooks: state
+            .hooks
+            .stats
+            .snapshot()
+            .into_iter()
+            .map(|((app_key, method), counts)| HookView {
+                app_key,
+                method,
+                counts,
+            })
+            .collect(),
     })
 }
 

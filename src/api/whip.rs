@@ -13,8 +13,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 
 use super::{AppState, TextError};
+use crate::hooks::admission::{self, Admission};
 use crate::media::{MediaError, OfferRequest, resource_path};
-use crate::registry::{Bearer, RegistryError};
+use crate::registry::{Bearer, NewStream, RegistryError, StreamRecord};
 
 /// The `rel` of the status stream link, as the WHEP server-sent-events extension names it.
 const SSE_REL: &str = "urn:ietf:params:whep:ext:core:server-sent-events";
@@ -68,6 +69,26 @@ async fn offer(
         Ok(request) => request,
         Err(e) => return e.into_response(),
     };
+    let publish = matches!(direction, Direction::Publish);
+    if let Err(e) = state.media.precheck(&request, publish) {
+        return media_error(e);
+    }
+    let mut request = request;
+    match admit(&state, &request, publish).await {
+        Admission::Admit { custom } => {
+            if let Some(custom) = custom {
+                request.custom = custom;
+            }
+        }
+        Admission::Reject {
+            status,
+            reason,
+            answer,
+        } => {
+            tracing::info!(name = %request.name, app = %request.app_key, publish, %reason, "request refused by admission");
+            return refusal(status, reason, answer);
+        }
+    }
     let (name, app) = (request.name.clone(), request.app_key.clone());
     let answer = match direction {
         Direction::Publish => state.media.publish(request).await,
@@ -103,6 +124,37 @@ async fn offer(
             response
         }
         Err(e) => media_error(e),
+    }
+}
+
+/// The web server's word on a new stream (its `publishStream` / `playStream` hook).
+async fn admit(state: &AppState, request: &OfferRequest, publish: bool) -> Admission {
+    let mut new = if publish {
+        NewStream::publisher(&request.name, &request.app_key)
+    } else {
+        NewStream::player(&request.name, &request.app_key)
+    };
+    new.media_session_id = Some(request.media_session_id);
+    new.session_id = resource_path(request.media_session_id);
+    new.remote_address = request.remote_address.clone();
+    new.custom = request.custom.clone();
+    new.bearer = request.bearer.clone();
+    let record = StreamRecord::preview(new, state.registry.node_id());
+    admission::admit(&state.hooks, &state.config.load(), &record).await
+}
+
+/// A refused WHIP/WHEP request: the web server's JSON answer (minus `clientExclude`) when it
+/// gave one, else the reason as text.
+fn refusal(status: u16, reason: String, answer: Option<serde_json::Value>) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
+    match answer {
+        Some(mut answer) => {
+            if let Some(object) = answer.as_object_mut() {
+                object.entry("reason").or_insert_with(|| reason.into());
+            }
+            (status, axum::Json(answer)).into_response()
+        }
+        None => TextError::new(status, reason).into_response(),
     }
 }
 
@@ -181,6 +233,7 @@ fn read_request(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|t| t.trim().to_string());
     Ok(OfferRequest {
+        media_session_id: uuid::Uuid::new_v4(),
         name,
         app_key,
         sdp: sdp.to_string(),

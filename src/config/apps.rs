@@ -8,18 +8,45 @@ use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
 
-/// One REST hook method of an app and its `restClientConfig`.
+/// One REST hook method of an app and its `restClientConfig`. The list fields take a TOML
+/// array or, as the model writes them, one comma-separated string (`restExclude = "sdp,info"`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct MethodConfig {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "string_or_list")]
     pub client_exclude: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "string_or_list")]
     pub rest_exclude: Vec<String>,
     pub rest_on_error: Option<String>,
     pub rest_policy: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "string_or_list")]
     pub rest_overwrite: Vec<String>,
+}
+
+impl MethodConfig {
+    /// `restOnError`: `FAIL` unless the method says `LOG`.
+    pub fn fails_on_error(&self) -> bool {
+        self.rest_on_error.as_deref() != Some("LOG")
+    }
+
+    /// `restPolicy = OVERWRITE`: the web server's answer may change the `restOverwrite` fields.
+    pub fn overwrites(&self) -> bool {
+        self.rest_policy.as_deref() == Some("OVERWRITE")
+    }
+}
+
+fn string_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        One(String),
+        Many(Vec<String>),
+    }
+    let list = match Raw::deserialize(d)? {
+        Raw::One(s) => s.split(',').map(str::trim).map(String::from).collect(),
+        Raw::Many(v) => v,
+    };
+    Ok(list.into_iter().filter(|s| !s.is_empty()).collect())
 }
 
 /// One application.
@@ -60,7 +87,9 @@ pub const HOOK_METHODS: &[&str] = &[
     "StreamStatusEvent",
 ];
 pub const REST_ON_ERROR: &[&str] = &["FAIL", "LOG"];
-pub const REST_POLICY: &[&str] = &["NOT_OVERWRITE", "OVERWRITE"];
+pub const REST_POLICY: &[&str] = &["NOTIFY", "OVERWRITE"];
+/// Fields a web server's answer may change under `restPolicy = OVERWRITE`.
+pub const OVERWRITABLE: &[&str] = &["custom"];
 
 impl Apps {
     pub fn parse(file: &Path, text: &str) -> Result<Apps, ConfigError> {
@@ -119,6 +148,19 @@ impl Apps {
                         format!(
                             "apps.{name}.methods.{method}: unknown method; one of {}",
                             HOOK_METHODS.join(", ")
+                        ),
+                    ));
+                }
+                if let Some(field) = config
+                    .rest_overwrite
+                    .iter()
+                    .find(|f| !OVERWRITABLE.contains(&f.as_str()))
+                {
+                    return Err((
+                        field.clone(),
+                        format!(
+                            "apps.{name}.methods.{method}.restOverwrite '{field}': one of {}",
+                            OVERWRITABLE.join(", ")
                         ),
                     ));
                 }
@@ -191,6 +233,8 @@ plugin = "policy.lua"
 [apps.defaultApp.methods.StreamKeepAliveEvent]
 restOnError = "LOG"
 restExclude = ["custom"]
+[apps.defaultApp.methods.publishStream]
+restExclude = "sdp, info"
 "#,
         )
         .unwrap();

@@ -58,6 +58,9 @@ pub struct Settings {
     pub rest_hook_timeout: Duration,
     /// `rest_hook_max_in_flight`: REST hook calls in flight per app at most.
     pub rest_hook_max_in_flight: usize,
+    /// `keep_alive_failures_to_stop`: with `restOnError = FAIL`, a stream is stopped after this
+    /// many keep-alive verdicts in a row that failed (hook down, timeout, garbage).
+    pub keep_alive_failures_to_stop: u32,
     pub keep_alive_streaming_sessions_enabled: bool,
     pub streaming_sessions_keep_alive_interval: Duration,
     pub streaming_sessions_keep_alive_app_keys: Vec<String>,
@@ -85,6 +88,7 @@ impl Default for Settings {
             plugin_dir: PathBuf::from("plugins"),
             rest_hook_timeout: Duration::from_millis(3000),
             rest_hook_max_in_flight: 64,
+            keep_alive_failures_to_stop: 3,
             keep_alive_streaming_sessions_enabled: false,
             streaming_sessions_keep_alive_interval: Duration::from_millis(10_000),
             streaming_sessions_keep_alive_app_keys: vec!["defaultApp".into()],
@@ -116,6 +120,7 @@ const KNOWN_KEYS: &[&str] = &[
     "plugin_dir",
     "rest_hook_timeout",
     "rest_hook_max_in_flight",
+    "keep_alive_failures_to_stop",
     "keep_alive_streaming_sessions_enabled",
     "streaming_sessions_keep_alive_interval",
     "streaming_sessions_keep_alive_app_keys",
@@ -292,6 +297,10 @@ impl Settings {
                 self.rest_hook_max_in_flight.to_string(),
             ),
             (
+                "keep_alive_failures_to_stop",
+                self.keep_alive_failures_to_stop.to_string(),
+            ),
+            (
                 "keep_alive_streaming_sessions_enabled",
                 self.keep_alive_streaming_sessions_enabled.to_string(),
             ),
@@ -399,6 +408,13 @@ impl Settings {
             {
                 None => d.rest_hook_max_in_flight,
                 Some(0) => return Err(r.error("rest_hook_max_in_flight", "must be at least 1")),
+                Some(n) => n,
+            },
+            keep_alive_failures_to_stop: match r
+                .parse::<u32>("keep_alive_failures_to_stop", "a count from 1")?
+            {
+                None => d.keep_alive_failures_to_stop,
+                Some(0) => return Err(r.error("keep_alive_failures_to_stop", "must be at least 1")),
                 Some(n) => n,
             },
             keep_alive_streaming_sessions_enabled: r.bool(

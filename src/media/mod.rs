@@ -60,6 +60,8 @@ impl From<webrtc::Error> for MediaError {
 /// A WHIP or WHEP offer with what the HTTP request said about its client.
 #[derive(Debug, Clone)]
 pub struct OfferRequest {
+    /// The id the new session will have (chosen first, so admission hooks can name it).
+    pub media_session_id: Uuid,
     pub name: String,
     pub app_key: String,
     pub sdp: String,
@@ -121,6 +123,29 @@ impl Media {
         &self.registry
     }
 
+    /// The checks a request can fail without any media work: the offer, and whether the name
+    /// is free (publish) or published (play). Run before admission hooks, so that a request
+    /// that cannot succeed costs the web server nothing.
+    pub fn precheck(&self, request: &OfferRequest, publish: bool) -> Result<(), MediaError> {
+        let summary = offer::inspect(&request.sdp)?;
+        if publish {
+            if summary.sending.is_empty() {
+                return Err(MediaError::NoMedia("publish"));
+            }
+            if self.registry.publisher_of(&request.name).is_some() {
+                return Err(RegistryError::AlreadyPublishing(request.name.clone()).into());
+            }
+        } else {
+            if summary.receiving.is_empty() {
+                return Err(MediaError::NoMedia("play"));
+            }
+            if self.registry.publisher_of(&request.name).is_none() {
+                return Err(RegistryError::NotPublishing(request.name.clone()).into());
+            }
+        }
+        Ok(())
+    }
+
     /// WHIP: accepts a publisher's offer. Nothing is registered unless this succeeds.
     pub async fn publish(
         self: &Arc<Self>,
@@ -133,7 +158,7 @@ impl Media {
         if self.registry.publisher_of(&request.name).is_some() {
             return Err(RegistryError::AlreadyPublishing(request.name).into());
         }
-        let id = Uuid::new_v4();
+        let id = request.media_session_id;
         let pc = self.new_peer_connection().await?;
         let (control, stop_rx) = SessionControl::new();
         let tasks = TaskTracker::new();
@@ -178,7 +203,7 @@ impl Media {
             return Err(MediaError::NoMedia("play"));
         }
         let tracks = self.publisher_tracks(&request.name).await?;
-        let id = Uuid::new_v4();
+        let id = request.media_session_id;
         let pc = self.new_peer_connection().await?;
         let (control, stop_rx) = SessionControl::new();
         let tasks = TaskTracker::new();

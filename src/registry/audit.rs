@@ -15,6 +15,13 @@ pub enum TerminationSource {
     /// `POST /rest-api/stream/terminate`, from this remote address.
     #[serde(rename_all = "camelCase")]
     Rest { remote_address: String },
+    /// A keep-alive verdict: the app, what gave it (`hook`, `batch`, `plugin`), the method.
+    #[serde(rename_all = "camelCase")]
+    KeepAlive {
+        app_key: String,
+        by: String,
+        method: String,
+    },
     /// The server itself (shutdown).
     Server,
 }

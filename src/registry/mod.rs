@@ -173,6 +173,21 @@ impl Registry {
         true
     }
 
+    /// Replaces a live stream's `custom` map (a web server's `OVERWRITE` answer).
+    pub fn update_custom(
+        &self,
+        id: Uuid,
+        custom: std::collections::BTreeMap<String, String>,
+    ) -> bool {
+        match self.write().by_id.get_mut(&id) {
+            Some(entry) => {
+                entry.record.custom = custom;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Asks a stream to stop. Returns `false` when there is no such stream.
     /// The handle is called with no lock held.
     pub fn stop(&self, id: Uuid, reason: StopReason) -> bool {

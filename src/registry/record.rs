@@ -180,6 +180,14 @@ pub struct StreamRecord {
 }
 
 impl StreamRecord {
+    /// The record a stream would have, before it is registered (status `NEW`): what
+    /// admission hooks and policies see.
+    pub fn preview(new: NewStream, node_id: &str) -> Self {
+        let mut record = Self::new(new, node_id, super::now_ms());
+        record.status = Status::New;
+        record
+    }
+
     pub(super) fn new(new: NewStream, node_id: &str, now_ms: u64) -> Self {
         let id = new.media_session_id.unwrap_or_else(Uuid::new_v4);
         let session_id = if new.session_id.is_empty() {

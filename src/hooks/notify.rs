@@ -1,0 +1,116 @@
+//! `StreamStatusEvent`: every status change of a stream of an app that lists the method is
+//! posted to its web server, in order, one app's events after another's never delayed.
+//! Notification only: a failure is counted and logged (rate-limited), nothing else.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::HookClient;
+use crate::config::ConfigStore;
+use crate::registry::{Registry, StatusEvent};
+
+pub const STATUS_METHOD: &str = "StreamStatusEvent";
+/// Events queued per app before new ones are dropped (and counted).
+const QUEUE: usize = 4096;
+
+/// Follows the registry's event bus until `stop`.
+pub fn spawn(
+    registry: Arc<Registry>,
+    store: Arc<ConfigStore>,
+    client: HookClient,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut events = registry.events();
+        let mut queues: HashMap<String, mpsc::Sender<Value>> = HashMap::new();
+        loop {
+            let event = tokio::select! {
+                _ = stop.cancelled() => return,
+                event = events.recv() => event,
+            };
+            let event: StatusEvent = match event {
+                Ok(event) => event,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(
+                        missed = n,
+                        "StreamStatusEvent notifier fell behind the event bus"
+                    );
+                    continue;
+                }
+                Err(_) => return,
+            };
+            let config = store.load();
+            let Some(app) = config.apps.get(&event.app_key) else {
+                continue;
+            };
+            let (Some(_), Some(method)) = (app.url.as_ref(), app.methods.get(STATUS_METHOD)) else {
+                continue;
+            };
+            let mut body = json!({
+                "nodeId": registry.node_id(),
+                "appKey": event.app_key,
+                "mediaSessionId": event.media_session_id,
+                "name": event.name,
+                "published": event.published,
+                "status": event.status,
+                "info": event.info,
+                "eventId": event.event_id,
+                "mediaProvider": "WebRTC",
+            });
+            if let Value::Object(object) = &mut body {
+                super::exclude(object, &method.rest_exclude);
+            }
+            let queue = queues.entry(event.app_key.clone()).or_insert_with(|| {
+                let (tx, rx) = mpsc::channel(QUEUE);
+                tokio::spawn(deliver(
+                    event.app_key.clone(),
+                    rx,
+                    store.clone(),
+                    client.clone(),
+                    stop.clone(),
+                ));
+                tx
+            });
+            if queue.try_send(body).is_err() {
+                client.stats.saturated(
+                    &event.app_key,
+                    STATUS_METHOD,
+                    &super::HookError::Saturated(QUEUE),
+                );
+            }
+        }
+    })
+}
+
+/// Posts one app's events in order, to the URL in force when each is sent.
+async fn deliver(
+    app: String,
+    mut queue: mpsc::Receiver<Value>,
+    config: Arc<ConfigStore>,
+    client: HookClient,
+    stop: CancellationToken,
+) {
+    loop {
+        let body = tokio::select! {
+            _ = stop.cancelled() => return,
+            body = queue.recv() => match body { Some(b) => b, None => return },
+        };
+        let config = config.load();
+        let Some(url) = config.apps.get(&app).and_then(|a| a.url.clone()) else {
+            continue;
+        };
+        let _ = client
+            .call(
+                &app,
+                &url,
+                STATUS_METHOD,
+                &body,
+                config.settings.rest_hook_timeout,
+            )
+            .await;
+    }
+}

@@ -1,0 +1,111 @@
+//! Counters of REST hook calls by app, method and outcome, with latency, and the
+//! rate-limited log of failures: a back end that is down is one line every few seconds with a
+//! count, not one line per stream.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::{HookAnswer, HookError};
+
+/// Failures of one app and kind are logged at most this often.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Upper bounds (seconds) of the latency histogram buckets.
+pub const LATENCY_BUCKETS: [f64; 10] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
+
+/// What the calls of one app and method came to.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutcomeCounts {
+    pub calls: u64,
+    /// Answers by HTTP status.
+    pub statuses: BTreeMap<u16, u64>,
+    /// Failures by kind (`connect`, `timeout`, `status`, `garbage`, `too_large`, `saturated`).
+    pub errors: BTreeMap<&'static str, u64>,
+    pub latency_seconds_sum: f64,
+    /// Cumulative counts per bucket of [`LATENCY_BUCKETS`].
+    pub latency_buckets: Vec<u64>,
+}
+
+#[derive(Default)]
+struct LogState {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+#[derive(Default)]
+pub struct HookStats {
+    counts: Mutex<BTreeMap<(String, String), OutcomeCounts>>,
+    logs: Mutex<BTreeMap<(String, &'static str), LogState>>,
+}
+
+impl HookStats {
+    pub(super) fn record(
+        &self,
+        app: &str,
+        method: &str,
+        result: &Result<HookAnswer, HookError>,
+        took: Duration,
+    ) {
+        {
+            let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+            let entry = counts
+                .entry((app.to_string(), method.to_string()))
+                .or_default();
+            entry.calls += 1;
+            entry.latency_seconds_sum += took.as_secs_f64();
+            if entry.latency_buckets.is_empty() {
+                entry.latency_buckets = vec![0; LATENCY_BUCKETS.len()];
+            }
+            for (bucket, bound) in entry.latency_buckets.iter_mut().zip(LATENCY_BUCKETS) {
+                if took.as_secs_f64() <= bound {
+                    *bucket += 1;
+                }
+            }
+            match result {
+                Ok(answer) => *entry.statuses.entry(answer.status).or_default() += 1,
+                Err(e) => *entry.errors.entry(e.kind()).or_default() += 1,
+            }
+        }
+        if let Err(e) = result {
+            self.failure(app, method, e);
+        }
+    }
+
+    /// Counts a call that was never made (the app's cap on calls in flight was reached).
+    pub fn saturated(&self, app: &str, method: &str, e: &HookError) {
+        {
+            let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+            let entry = counts
+                .entry((app.to_string(), method.to_string()))
+                .or_default();
+            *entry.errors.entry(e.kind()).or_default() += 1;
+        }
+        self.failure(app, method, e);
+    }
+
+    fn failure(&self, app: &str, method: &str, e: &HookError) {
+        let mut logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        let state = logs.entry((app.to_string(), e.kind())).or_default();
+        let due = state.last.is_none_or(|t| t.elapsed() >= LOG_EVERY);
+        if due {
+            tracing::warn!(app, method, error = %e, suppressed = state.suppressed, "REST hook failed");
+            state.last = Some(Instant::now());
+            state.suppressed = 0;
+        } else {
+            state.suppressed += 1;
+        }
+    }
+
+    /// A copy of every counter, by (app, method).
+    pub fn snapshot(&self) -> BTreeMap<(String, String), OutcomeCounts> {
+        self.counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}

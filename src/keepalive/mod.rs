@@ -1,0 +1,476 @@
+//! The keep-alive scheduler: every `streaming_sessions_keep_alive_interval` each live stream
+//! of an app in `streaming_sessions_keep_alive_app_keys` gets one verdict — from the app's
+//! `StreamKeepAliveEvent` REST hook, or for a whole app at once from its
+//! `StreamKeepAliveBatchEvent` — and a `403` stops it with a termination record.
+//!
+//! Streams are spread over the interval by a slot derived from their id, so verdicts go out
+//! evenly rather than in a burst per tick. Each verdict runs in its own task under the app's
+//! cap on calls in flight (a full cap skips the verdict, never waits), so no verdict waits on
+//! another stream's slow answer and a slow app cannot delay another app.
+
+mod stats;
+
+pub use stats::{KeepAliveStats, VerdictCounts};
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::config::{AppConfig, ConfigStore, MethodConfig};
+use crate::hooks::{self, HookAnswer, HookClient, HookError};
+use crate::registry::{Registry, StreamRecord, TerminationSource};
+
+pub const KEEPALIVE_METHOD: &str = "StreamKeepAliveEvent";
+pub const BATCH_METHOD: &str = "StreamKeepAliveBatchEvent";
+
+/// How often the scheduler looks for due streams: the bound on how late a verdict goes out.
+const TICK: Duration = Duration::from_millis(25);
+
+/// What one verdict decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Keep,
+    Stop(String),
+    /// No usable answer: handled by the method's `restOnError`.
+    Failed(String),
+}
+
+/// Where a verdict came from, for counters and termination records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Source {
+    Hook,
+    Batch,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Hook => "hook",
+            Source::Batch => "batch",
+        }
+    }
+}
+
+pub struct KeepAlive {
+    registry: Arc<Registry>,
+    config: Arc<ConfigStore>,
+    hooks: HookClient,
+    /// Consecutive failed verdicts per stream, for `restOnError = FAIL`.
+    failures: Mutex<HashMap<Uuid, u32>>,
+    pub stats: KeepAliveStats,
+}
+
+/// A stream's slot in the interval: where in each interval its verdict is due.
+fn slot(id: Uuid, interval_ms: u64) -> u64 {
+    (id.as_u128() as u64) % interval_ms
+}
+
+fn app_slot(app: &str, interval_ms: u64) -> u64 {
+    let hash = app.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    });
+    hash % interval_ms
+}
+
+/// Positions `from` (exclusive) to `to` (inclusive) within an interval, wrapping.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    from: u64,
+    to: u64,
+    whole: bool,
+}
+
+impl Window {
+    fn contains(&self, position: u64) -> bool {
+        if self.whole {
+            true
+        } else if self.from <= self.to {
+            position > self.from && position <= self.to
+        } else {
+            position > self.from || position <= self.to
+        }
+    }
+}
+
+impl KeepAlive {
+    pub fn new(registry: Arc<Registry>, config: Arc<ConfigStore>, hooks: HookClient) -> Arc<Self> {
+        Arc::new(KeepAlive {
+            registry,
+            config,
+            hooks,
+            failures: Mutex::default(),
+            stats: KeepAliveStats::default(),
+        })
+    }
+
+    /// Runs the scheduler until `stop`.
+    pub fn spawn(self: &Arc<Self>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let epoch = Instant::now();
+            let mut last: Option<(u64, u64)> = None; // (interval, elapsed ms) of the previous tick
+            let mut tick = tokio::time::interval(TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_cleanup = Instant::now();
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let config = this.config.load();
+                let settings = &config.settings;
+                if !settings.keep_alive_streaming_sessions_enabled {
+                    last = None;
+                    continue;
+                }
+                let interval =
+                    (settings.streaming_sessions_keep_alive_interval.as_millis() as u64).max(1);
+                let now = epoch.elapsed().as_millis() as u64;
+                let window = match last {
+                    // A changed interval starts afresh rather than mixing two moduli.
+                    Some((was, then)) if was == interval => Window {
+                        from: then % interval,
+                        to: now % interval,
+                        whole: now.saturating_sub(then) >= interval,
+                    },
+                    _ => {
+                        last = Some((interval, now));
+                        continue;
+                    }
+                };
+                last = Some((interval, now));
+                this.run_window(
+                    &config.apps.apps,
+                    &settings.streaming_sessions_keep_alive_app_keys,
+                    interval,
+                    window,
+                );
+                if last_cleanup.elapsed() >= Duration::from_secs(5) {
+                    last_cleanup = Instant::now();
+                    let registry = this.registry.clone();
+                    this.lock_failures()
+                        .retain(|id, _| registry.get(*id).is_some());
+                }
+            }
+        })
+    }
+
+    fn run_window(
+        self: &Arc<Self>,
+        apps: &BTreeMap<String, AppConfig>,
+        app_keys: &[String],
+        interval: u64,
+        window: Window,
+    ) {
+        // Which apps get verdicts, and how.
+        let mut per_stream: HashMap<&str, (&str, &MethodConfig)> = HashMap::new();
+        for key in app_keys {
+            let Some(app) = apps.get(key) else { continue };
+            let Some(url) = app.url.as_deref() else {
+                continue;
+            };
+            if let Some(method) = app.methods.get(BATCH_METHOD) {
+                if window.contains(app_slot(key, interval)) {
+                    let streams = self.registry.find(|r| r.app_key == *key);
+                    if !streams.is_empty() {
+                        self.spawn_batch(key.clone(), url.to_string(), method.clone(), streams);
+                    }
+                }
+            } else if let Some(method) = app.methods.get(KEEPALIVE_METHOD) {
+                per_stream.insert(key.as_str(), (url, method));
+            }
+        }
+        if per_stream.is_empty() {
+            return;
+        }
+        let due = self.registry.find(|r| {
+            per_stream.contains_key(r.app_key.as_str())
+                && window.contains(slot(r.media_session_id, interval))
+        });
+        for record in due {
+            let Some((url, method)) = per_stream.get(record.app_key.as_str()) else {
+                continue;
+            };
+            self.spawn_verdict(record, url.to_string(), (*method).clone());
+        }
+    }
+
+    fn spawn_verdict(self: &Arc<Self>, record: StreamRecord, url: String, method: MethodConfig) {
+        let settings = &self.config.load().settings;
+        let (timeout, cap) = (settings.rest_hook_timeout, settings.rest_hook_max_in_flight);
+        let permit = match self.hooks.try_slot(&record.app_key, cap) {
+            Ok(permit) => permit,
+            Err(e) => {
+                self.hooks
+                    .stats
+                    .saturated(&record.app_key, KEEPALIVE_METHOD, &e);
+                self.stats.count(Source::Hook, "skipped", Duration::ZERO);
+                return;
+            }
+        };
+        let this = self.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let body = hooks::stream_body(&record, &method);
+            let answer = this
+                .hooks
+                .call(&record.app_key, &url, KEEPALIVE_METHOD, &body, timeout)
+                .await;
+            drop(permit);
+            let verdict = verdict_of(&answer);
+            if let (Verdict::Keep, Ok(answer)) = (&verdict, &answer)
+                && let Some(custom) = hooks::overwritten_custom(&method, answer)
+            {
+                this.registry.update_custom(record.media_session_id, custom);
+            }
+            this.apply(&record, verdict, Source::Hook, &method, started.elapsed());
+        });
+    }
+
+    fn spawn_batch(
+        self: &Arc<Self>,
+        app: String,
+        url: String,
+        method: MethodConfig,
+        streams: Vec<StreamRecord>,
+    ) {
+        let settings = &self.config.load().settings;
+        let timeout = settings.rest_hook_timeout;
+        let permit = match self.hooks.try_slot(&app, settings.rest_hook_max_in_flight) {
+            Ok(permit) => permit,
+            Err(e) => {
+                self.hooks.stats.saturated(&app, BATCH_METHOD, &e);
+                self.stats.count(Source::Batch, "skipped", Duration::ZERO);
+                return;
+            }
+        };
+        let this = self.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let body = json!({
+                "nodeId": this.registry.node_id(),
+                "appKey": app,
+                "streams": streams.iter().map(|r| hooks::stream_body(r, &method)).collect::<Vec<_>>(),
+            });
+            let answer = this
+                .hooks
+                .call(&app, &url, BATCH_METHOD, &body, timeout)
+                .await;
+            drop(permit);
+            let took = started.elapsed();
+            match batch_stops(&answer) {
+                Ok(stops) => {
+                    for record in &streams {
+                        let verdict = match stops.get(&record.media_session_id) {
+                            Some(reason) => Verdict::Stop(reason.clone()),
+                            None => Verdict::Keep,
+                        };
+                        this.apply(record, verdict, Source::Batch, &method, took);
+                    }
+                }
+                Err(why) => {
+                    for record in &streams {
+                        this.apply(
+                            record,
+                            Verdict::Failed(why.clone()),
+                            Source::Batch,
+                            &method,
+                            took,
+                        );
+                    }
+                }
+            }
+        });
+    }
+
+    /// Acts on a verdict: stop on `Stop`; on `Failed`, stop only under `restOnError = FAIL`
+    /// after `keep_alive_failures_to_stop` failures in a row.
+    fn apply(
+        &self,
+        record: &StreamRecord,
+        verdict: Verdict,
+        source: Source,
+        method: &MethodConfig,
+        took: Duration,
+    ) {
+        let id = record.media_session_id;
+        let method_name = match source {
+            Source::Hook => KEEPALIVE_METHOD,
+            Source::Batch => BATCH_METHOD,
+        };
+        match verdict {
+            Verdict::Keep => {
+                self.stats.count(source, "keep", took);
+                self.lock_failures().remove(&id);
+            }
+            Verdict::Stop(reason) => {
+                self.stats.count(source, "stop", took);
+                self.lock_failures().remove(&id);
+                self.stop(record, &reason, source, method_name);
+            }
+            Verdict::Failed(why) => {
+                self.stats.count(source, "failed", took);
+                if !method.fails_on_error() {
+                    return;
+                }
+                let limit = self.config.load().settings.keep_alive_failures_to_stop;
+                let failed = {
+                    let mut failures = self.lock_failures();
+                    let n = failures.entry(id).or_default();
+                    *n += 1;
+                    *n
+                };
+                if failed >= limit {
+                    self.lock_failures().remove(&id);
+                    let reason = format!("keep-alive failed {failed} times in a row ({why})");
+                    self.stop(record, &reason, source, method_name);
+                }
+            }
+        }
+    }
+
+    fn stop(&self, record: &StreamRecord, reason: &str, source: Source, method: &str) {
+        // The stream may have ended while its verdict was out.
+        let Some(current) = self.registry.get(record.media_session_id) else {
+            return;
+        };
+        self.registry.terminate(
+            &[current],
+            reason,
+            TerminationSource::KeepAlive {
+                app_key: record.app_key.clone(),
+                by: source.as_str().to_string(),
+                method: method.to_string(),
+            },
+            json!({"mediaSessionId": record.media_session_id}),
+        );
+    }
+
+    fn lock_failures(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, u32>> {
+        self.failures.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The verdict a `StreamKeepAliveEvent` answer gives: `403` stops, `2xx` keeps, anything else
+/// (another status, no answer) is a failed verdict.
+pub fn verdict_of(answer: &Result<HookAnswer, HookError>) -> Verdict {
+    match answer {
+        Ok(a) if a.status == 403 => Verdict::Stop(
+            a.reason()
+                .map(|r| format!("keep-alive: {r}"))
+                .unwrap_or_else(|| "keep-alive refused by the web server (403)".into()),
+        ),
+        Ok(a) if (200..300).contains(&a.status) => Verdict::Keep,
+        Ok(a) => Verdict::Failed(HookError::Status(a.status).to_string()),
+        Err(e) => Verdict::Failed(e.to_string()),
+    }
+}
+
+/// The streams a `StreamKeepAliveBatchEvent` answer stops: `{"stop": ["id", …]}` or
+/// `{"stop": [{"mediaSessionId": "id", "reason": "…"}, …]}`; `Err` when the answer is unusable.
+pub fn batch_stops(
+    answer: &Result<HookAnswer, HookError>,
+) -> Result<HashMap<Uuid, String>, String> {
+    let answer = answer.as_ref().map_err(|e| e.to_string())?;
+    if !(200..300).contains(&answer.status) {
+        return Err(HookError::Status(answer.status).to_string());
+    }
+    let default_reason = "keep-alive refused by the web server (batch)".to_string();
+    let list = match &answer.body {
+        Value::Null => return Ok(HashMap::new()),
+        Value::Object(o) => match o.get("stop") {
+            None => return Ok(HashMap::new()),
+            Some(Value::Array(list)) => list,
+            Some(_) => return Err("'stop' is not an array".into()),
+        },
+        _ => return Err("the answer is not a JSON object".into()),
+    };
+    let mut stops = HashMap::new();
+    for item in list {
+        let (id, reason) = match item {
+            Value::String(id) => (id.as_str(), default_reason.clone()),
+            Value::Object(o) => (
+                o.get("mediaSessionId")
+                    .and_then(Value::as_str)
+                    .unwrap_or(""),
+                o.get("reason")
+                    .and_then(Value::as_str)
+                    .map(|r| format!("keep-alive: {r}"))
+                    .unwrap_or_else(|| default_reason.clone()),
+            ),
+            _ => return Err("a 'stop' entry is neither an id nor an object".into()),
+        };
+        let id = Uuid::parse_str(id).map_err(|_| format!("'{id}' is not a mediaSessionId"))?;
+        stops.insert(id, reason);
+    }
+    Ok(stops)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, body: Value) -> Result<HookAnswer, HookError> {
+        Ok(HookAnswer { status, body })
+    }
+
+    #[test]
+    fn verdicts_follow_the_model() {
+        assert_eq!(verdict_of(&answer(200, Value::Null)), Verdict::Keep);
+        assert_eq!(
+            verdict_of(&answer(403, json!({"reason": "quota"}))),
+            Verdict::Stop("keep-alive: quota".into())
+        );
+        assert!(matches!(
+            verdict_of(&answer(500, Value::Null)),
+            Verdict::Failed(_)
+        ));
+        assert!(matches!(
+            verdict_of(&Err(HookError::Timeout(Duration::from_secs(1)))),
+            Verdict::Failed(_)
+        ));
+    }
+
+    #[test]
+    fn batch_answers() {
+        let a = Uuid::new_v4();
+        let b = Uuid::new_v4();
+        let stops = batch_stops(&answer(
+            200,
+            json!({"stop": [a.to_string(), {"mediaSessionId": b, "reason": "r"}]}),
+        ))
+        .unwrap();
+        assert_eq!(stops.len(), 2);
+        assert_eq!(stops[&b], "keep-alive: r");
+        assert!(batch_stops(&answer(200, Value::Null)).unwrap().is_empty());
+        assert!(batch_stops(&answer(200, json!({"stop": "x"}))).is_err());
+        assert!(batch_stops(&answer(200, json!({"stop": ["nope"]}))).is_err());
+        assert!(batch_stops(&answer(502, Value::Null)).is_err());
+    }
+
+    #[test]
+    fn windows_cover_each_slot_once_per_interval() {
+        let interval = 1000;
+        let mut seen = vec![0u32; interval as usize];
+        let mut then = 0u64;
+        for now in (7..=3 * interval).step_by(7) {
+            let w = Window {
+                from: then % interval,
+                to: now % interval,
+                whole: now - then >= interval,
+            };
+            for (position, count) in seen.iter_mut().enumerate() {
+                if w.contains(position as u64) {
+                    *count += 1;
+                }
+            }
+            then = now;
+        }
+        // Three intervals minus the first partial step: every slot is due 2 or 3 times.
+        assert!(seen.iter().all(|&n| (2..=3).contains(&n)), "{seen:?}");
+    }
+}
