@@ -37,7 +37,7 @@ pub enum HookError {
     Timeout(Duration),
     #[error("answered HTTP {0}")]
     Status(u16),
-    #[error("answer is not JSON: {0}")]
+    #[error("not an HTTP answer: {0}")]
     Garbage(String),
     #[error("answer is over {MAX_ANSWER} bytes")]
     TooLarge,
@@ -200,13 +200,14 @@ impl HookClient {
     }
 
     async fn exchange(&self, url: &str, body: &Value) -> Result<HookAnswer, HookError> {
-        let response = self
-            .http
-            .post(url)
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| HookError::Connect(short(&e)))?;
+        let response = self.http.post(url).json(body).send().await.map_err(|e| {
+            if e.is_connect() {
+                HookError::Connect(short(&e))
+            } else {
+                // Connected, but what came back is not an HTTP answer.
+                HookError::Garbage(short(&e))
+            }
+        })?;
         let status = response.status().as_u16();
         let mut bytes = Vec::new();
         let mut chunks = response.bytes_stream();
