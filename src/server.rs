@@ -34,6 +34,7 @@ pub struct RunningServer {
     pub media_mux_addr: Option<SocketAddr>,
     pub registry: Arc<Registry>,
     pub config: Arc<ConfigStore>,
+    pub keepalive: Arc<KeepAlive>,
     media: Arc<Media>,
     shutdown: CancellationToken,
     listeners: tokio::task::JoinSet<()>,
@@ -103,7 +104,7 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
         config: config.clone(),
         tokens: Arc::new(tokens),
         hooks,
-        keepalive,
+        keepalive: keepalive.clone(),
     };
     let router = api::router(state);
     let (watcher, _touches) = watch::spawn(
@@ -182,6 +183,7 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
         media_mux_addr: media.mux_addr(),
         registry,
         config,
+        keepalive,
         media,
         shutdown,
         listeners,
