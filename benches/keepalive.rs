@@ -16,10 +16,15 @@ const WINDOW: Duration = Duration::from_secs(6);
 
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let Some(end) = stat.rfind(')') else { return 0.0 };
+    let Some(end) = stat.rfind(')') else {
+        return 0.0;
+    };
     let fields: Vec<&str> = stat[end + 2..].split_whitespace().collect();
     let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        + fields
+            .get(12)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
     ticks / 100.0
 }
 
@@ -33,13 +38,25 @@ struct Row {
     skipped: u64,
 }
 
-async fn run(backend: &str, backend_pid: u32, streams: usize, batched: bool, interval_ms: u64) -> Row {
-    let method = if batched { "StreamKeepAliveBatchEvent" } else { "StreamKeepAliveEvent" };
+async fn run(
+    backend: &str,
+    backend_pid: u32,
+    streams: usize,
+    batched: bool,
+    interval_ms: u64,
+) -> Row {
+    let method = if batched {
+        "StreamKeepAliveBatchEvent"
+    } else {
+        "StreamKeepAliveEvent"
+    };
     let dir = tempfile::tempdir().expect("dir");
     let mut apps = String::new();
     let mut keys = Vec::new();
     for a in 0..APPS {
-        apps += &format!("[apps.app{a}]\nurl = \"{backend}\"\n[apps.app{a}.methods.{method}]\nrestOnError = \"LOG\"\n");
+        apps += &format!(
+            "[apps.app{a}]\nurl = \"{backend}\"\n[apps.app{a}.methods.{method}]\nrestOnError = \"LOG\"\n"
+        );
         keys.push(format!("app{a}"));
     }
     std::fs::write(dir.path().join("apps.toml"), apps).expect("apps");
@@ -62,34 +79,58 @@ async fn run(backend: &str, backend_pid: u32, streams: usize, batched: bool, int
     .expect("server");
     for i in 0..streams {
         let app = format!("app{}", i % APPS);
-        server.registry.register_synthetic(NewStream::publisher(&format!("s{i}"), &app)).expect("stream");
+        server
+            .registry
+            .register_synthetic(NewStream::publisher(&format!("s{i}"), &app))
+            .expect("stream");
     }
     let text = std::fs::read_to_string(dir.path().join("server.properties")).expect("read");
     std::fs::write(
         dir.path().join("server.properties"),
-        text.replace("keep_alive_streaming_sessions_enabled=false", "keep_alive_streaming_sessions_enabled=true"),
+        text.replace(
+            "keep_alive_streaming_sessions_enabled=false",
+            "keep_alive_streaming_sessions_enabled=true",
+        ),
     )
     .expect("enable");
-    while !server.config.load().settings.keep_alive_streaming_sessions_enabled {
+    while !server
+        .config
+        .load()
+        .settings
+        .keep_alive_streaming_sessions_enabled
+    {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // One interval to warm up (connections, first batches), then the measured window.
     tokio::time::sleep(Duration::from_millis(interval_ms)).await;
-    let stats = |keepalive: &std::collections::BTreeMap<&'static str, sluice::keepalive::VerdictCounts>| {
-        let mut done = 0;
-        let mut skipped = 0;
-        for v in keepalive.values() {
-            done += v.results.get("keep").copied().unwrap_or(0) + v.results.get("failed").copied().unwrap_or(0);
-            skipped += v.results.get("skipped").copied().unwrap_or(0);
-        }
-        (done, skipped)
-    };
+    let stats =
+        |keepalive: &std::collections::BTreeMap<&'static str, sluice::keepalive::VerdictCounts>| {
+            let mut done = 0;
+            let mut skipped = 0;
+            for v in keepalive.values() {
+                done += v.results.get("keep").copied().unwrap_or(0)
+                    + v.results.get("failed").copied().unwrap_or(0);
+                skipped += v.results.get("skipped").copied().unwrap_or(0);
+            }
+            (done, skipped)
+        };
     let client = reqwest::Client::new();
     let base = backend.trim_end_matches("/api").to_string();
     let backend_count = || {
         let client = client.clone();
         let url = format!("{base}/count");
-        async move { client.get(url).send().await.expect("count").text().await.expect("text").parse::<u64>().expect("n") }
+        async move {
+            client
+                .get(url)
+                .send()
+                .await
+                .expect("count")
+                .text()
+                .await
+                .expect("text")
+                .parse::<u64>()
+                .expect("n")
+        }
     };
     let keepalive = server.keepalive.clone();
     let (done0, skipped0) = stats(&keepalive.stats.snapshot());
@@ -123,7 +164,8 @@ async fn main() {
         .status()
         .expect("cargo build");
     assert!(built.success());
-    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| format!("{}/target", env!("CARGO_MANIFEST_DIR")));
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .unwrap_or_else(|_| format!("{}/target", env!("CARGO_MANIFEST_DIR")));
     let mut backend = Command::new(format!("{target}/release/examples/hook_echo"))
         .stdout(Stdio::piped())
         .spawn()
@@ -145,7 +187,14 @@ async fn main() {
     let _ = backend.wait();
     println!(
         "{:>8} {:<11} {:>12} {:>12} {:>14} {:>16} {:>9} {:>8}",
-        "streams", "mode", "verdicts/s", "requests/s", "server µs/vdt", "back end µs/vdt", "skipped", "ratio"
+        "streams",
+        "mode",
+        "verdicts/s",
+        "requests/s",
+        "server µs/vdt",
+        "back end µs/vdt",
+        "skipped",
+        "ratio"
     );
     for pair in rows.chunks(2) {
         let base = pair[0].server_us;

@@ -16,18 +16,27 @@ async fn main() -> anyhow::Result<()> {
     let app = axum::Router::new()
         .route(
             "/api/{method}",
-            axum::routing::post(|State(count): State<Arc<AtomicU64>>, Path(method): Path<String>, body: axum::body::Bytes| async move {
-                count.fetch_add(1, Ordering::Relaxed);
-                // Read the body as a web server would, then answer.
-                let _: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                if method == "StreamKeepAliveBatchEvent" {
-                    Json(json!({"stop": []}))
-                } else {
-                    Json(json!({}))
-                }
+            axum::routing::post(
+                |State(count): State<Arc<AtomicU64>>,
+                 Path(method): Path<String>,
+                 body: axum::body::Bytes| async move {
+                    count.fetch_add(1, Ordering::Relaxed);
+                    // Read the body as a web server would, then answer.
+                    let _: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    if method == "StreamKeepAliveBatchEvent" {
+                        Json(json!({"stop": []}))
+                    } else {
+                        Json(json!({}))
+                    }
+                },
+            ),
+        )
+        .route(
+            "/count",
+            axum::routing::get(|State(count): State<Arc<AtomicU64>>| async move {
+                count.load(Ordering::Relaxed).to_string()
             }),
         )
-        .route("/count", axum::routing::get(|State(count): State<Arc<AtomicU64>>| async move { count.load(Ordering::Relaxed).to_string() }))
         .with_state(count);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     println!("http://{}/api", listener.local_addr()?);

@@ -212,6 +212,13 @@ async fn the_spec_matches_the_running_server() {
             "application/json",
             String::new(),
         ),
+        ("GET", "/rest-api/config", "application/json", String::new()),
+        (
+            "GET",
+            "/rest-api/keepalive",
+            "application/json",
+            String::new(),
+        ),
     ];
     let mut served = std::collections::BTreeSet::new();
     for (method, path, content_type, body) in requests {
