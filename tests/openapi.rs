@@ -47,6 +47,9 @@ fn validate(spec: &Value, schema: &Value, value: &Value, at: &str) -> Result<(),
     for part in schema["allOf"].as_array().into_iter().flatten() {
         validate(spec, part, value, at)?;
     }
+    if value.is_null() && schema["nullable"] == true {
+        return Ok(());
+    }
     if let Some(kind) = schema["type"].as_str() {
         let ok = match kind {
             "object" => value.is_object(),
