@@ -10,6 +10,7 @@ pub mod config;
 pub mod hooks;
 pub mod keepalive;
 pub mod media;
+pub mod policy;
 pub mod registry;
 pub mod server;
 

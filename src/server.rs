@@ -16,6 +16,7 @@ use crate::config::{ConfigStore, Settings, watch};
 use crate::hooks::{HookClient, notify};
 use crate::keepalive::KeepAlive;
 use crate::media::Media;
+use crate::policy::PolicyHost;
 use crate::registry::Registry;
 
 /// How to start a server. The listen overrides win over `server.properties`
@@ -87,7 +88,17 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
     let shutdown = CancellationToken::new();
     let mut listeners = tokio::task::JoinSet::new();
     let hooks = HookClient::new();
-    let keepalive = KeepAlive::new(registry.clone(), config.clone(), hooks.clone());
+    let policy = PolicyHost::new(registry.clone(), config.clone());
+    {
+        let policy = policy.clone();
+        tokio::task::spawn_blocking(move || policy.reconcile()).await?;
+    }
+    let keepalive = KeepAlive::new(
+        registry.clone(),
+        config.clone(),
+        hooks.clone(),
+        policy.clone(),
+    );
     let scheduler = keepalive.spawn(shutdown.clone());
     let notifier = notify::spawn(
         registry.clone(),
@@ -95,8 +106,28 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
         hooks.clone(),
         shutdown.clone(),
     );
+    let on_stop = policy.spawn_stop_notifier(shutdown.clone());
     listeners.spawn(async move {
-        let _ = tokio::join!(scheduler, notifier);
+        let _ = tokio::join!(scheduler, notifier, on_stop);
+    });
+    let (watcher, mut touches) = watch::spawn(
+        config.clone(),
+        vec![settings.plugin_dir.clone()],
+        shutdown.clone(),
+    );
+    let plugins = policy.clone();
+    let stop = shutdown.clone();
+    listeners.spawn(async move {
+        // After every batch of file changes, plugins are compared with their files and apps.toml.
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                changed = touches.changed() => if changed.is_err() { break },
+            }
+            let plugins = plugins.clone();
+            let _ = tokio::task::spawn_blocking(move || plugins.reconcile()).await;
+        }
+        let _ = watcher.await;
     });
     let state = AppState {
         media: media.clone(),
@@ -105,16 +136,9 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
         tokens: Arc::new(tokens),
         hooks,
         keepalive: keepalive.clone(),
+        policy,
     };
     let router = api::router(state);
-    let (watcher, _touches) = watch::spawn(
-        config.clone(),
-        vec![settings.plugin_dir.clone()],
-        shutdown.clone(),
-    );
-    listeners.spawn(async move {
-        let _ = watcher.await;
-    });
 
     let http_bind = options.http_listen.or_else(|| {
         settings

@@ -32,6 +32,7 @@ pub struct AppState {
     pub tokens: Arc<auth::Tokens>,
     pub hooks: crate::hooks::HookClient,
     pub keepalive: Arc<crate::keepalive::KeepAlive>,
+    pub policy: Arc<crate::policy::PolicyHost>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -42,6 +43,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/rest-api/keepalive",
             get(keepalive_status).post(keepalive_status),
+        )
+        .route(
+            "/rest-api/plugins",
+            get(plugins_status).post(plugins_status),
         )
         .route("/rest-api/{*rest}", axum::routing::any(rest::not_found))
         .layer(axum::middleware::from_fn_with_state(
@@ -193,6 +198,14 @@ async fn keepalive_status(State(state): State<AppState>) -> axum::Json<KeepAlive
             })
             .collect(),
     })
+}
+
+/// `/rest-api/plugins`: each app's plugin — file, version, when loaded, entry points, calls,
+/// errors, the last error.
+async fn plugins_status(
+    State(state): State<AppState>,
+) -> axum::Json<Vec<crate::policy::PluginStatus>> {
+    axum::Json(state.policy.status())
 }
 
 #[derive(Serialize)]

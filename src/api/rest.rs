@@ -119,17 +119,28 @@ async fn json_body(headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")))
 }
 
-/// The streams a parsed request selects.
-fn select(state: &AppState, request: &StreamRequest) -> Result<Vec<StreamRecord>, ApiError> {
-    if let Some(plugin) = &request.filter.plugin {
-        // The plugin issue evaluates named filters here, on the copies `select` returns.
+/// The streams a parsed request selects: the built-in filters through the registry's
+/// indexes, then a plugin's named filter, if any, on those copies (outside every lock).
+async fn select(state: &AppState, request: &StreamRequest) -> Result<Vec<StreamRecord>, ApiError> {
+    if let Some(plugin) = &request.filter.plugin
+        && !state.policy.has_filter(&plugin.name)
+    {
         return Err(ApiError {
             status: StatusCode::BAD_REQUEST,
-            message: format!("unknown filter '{}': no plugin defines it", plugin.name),
+            message: format!(
+                "unknown filter '{}': no loaded plugin defines it",
+                plugin.name
+            ),
             field: Some("filter".into()),
         });
     }
     let mut streams = state.registry.select(&request.filter);
+    if let Some(plugin) = &request.filter.plugin {
+        streams = state
+            .policy
+            .filter(&plugin.name, &plugin.args, streams)
+            .await;
+    }
     streams.sort_by_key(|s| (s.created_date, s.media_session_id));
     Ok(streams)
 }
@@ -149,7 +160,7 @@ async fn find(
 ) -> Result<Response, ApiError> {
     let body = json_body(&headers, body).await?;
     let request = StreamRequest::parse(&body, RequestKind::Find)?;
-    Ok(streams_or_404(select(&state, &request)?))
+    Ok(streams_or_404(select(&state, &request).await?))
 }
 
 async fn find_all(
@@ -164,7 +175,9 @@ async fn find_all(
             "find_all takes no filters; use find",
         ));
     }
-    Ok(streams_or_404(select(&state, &StreamRequest::default())?))
+    Ok(streams_or_404(
+        select(&state, &StreamRequest::default()).await?,
+    ))
 }
 
 #[derive(Serialize)]
@@ -187,7 +200,7 @@ async fn terminate(
 ) -> Result<Response, ApiError> {
     let body = json_body(&headers, body).await?;
     let request = StreamRequest::parse(&body, RequestKind::Terminate)?;
-    let streams = select(&state, &request)?;
+    let streams = select(&state, &request).await?;
     if streams.is_empty() {
         return Ok(ApiError::new(StatusCode::NOT_FOUND, "no stream matches").into_response());
     }

@@ -15,6 +15,7 @@ use axum::routing::post;
 use super::{AppState, TextError};
 use crate::hooks::admission::{self, Admission};
 use crate::media::{MediaError, OfferRequest, resource_path};
+use crate::policy::{AdmissionRequest, Code};
 use crate::registry::{Bearer, NewStream, RegistryError, StreamRecord};
 
 /// The `rel` of the status stream link, as the WHEP server-sent-events extension names it.
@@ -140,7 +141,47 @@ async fn admit(state: &AppState, request: &OfferRequest, publish: bool) -> Admis
     new.custom = request.custom.clone();
     new.bearer = request.bearer.clone();
     let record = StreamRecord::preview(new, state.registry.node_id());
-    admission::admit(&state.hooks, &state.config.load(), &record).await
+    let config = state.config.load();
+    let policy_request = AdmissionRequest {
+        token: request.bearer.expose().map(String::from),
+        query: request.custom.clone(),
+        remote_address: request.remote_address.clone(),
+    };
+    // The app's plugin first; if it admits or has no opinion, the web server's hook.
+    match state.policy.admit(&record, policy_request).await {
+        Some(Ok(Code::Code(code, reason))) if !(200..300).contains(&code) => {
+            return Admission::Reject {
+                status: if (400..500).contains(&code) {
+                    code
+                } else {
+                    403
+                },
+                reason: reason.unwrap_or_else(|| format!("refused by policy ({code})")),
+                answer: None,
+            };
+        }
+        Some(Err(e)) => {
+            let method = if publish {
+                "publishStream"
+            } else {
+                "playStream"
+            };
+            let fails = config
+                .apps
+                .get(&record.app_key)
+                .and_then(|a| a.methods.get(method))
+                .is_none_or(|m| m.fails_on_error());
+            if fails {
+                return Admission::Reject {
+                    status: 503,
+                    reason: format!("admission policy failed: {e}"),
+                    answer: None,
+                };
+            }
+        }
+        _ => {}
+    }
+    admission::admit(&state.hooks, &config, &record).await
 }
 
 /// A refused WHIP/WHEP request: the web server's JSON answer (minus `clientExclude`) when it

@@ -61,6 +61,10 @@ pub struct Settings {
     /// `keep_alive_failures_to_stop`: with `restOnError = FAIL`, a stream is stopped after this
     /// many keep-alive verdicts in a row that failed (hook down, timeout, garbage).
     pub keep_alive_failures_to_stop: u32,
+    /// `plugin_memory_limit` (bytes): the memory cap of each plugin's Lua state.
+    pub plugin_memory_limit: usize,
+    /// `plugin_instruction_budget`: Lua VM instructions one plugin call may run.
+    pub plugin_instruction_budget: u64,
     pub keep_alive_streaming_sessions_enabled: bool,
     pub streaming_sessions_keep_alive_interval: Duration,
     pub streaming_sessions_keep_alive_app_keys: Vec<String>,
@@ -89,6 +93,8 @@ impl Default for Settings {
             rest_hook_timeout: Duration::from_millis(3000),
             rest_hook_max_in_flight: 64,
             keep_alive_failures_to_stop: 3,
+            plugin_memory_limit: 16 * 1024 * 1024,
+            plugin_instruction_budget: 1_000_000,
             keep_alive_streaming_sessions_enabled: false,
             streaming_sessions_keep_alive_interval: Duration::from_millis(10_000),
             streaming_sessions_keep_alive_app_keys: vec!["defaultApp".into()],
@@ -121,6 +127,8 @@ const KNOWN_KEYS: &[&str] = &[
     "rest_hook_timeout",
     "rest_hook_max_in_flight",
     "keep_alive_failures_to_stop",
+    "plugin_memory_limit",
+    "plugin_instruction_budget",
     "keep_alive_streaming_sessions_enabled",
     "streaming_sessions_keep_alive_interval",
     "streaming_sessions_keep_alive_app_keys",
@@ -300,6 +308,11 @@ impl Settings {
                 "keep_alive_failures_to_stop",
                 self.keep_alive_failures_to_stop.to_string(),
             ),
+            ("plugin_memory_limit", self.plugin_memory_limit.to_string()),
+            (
+                "plugin_instruction_budget",
+                self.plugin_instruction_budget.to_string(),
+            ),
             (
                 "keep_alive_streaming_sessions_enabled",
                 self.keep_alive_streaming_sessions_enabled.to_string(),
@@ -408,6 +421,24 @@ impl Settings {
             {
                 None => d.rest_hook_max_in_flight,
                 Some(0) => return Err(r.error("rest_hook_max_in_flight", "must be at least 1")),
+                Some(n) => n,
+            },
+            plugin_memory_limit: match r
+                .parse::<usize>("plugin_memory_limit", "a number of bytes")?
+            {
+                None => d.plugin_memory_limit,
+                Some(n) if n < 1024 * 1024 => {
+                    return Err(r.error("plugin_memory_limit", "must be at least 1048576 (1 MiB)"));
+                }
+                Some(n) => n,
+            },
+            plugin_instruction_budget: match r
+                .parse::<u64>("plugin_instruction_budget", "a number of instructions")?
+            {
+                None => d.plugin_instruction_budget,
+                Some(n) if n < 10_000 => {
+                    return Err(r.error("plugin_instruction_budget", "must be at least 10000"));
+                }
                 Some(n) => n,
             },
             keep_alive_failures_to_stop: match r

@@ -12,7 +12,7 @@ mod stats;
 
 pub use stats::{KeepAliveStats, VerdictCounts};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use crate::config::{AppConfig, ConfigStore, MethodConfig};
 use crate::hooks::{self, HookAnswer, HookClient, HookError};
+use crate::policy::{PluginVerdict, PolicyHost};
 use crate::registry::{Registry, StreamRecord, TerminationSource};
 
 pub const KEEPALIVE_METHOD: &str = "StreamKeepAliveEvent";
@@ -42,6 +43,7 @@ pub enum Verdict {
 /// Where a verdict came from, for counters and termination records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Source {
+    Plugin,
     Hook,
     Batch,
 }
@@ -49,8 +51,17 @@ pub enum Source {
 impl Source {
     pub fn as_str(self) -> &'static str {
         match self {
+            Source::Plugin => "plugin",
             Source::Hook => "hook",
             Source::Batch => "batch",
+        }
+    }
+
+    fn method(self) -> &'static str {
+        match self {
+            Source::Plugin => "on_keepalive",
+            Source::Hook => KEEPALIVE_METHOD,
+            Source::Batch => BATCH_METHOD,
         }
     }
 }
@@ -59,6 +70,7 @@ pub struct KeepAlive {
     registry: Arc<Registry>,
     config: Arc<ConfigStore>,
     hooks: HookClient,
+    policy: Arc<PolicyHost>,
     /// Consecutive failed verdicts per stream, for `restOnError = FAIL`.
     failures: Mutex<HashMap<Uuid, u32>>,
     pub stats: KeepAliveStats,
@@ -97,11 +109,17 @@ impl Window {
 }
 
 impl KeepAlive {
-    pub fn new(registry: Arc<Registry>, config: Arc<ConfigStore>, hooks: HookClient) -> Arc<Self> {
+    pub fn new(
+        registry: Arc<Registry>,
+        config: Arc<ConfigStore>,
+        hooks: HookClient,
+        policy: Arc<PolicyHost>,
+    ) -> Arc<Self> {
         Arc::new(KeepAlive {
             registry,
             config,
             hooks,
+            policy,
             failures: Mutex::default(),
             stats: KeepAliveStats::default(),
         })
@@ -166,10 +184,20 @@ impl KeepAlive {
         interval: u64,
         window: Window,
     ) {
-        // Which apps get verdicts, and how.
+        // Which apps get verdicts, and how: a plugin first (falling back to the per-stream
+        // hook when it abstains), else the batch hook, else the per-stream hook.
+        let mut plugin_apps: HashSet<&str> = HashSet::new();
         let mut per_stream: HashMap<&str, (&str, &MethodConfig)> = HashMap::new();
         for key in app_keys {
             let Some(app) = apps.get(key) else { continue };
+            let hook = app.url.as_deref().zip(app.methods.get(KEEPALIVE_METHOD));
+            if self.policy.decides_keepalive(key) {
+                plugin_apps.insert(key.as_str());
+                if let Some(hook) = hook {
+                    per_stream.insert(key.as_str(), hook);
+                }
+                continue;
+            }
             let Some(url) = app.url.as_deref() else {
                 continue;
             };
@@ -180,23 +208,70 @@ impl KeepAlive {
                         self.spawn_batch(key.clone(), url.to_string(), method.clone(), streams);
                     }
                 }
-            } else if let Some(method) = app.methods.get(KEEPALIVE_METHOD) {
-                per_stream.insert(key.as_str(), (url, method));
+            } else if let Some(hook) = hook {
+                per_stream.insert(key.as_str(), hook);
             }
         }
-        if per_stream.is_empty() {
+        if per_stream.is_empty() && plugin_apps.is_empty() {
             return;
         }
         let due = self.registry.find(|r| {
-            per_stream.contains_key(r.app_key.as_str())
+            let app = r.app_key.as_str();
+            (plugin_apps.contains(app) || per_stream.contains_key(app))
                 && window.contains(slot(r.media_session_id, interval))
         });
+        let mut for_plugins: BTreeMap<String, Vec<StreamRecord>> = BTreeMap::new();
         for record in due {
-            let Some((url, method)) = per_stream.get(record.app_key.as_str()) else {
-                continue;
-            };
-            self.spawn_verdict(record, url.to_string(), (*method).clone());
+            if plugin_apps.contains(record.app_key.as_str()) {
+                for_plugins
+                    .entry(record.app_key.clone())
+                    .or_default()
+                    .push(record);
+            } else if let Some((url, method)) = per_stream.get(record.app_key.as_str()) {
+                self.spawn_verdict(record, url.to_string(), (*method).clone());
+            }
         }
+        for (app, records) in for_plugins {
+            let fallback = per_stream
+                .get(app.as_str())
+                .map(|(url, method)| (url.to_string(), (*method).clone()));
+            self.spawn_plugin(records, fallback);
+        }
+    }
+
+    /// One call into the app's plugin for all its due streams; abstentions go to the app's
+    /// per-stream hook, if it has one.
+    fn spawn_plugin(
+        self: &Arc<Self>,
+        records: Vec<StreamRecord>,
+        fallback: Option<(String, MethodConfig)>,
+    ) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let app = records[0].app_key.clone();
+            let verdicts = this.policy.keepalive(&app, &records).await;
+            let took = started.elapsed() / (records.len().max(1) as u32);
+            let on_error = fallback
+                .as_ref()
+                .map(|(_, m)| m.clone())
+                .unwrap_or_default();
+            for (record, verdict) in records.into_iter().zip(verdicts) {
+                let verdict = match verdict {
+                    PluginVerdict::Keep => Verdict::Keep,
+                    PluginVerdict::Stop(reason) => Verdict::Stop(reason),
+                    PluginVerdict::Failed(why) => Verdict::Failed(why),
+                    PluginVerdict::Abstain => {
+                        this.stats.count(Source::Plugin, "abstain", took);
+                        if let Some((url, method)) = &fallback {
+                            this.spawn_verdict(record, url.clone(), method.clone());
+                        }
+                        continue;
+                    }
+                };
+                this.apply(&record, verdict, Source::Plugin, &on_error, took);
+            }
+        });
     }
 
     fn spawn_verdict(self: &Arc<Self>, record: StreamRecord, url: String, method: MethodConfig) {
@@ -298,10 +373,7 @@ impl KeepAlive {
         took: Duration,
     ) {
         let id = record.media_session_id;
-        let method_name = match source {
-            Source::Hook => KEEPALIVE_METHOD,
-            Source::Batch => BATCH_METHOD,
-        };
+        let method_name = source.method();
         match verdict {
             Verdict::Keep => {
                 self.stats.count(source, "keep", took);

@@ -30,7 +30,7 @@ impl KeepAliveStats {
         let mut map = self.by_source.lock().unwrap_or_else(|e| e.into_inner());
         let entry = map.entry(source.as_str()).or_default();
         *entry.results.entry(result).or_default() += 1;
-        if result == "skipped" {
+        if result == "skipped" || result == "abstain" {
             return;
         }
         entry.latency_seconds_sum += took.as_secs_f64();

@@ -148,7 +148,7 @@ impl Registry {
             Status::Playing
         };
         self.set_status(record.media_session_id, status, "");
-        Ok(record)
+        Ok(self.get(record.media_session_id).unwrap_or(record))
     }
 
     /// Moves a live stream to a non-final status. Final statuses go through [`finish`](Self::finish).

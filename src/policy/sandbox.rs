@@ -1,0 +1,387 @@
+//! One plugin's Lua state: the sandboxed standard library, the memory cap, the instruction
+//! budget per call, the host API (`log`, `json`, `now_ms`, `shared`, `streams`), read-only
+//! stream views, and the calls into the plugin's entry points. It lives on one thread (its
+//! worker), so no lock is ever held around a Lua call.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use mlua::{
+    ChunkMode, Function, HookTriggers, Lua, LuaOptions, LuaSerdeExt, StdLib, Table, Value, VmState,
+};
+
+use super::shared::SharedStore;
+use super::{AdmissionRequest, PolicyError, StreamView};
+
+/// How often (in VM instructions) the budget is checked.
+const BUDGET_STEP: u32 = 1000;
+
+/// Limits of one plugin state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub memory_bytes: usize,
+    pub instructions_per_call: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: 16 * 1024 * 1024,
+            instructions_per_call: 1_000_000,
+        }
+    }
+}
+
+/// What the host offers a plugin beyond its own code.
+pub trait Host: 'static {
+    /// Counts streams of `name`: players (`published = false`), publishers, or both.
+    fn count_streams(&self, name: &str, published: Option<bool>) -> usize;
+}
+
+/// A compiled plugin in its own sandboxed state.
+pub struct Sandbox {
+    lua: Lua,
+    module: Table,
+    used: Rc<Cell<u64>>,
+    budget: u64,
+    label: String,
+}
+
+/// A Lua answer `code[, reason]` as the host reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Code {
+    /// `nil`: no opinion.
+    Abstain,
+    Code(u16, Option<String>),
+}
+
+impl Sandbox {
+    /// Compiles `source` (text only) into a fresh sandboxed state and runs its top level,
+    /// which must return a table.
+    pub fn load(
+        label: &str,
+        source: &str,
+        limits: Limits,
+        store: Arc<SharedStore>,
+        host: Rc<dyn Host>,
+    ) -> Result<Sandbox, PolicyError> {
+        let libs = StdLib::TABLE | StdLib::STRING | StdLib::MATH | StdLib::UTF8 | StdLib::COROUTINE;
+        let lua = Lua::new_with(libs, LuaOptions::default())
+            .map_err(|e| PolicyError::Load(e.to_string()))?;
+        lua.set_memory_limit(limits.memory_bytes)
+            .map_err(|e| PolicyError::Load(e.to_string()))?;
+        let used = Rc::new(Cell::new(0u64));
+        let counter = used.clone();
+        let budget = limits.instructions_per_call;
+        lua.set_hook(
+            HookTriggers::new().every_nth_instruction(BUDGET_STEP),
+            move |_lua, _debug| {
+                counter.set(counter.get() + BUDGET_STEP as u64);
+                if counter.get() > budget {
+                    Err(mlua::Error::RuntimeError(format!(
+                        "instruction budget of {budget} exceeded"
+                    )))
+                } else {
+                    Ok(VmState::Continue)
+                }
+            },
+        );
+        install_host_api(&lua, label, store, host).map_err(|e| PolicyError::Load(e.to_string()))?;
+        used.set(0);
+        let module: Table = lua
+            .load(source)
+            .set_name(format!("@{label}"))
+            .set_mode(ChunkMode::Text)
+            .eval()
+            .map_err(|e| PolicyError::Load(one_line(&e)))?;
+        Ok(Sandbox {
+            lua,
+            module,
+            used,
+            budget,
+            label: label.to_string(),
+        })
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    pub fn has(&self, entry: &str) -> bool {
+        matches!(self.module.get::<Value>(entry), Ok(Value::Function(_)))
+    }
+
+    /// The names of the plugin's `filters` table.
+    pub fn filter_names(&self) -> Vec<String> {
+        let Ok(filters) = self.module.get::<Table>("filters") else {
+            return Vec::new();
+        };
+        filters
+            .pairs::<String, Value>()
+            .filter_map(|p| p.ok())
+            .filter(|(_, v)| matches!(v, Value::Function(_)))
+            .map(|(k, _)| k)
+            .collect()
+    }
+
+    /// `on_keepalive(stream)` → `code[, reason]`.
+    pub fn keepalive(&self, stream: &StreamView) -> Result<Code, PolicyError> {
+        let f: Function = self.entry("on_keepalive")?;
+        let view = self.view(stream)?;
+        self.code(f, (view,))
+    }
+
+    /// `on_publish(stream, request)` / `on_play(stream, request)` → `code[, reason]`.
+    pub fn admit(
+        &self,
+        stream: &StreamView,
+        request: &AdmissionRequest,
+    ) -> Result<Code, PolicyError> {
+        let entry = if stream.published {
+            "on_publish"
+        } else {
+            "on_play"
+        };
+        let f: Function = self.entry(entry)?;
+        let view = self.view(stream)?;
+        let request = self.readonly(
+            &serde_json::to_value(request).map_err(|e| PolicyError::Call(e.to_string()))?,
+        )?;
+        self.code(f, (view, request))
+    }
+
+    /// `filters.NAME(stream, args)` → boolean.
+    pub fn filter(
+        &self,
+        name: &str,
+        stream: &StreamView,
+        args: &serde_json::Value,
+    ) -> Result<bool, PolicyError> {
+        let filters: Table = self
+            .module
+            .get("filters")
+            .map_err(|_| PolicyError::Call("the plugin has no filters table".into()))?;
+        let f: Function = filters
+            .get(name)
+            .map_err(|_| PolicyError::Call(format!("no filter '{name}'")))?;
+        let view = self.view(stream)?;
+        let args = self.readonly(args)?;
+        self.used.set(0);
+        match f
+            .call::<Value>((view, args))
+            .map_err(|e| PolicyError::Call(one_line(&e)))?
+        {
+            Value::Boolean(b) => Ok(b),
+            other => Err(PolicyError::WrongType(format!(
+                "filter '{name}' returned {}, not a boolean",
+                other.type_name()
+            ))),
+        }
+    }
+
+    /// `on_stop(stream, reason)`: notification.
+    pub fn stopped(&self, stream: &StreamView, reason: &str) -> Result<(), PolicyError> {
+        let f: Function = self.entry("on_stop")?;
+        let view = self.view(stream)?;
+        self.used.set(0);
+        f.call::<()>((view, reason))
+            .map_err(|e| PolicyError::Call(one_line(&e)))
+    }
+
+    fn entry(&self, name: &str) -> Result<Function, PolicyError> {
+        self.module
+            .get(name)
+            .map_err(|_| PolicyError::Call(format!("the plugin has no {name}")))
+    }
+
+    fn code(&self, f: Function, args: impl mlua::IntoLuaMulti) -> Result<Code, PolicyError> {
+        self.used.set(0);
+        let (code, reason): (Value, Value) =
+            f.call(args).map_err(|e| PolicyError::Call(one_line(&e)))?;
+        let reason = match reason {
+            Value::Nil => None,
+            Value::String(s) => Some(s.to_string_lossy().chars().take(512).collect()),
+            other => {
+                return Err(PolicyError::WrongType(format!(
+                    "reason is {}, not a string",
+                    other.type_name()
+                )));
+            }
+        };
+        match code {
+            Value::Nil => Ok(Code::Abstain),
+            Value::Integer(n) if (100..600).contains(&n) => Ok(Code::Code(n as u16, reason)),
+            Value::Number(n) if n.fract() == 0.0 && (100.0..600.0).contains(&n) => {
+                Ok(Code::Code(n as u16, reason))
+            }
+            other => Err(PolicyError::WrongType(format!(
+                "returned {} instead of an HTTP-like code (200, 403) or nil",
+                describe(&other)
+            ))),
+        }
+    }
+
+    fn view(&self, stream: &StreamView) -> Result<Table, PolicyError> {
+        let value = serde_json::to_value(stream).map_err(|e| PolicyError::Call(e.to_string()))?;
+        self.readonly(&value)
+    }
+
+    /// A read-only Lua view of a JSON value: writes raise, nested tables too.
+    fn readonly(&self, value: &serde_json::Value) -> Result<Table, PolicyError> {
+        let err = |e: mlua::Error| PolicyError::Call(one_line(&e));
+        let data = self.lua.to_value(value).map_err(err)?;
+        let make: Function = self
+            .lua
+            .named_registry_value("sluice_readonly")
+            .map_err(err)?;
+        make.call(data).map_err(err)
+    }
+
+    pub fn budget(&self) -> u64 {
+        self.budget
+    }
+}
+
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Integer(n) => format!("the number {n}"),
+        Value::Number(n) => format!("the number {n}"),
+        Value::String(s) => format!("the string '{}'", s.to_string_lossy()),
+        other => format!("a {}", other.type_name()),
+    }
+}
+
+/// An error on one line, without the Lua traceback.
+fn one_line(e: &mlua::Error) -> String {
+    let text = match e {
+        mlua::Error::CallbackError { cause, .. } => cause.to_string(),
+        other => other.to_string(),
+    };
+    text.lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(300)
+        .collect()
+}
+
+const PRELUDE: &str = r#"
+-- Globals a sandboxed plugin must not have.
+dofile, loadfile, collectgarbage = nil, nil, nil
+string.dump = nil
+local raw_load = load
+-- Text chunks only, never precompiled bytecode.
+load = function(chunk, name, _mode, env) return raw_load(chunk, name, "t", env) end
+local function readonly(t)
+  if type(t) ~= "table" then return t end
+  for k, v in pairs(t) do
+    if type(v) == "table" then t[k] = readonly(v) end
+  end
+  return setmetatable({}, {
+    __index = t,
+    __newindex = function() error("read-only", 2) end,
+    __pairs = function() return next, t, nil end,
+    __len = function() return #t end,
+    __metatable = false,
+  })
+end
+return readonly
+"#;
+
+fn install_host_api(
+    lua: &Lua,
+    label: &str,
+    store: Arc<SharedStore>,
+    host: Rc<dyn Host>,
+) -> mlua::Result<()> {
+    let readonly: Function = lua.load(PRELUDE).set_name("=sluice").eval()?;
+    lua.set_named_registry_value("sluice_readonly", readonly)?;
+    let globals = lua.globals();
+
+    let log = lua.create_table()?;
+    for level in ["info", "warn", "error"] {
+        let plugin = label.to_string();
+        log.set(
+            level,
+            lua.create_function(move |_, message: String| {
+                let message: String = message.chars().take(2000).collect();
+                match level {
+                    "info" => tracing::info!(plugin = %plugin, "{message}"),
+                    "warn" => tracing::warn!(plugin = %plugin, "{message}"),
+                    _ => tracing::error!(plugin = %plugin, "{message}"),
+                }
+                Ok(())
+            })?,
+        )?;
+    }
+    globals.set("log", log)?;
+
+    let json = lua.create_table()?;
+    json.set(
+        "encode",
+        lua.create_function(|lua, value: Value| {
+            let value: serde_json::Value = lua.from_value(value)?;
+            serde_json::to_string(&value).map_err(mlua::Error::external)
+        })?,
+    )?;
+    json.set(
+        "decode",
+        lua.create_function(|lua, text: String| {
+            let value: serde_json::Value =
+                serde_json::from_str(&text).map_err(mlua::Error::external)?;
+            lua.to_value(&value)
+        })?,
+    )?;
+    globals.set("json", json)?;
+    globals.set(
+        "now_ms",
+        lua.create_function(|_, ()| Ok(crate::registry::now_ms()))?,
+    )?;
+
+    let shared = lua.create_table()?;
+    let s = store.clone();
+    shared.set(
+        "get",
+        lua.create_function(move |lua, key: String| match s.get(&key) {
+            Some(v) => lua.to_value(&v),
+            None => Ok(Value::Nil),
+        })?,
+    )?;
+    let s = store.clone();
+    shared.set(
+        "set",
+        lua.create_function(
+            move |lua, (key, value, ttl_ms): (String, Value, Option<u64>)| {
+                let value: serde_json::Value = lua.from_value(value)?;
+                s.set(&key, value, ttl_ms).map_err(mlua::Error::external)
+            },
+        )?,
+    )?;
+    let s = store.clone();
+    shared.set(
+        "incr",
+        lua.create_function(
+            move |_, (key, by, ttl_ms): (String, Option<f64>, Option<u64>)| {
+                s.incr(&key, by.unwrap_or(1.0), ttl_ms)
+                    .map_err(mlua::Error::external)
+            },
+        )?,
+    )?;
+    let s = store;
+    shared.set(
+        "delete",
+        lua.create_function(move |_, key: String| Ok(s.delete(&key)))?,
+    )?;
+    globals.set("shared", shared)?;
+
+    let streams = lua.create_table()?;
+    streams.set(
+        "count",
+        lua.create_function(move |_, (name, published): (String, Option<bool>)| {
+            Ok(host.count_streams(&name, published))
+        })?,
+    )?;
+    globals.set("streams", streams)?;
+    Ok(())
+}
