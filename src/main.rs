@@ -39,12 +39,46 @@ enum Command {
         #[arg(long, value_name = "DIR", default_value = ".")]
         config: PathBuf,
     },
+    /// Work with Lua plugins offline.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
     /// Show or edit the applications in apps.toml (the running server applies the change).
     App {
         #[arg(long, value_name = "DIR", default_value = ".")]
         config: PathBuf,
         #[command(subcommand)]
         command: AppCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Run one entry point of a plugin file and print its answer as JSON.
+    Test {
+        file: PathBuf,
+        /// keepalive, publish, play or stop.
+        #[arg(long, default_value = "keepalive")]
+        event: String,
+        /// The stream the plugin sees, as JSON (fields as in /rest-api/stream/find, plus age_ms).
+        #[arg(long, default_value = "{}")]
+        stream: String,
+        /// For publish/play: {"token": ..., "query": {...}, "remote_address": ...}.
+        #[arg(long, default_value = "{}")]
+        request: String,
+        /// For publish/play: what streams.count() answers.
+        #[arg(long, default_value_t = 0)]
+        players: usize,
+        /// Run this named filter instead of an event.
+        #[arg(long)]
+        filter: Option<String>,
+        /// The filter's arguments, as JSON.
+        #[arg(long, default_value = "{}")]
+        args: String,
+        /// For stop: the reason.
+        #[arg(long, default_value = "")]
+        reason: String,
     },
 }
 
@@ -110,7 +144,47 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Check { config } => check(&config),
         Command::App { config, command } => app(&config, command),
+        Command::Plugin { command } => plugin(command),
     }
+}
+
+fn plugin(command: PluginCommand) -> anyhow::Result<()> {
+    use sluice::policy::{AdmissionRequest, OfflineCall, StreamView, test_offline};
+    let PluginCommand::Test {
+        file,
+        event,
+        stream,
+        request,
+        players,
+        filter,
+        args,
+        reason,
+    } = command;
+    let mut view: StreamView =
+        serde_json::from_str(&stream).map_err(|e| anyhow::anyhow!("--stream: {e}"))?;
+    let call = match (filter, event.as_str()) {
+        (Some(name), _) => OfflineCall::Filter {
+            name,
+            args: serde_json::from_str(&args).map_err(|e| anyhow::anyhow!("--args: {e}"))?,
+            view,
+        },
+        (None, "keepalive") => OfflineCall::KeepAlive(view),
+        (None, "publish" | "play") => {
+            view.published = event == "publish";
+            let request: AdmissionRequest =
+                serde_json::from_str(&request).map_err(|e| anyhow::anyhow!("--request: {e}"))?;
+            OfflineCall::Admit {
+                view,
+                request,
+                players,
+            }
+        }
+        (None, "stop") => OfflineCall::Stop { view, reason },
+        (None, other) => anyhow::bail!("--event {other}: use keepalive, publish, play or stop"),
+    };
+    let answer = test_offline(&file, call)?;
+    println!("{answer}");
+    Ok(())
 }
 
 fn check(dir: &std::path::Path) -> anyhow::Result<()> {

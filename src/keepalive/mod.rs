@@ -235,7 +235,13 @@ impl KeepAlive {
             let fallback = per_stream
                 .get(app.as_str())
                 .map(|(url, method)| (url.to_string(), (*method).clone()));
-            self.spawn_plugin(records, fallback);
+            // restOnError comes from the app's keep-alive method, hook URL or not.
+            let on_error = apps
+                .get(&app)
+                .and_then(|a| a.methods.get(KEEPALIVE_METHOD))
+                .cloned()
+                .unwrap_or_default();
+            self.spawn_plugin(records, fallback, on_error);
         }
     }
 
@@ -245,6 +251,7 @@ impl KeepAlive {
         self: &Arc<Self>,
         records: Vec<StreamRecord>,
         fallback: Option<(String, MethodConfig)>,
+        on_error: MethodConfig,
     ) {
         let this = self.clone();
         tokio::spawn(async move {
@@ -252,10 +259,6 @@ impl KeepAlive {
             let app = records[0].app_key.clone();
             let verdicts = this.policy.keepalive(&app, &records).await;
             let took = started.elapsed() / (records.len().max(1) as u32);
-            let on_error = fallback
-                .as_ref()
-                .map(|(_, m)| m.clone())
-                .unwrap_or_default();
             for (record, verdict) in records.into_iter().zip(verdicts) {
                 let verdict = match verdict {
                     PluginVerdict::Keep => Verdict::Keep,

@@ -40,7 +40,8 @@ pub enum PolicyError {
 
 /// The stream as a plugin sees it (read-only in Lua): the model's fields, `age_ms`,
 /// `custom`, media kinds and, for players, the publisher's name.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct StreamView {
     #[serde(rename = "mediaSessionId")]
     pub media_session_id: String,
@@ -113,7 +114,8 @@ impl StreamView {
 }
 
 /// What a WHIP/WHEP request tells an admission policy.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct AdmissionRequest {
     /// The `Authorization: Bearer` token, if any.
     pub token: Option<String>,
@@ -188,9 +190,13 @@ pub struct PluginStatus {
     pub last_error_at: Option<u64>,
 }
 
-struct RegistryHost(Weak<Registry>);
+struct RegistryHost(Weak<Registry>, std::path::PathBuf);
 
 impl Host for RegistryHost {
+    fn read_lines(&self, file: &str) -> Result<Vec<String>, String> {
+        sandbox::read_plugin_file(&self.1, file)
+    }
+
     fn count_streams(&self, name: &str, published: Option<bool>) -> usize {
         self.0.upgrade().map_or(0, |r| {
             r.find_by_name(name)
@@ -326,10 +332,11 @@ impl PolicyHost {
         let label = format!("{file} ({app} v{version})");
         let source = source.to_string();
         let registry = Arc::downgrade(&self.registry);
+        let plugin_dir = settings.plugin_dir.clone();
         std::thread::Builder::new()
             .name(format!("lua-{app}"))
             .spawn(move || {
-                let host: Rc<dyn Host> = Rc::new(RegistryHost(registry));
+                let host: Rc<dyn Host> = Rc::new(RegistryHost(registry, plugin_dir));
                 let sandbox = match Sandbox::load(&label, &source, limits, store, host) {
                     Ok(sandbox) => sandbox,
                     Err(e) => {
@@ -579,12 +586,16 @@ fn hash_of(text: &str) -> u64 {
 pub fn test_offline(path: &Path, call: OfflineCall) -> Result<serde_json::Value, PolicyError> {
     let source = std::fs::read_to_string(path)
         .map_err(|e| PolicyError::Load(format!("{}: {e}", path.display())))?;
-    struct NoStreams(usize);
-    impl Host for NoStreams {
+    struct Offline(usize, std::path::PathBuf);
+    impl Host for Offline {
         fn count_streams(&self, _: &str, _: Option<bool>) -> usize {
             self.0
         }
+        fn read_lines(&self, file: &str) -> Result<Vec<String>, String> {
+            sandbox::read_plugin_file(&self.1, file)
+        }
     }
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let label = path.display().to_string();
     let players = match &call {
         OfflineCall::Admit { players, .. } => *players,
@@ -595,7 +606,7 @@ pub fn test_offline(path: &Path, call: OfflineCall) -> Result<serde_json::Value,
         &source,
         Limits::default(),
         Arc::default(),
-        Rc::new(NoStreams(players)),
+        Rc::new(Offline(players, dir)),
     )?;
     let code = |c: Code| match c {
         Code::Abstain => serde_json::json!({"code": null}),
@@ -642,6 +653,9 @@ mod tests {
     impl Host for Count {
         fn count_streams(&self, _: &str, _: Option<bool>) -> usize {
             self.0
+        }
+        fn read_lines(&self, _: &str) -> Result<Vec<String>, String> {
+            Err("no files in tests".into())
         }
     }
 

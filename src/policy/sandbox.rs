@@ -37,6 +37,27 @@ impl Default for Limits {
 pub trait Host: 'static {
     /// Counts streams of `name`: players (`published = false`), publishers, or both.
     fn count_streams(&self, name: &str, published: Option<bool>) -> usize;
+    /// The non-empty, non-comment (`#`) lines of a file in the plugin directory, read now.
+    fn read_lines(&self, file: &str) -> Result<Vec<String>, String>;
+}
+
+/// Reads the lines of `file` (a plain name, no path) in `dir`, for [`Host::read_lines`].
+pub fn read_plugin_file(dir: &std::path::Path, file: &str) -> Result<Vec<String>, String> {
+    let plain = !file.is_empty()
+        && std::path::Path::new(file).components().count() == 1
+        && !file.starts_with('.');
+    if !plain {
+        return Err(format!(
+            "'{file}' is not a file name in the plugin directory"
+        ));
+    }
+    let text = std::fs::read_to_string(dir.join(file)).map_err(|e| format!("{file}: {e}"))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .collect())
 }
 
 /// A compiled plugin in its own sandboxed state.
@@ -230,7 +251,7 @@ impl Sandbox {
     /// A read-only Lua view of a JSON value: writes raise, nested tables too.
     fn readonly(&self, value: &serde_json::Value) -> Result<Table, PolicyError> {
         let err = |e: mlua::Error| PolicyError::Call(one_line(&e));
-        let data = self.lua.to_value(value).map_err(err)?;
+        let data = self.lua.to_value_with(value, json_options()).map_err(err)?;
         let make: Function = self
             .lua
             .named_registry_value("sluice_readonly")
@@ -241,6 +262,13 @@ impl Sandbox {
     pub fn budget(&self) -> u64 {
         self.budget
     }
+}
+
+/// JSON `null` becomes Lua `nil`, so that `request.token == nil` reads as a plugin expects.
+fn json_options() -> mlua::SerializeOptions {
+    mlua::SerializeOptions::new()
+        .serialize_none_to_null(false)
+        .serialize_unit_to_null(false)
 }
 
 fn describe(v: &Value) -> String {
@@ -344,7 +372,7 @@ fn install_host_api(
     shared.set(
         "get",
         lua.create_function(move |lua, key: String| match s.get(&key) {
-            Some(v) => lua.to_value(&v),
+            Some(v) => lua.to_value_with(&v, json_options()),
             None => Ok(Value::Nil),
         })?,
     )?;
@@ -375,13 +403,24 @@ fn install_host_api(
     )?;
     globals.set("shared", shared)?;
 
+    let counter = host.clone();
     let streams = lua.create_table()?;
     streams.set(
         "count",
         lua.create_function(move |_, (name, published): (String, Option<bool>)| {
-            Ok(host.count_streams(&name, published))
+            Ok(counter.count_streams(&name, published))
         })?,
     )?;
     globals.set("streams", streams)?;
+
+    let files = lua.create_table()?;
+    let reader = host.clone();
+    files.set(
+        "lines",
+        lua.create_function(move |_, file: String| {
+            reader.read_lines(&file).map_err(mlua::Error::RuntimeError)
+        })?,
+    )?;
+    globals.set("files", files)?;
     Ok(())
 }
