@@ -36,6 +36,7 @@ pub struct RunningServer {
     pub registry: Arc<Registry>,
     pub config: Arc<ConfigStore>,
     pub keepalive: Arc<KeepAlive>,
+    pub policy: Arc<PolicyHost>,
     media: Arc<Media>,
     shutdown: CancellationToken,
     listeners: tokio::task::JoinSet<()>,
@@ -136,7 +137,7 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
         tokens: Arc::new(tokens),
         hooks,
         keepalive: keepalive.clone(),
-        policy,
+        policy: policy.clone(),
     };
     let router = api::router(state);
 
@@ -208,6 +209,7 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
         registry,
         config,
         keepalive,
+        policy,
         media,
         shutdown,
         listeners,

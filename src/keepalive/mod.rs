@@ -257,22 +257,24 @@ impl KeepAlive {
         tokio::spawn(async move {
             let started = Instant::now();
             let app = records[0].app_key.clone();
-            let verdicts = this.policy.keepalive(&app, &records).await;
-            let took = started.elapsed() / (records.len().max(1) as u32);
-            for (record, verdict) in records.into_iter().zip(verdicts) {
+            let ids: Vec<Uuid> = records.iter().map(|r| r.media_session_id).collect();
+            let count = records.len().max(1) as u32;
+            let verdicts = this.policy.keepalive(&app, records).await;
+            let took = started.elapsed() / count;
+            for (id, verdict) in ids.into_iter().zip(verdicts) {
                 let verdict = match verdict {
                     PluginVerdict::Keep => Verdict::Keep,
                     PluginVerdict::Stop(reason) => Verdict::Stop(reason),
                     PluginVerdict::Failed(why) => Verdict::Failed(why),
                     PluginVerdict::Abstain => {
                         this.stats.count(Source::Plugin, "abstain", took);
-                        if let Some((url, method)) = &fallback {
+                        if let (Some((url, method)), Some(record)) = (&fallback, this.registry.get(id)) {
                             this.spawn_verdict(record, url.clone(), method.clone());
                         }
                         continue;
                     }
                 };
-                this.apply(&record, verdict, Source::Plugin, &on_error, took);
+                this.apply(id, &app, verdict, Source::Plugin, &on_error, took);
             }
         });
     }
@@ -305,7 +307,7 @@ impl KeepAlive {
             {
                 this.registry.update_custom(record.media_session_id, custom);
             }
-            this.apply(&record, verdict, Source::Hook, &method, started.elapsed());
+            this.apply(record.media_session_id, &record.app_key, verdict, Source::Hook, &method, started.elapsed());
         });
     }
 
@@ -347,13 +349,14 @@ impl KeepAlive {
                             Some(reason) => Verdict::Stop(reason.clone()),
                             None => Verdict::Keep,
                         };
-                        this.apply(record, verdict, Source::Batch, &method, took);
+                        this.apply(record.media_session_id, &record.app_key, verdict, Source::Batch, &method, took);
                     }
                 }
                 Err(why) => {
                     for record in &streams {
                         this.apply(
-                            record,
+                            record.media_session_id,
+                            &record.app_key,
                             Verdict::Failed(why.clone()),
                             Source::Batch,
                             &method,
@@ -369,13 +372,13 @@ impl KeepAlive {
     /// after `keep_alive_failures_to_stop` failures in a row.
     fn apply(
         &self,
-        record: &StreamRecord,
+        id: Uuid,
+        app_key: &str,
         verdict: Verdict,
         source: Source,
         method: &MethodConfig,
         took: Duration,
     ) {
-        let id = record.media_session_id;
         let method_name = source.method();
         match verdict {
             Verdict::Keep => {
@@ -385,7 +388,7 @@ impl KeepAlive {
             Verdict::Stop(reason) => {
                 self.stats.count(source, "stop", took);
                 self.lock_failures().remove(&id);
-                self.stop(record, &reason, source, method_name);
+                self.stop(id, app_key, &reason, source, method_name);
             }
             Verdict::Failed(why) => {
                 self.stats.count(source, "failed", took);
@@ -402,26 +405,24 @@ impl KeepAlive {
                 if failed >= limit {
                     self.lock_failures().remove(&id);
                     let reason = format!("keep-alive failed {failed} times in a row ({why})");
-                    self.stop(record, &reason, source, method_name);
+                    self.stop(id, app_key, &reason, source, method_name);
                 }
             }
         }
     }
 
-    fn stop(&self, record: &StreamRecord, reason: &str, source: Source, method: &str) {
+    fn stop(&self, id: Uuid, app_key: &str, reason: &str, source: Source, method: &str) {
         // The stream may have ended while its verdict was out.
-        let Some(current) = self.registry.get(record.media_session_id) else {
-            return;
-        };
+        let Some(current) = self.registry.get(id) else { return };
         self.registry.terminate(
             &[current],
             reason,
             TerminationSource::KeepAlive {
-                app_key: record.app_key.clone(),
+                app_key: app_key.to_string(),
                 by: source.as_str().to_string(),
                 method: method.to_string(),
             },
-            json!({"mediaSessionId": record.media_session_id}),
+            json!({"mediaSessionId": id}),
         );
     }
 

@@ -70,46 +70,45 @@ pub struct StreamView {
 }
 
 impl StreamView {
-    pub fn of(record: &StreamRecord) -> Self {
-        StreamView {
-            media_session_id: record.media_session_id.to_string(),
-            name: record.name.clone(),
-            app_key: record.app_key.clone(),
-            published: record.published,
-            status: record.status.as_str().to_string(),
-            info: record.info.clone(),
-            session_id: record.session_id.clone(),
-            node_id: record.node_id.clone(),
-            created_date: record.created_date,
-            age_ms: now_ms().saturating_sub(record.created_date),
-            remote_address: record.remote_address.clone(),
-            custom: record.custom.clone(),
-            media: record.media_kinds.clone(),
-            has_audio: record.media_kinds.contains(&MediaKind::Audio),
-            has_video: record.media_kinds.contains(&MediaKind::Video),
-            publisher: (!record.published).then(|| record.name.clone()),
+    /// The record a plugin is called with, for offline tests (`sluice plugin test`).
+    pub fn into_record(self) -> StreamRecord {
+        StreamRecord {
+            node_id: self.node_id,
+            app_key: self.app_key,
+            session_id: self.session_id,
+            media_session_id: self.media_session_id.parse().unwrap_or_default(),
+            name: self.name,
+            published: self.published,
+            status: crate::registry::Status::ALL
+                .into_iter()
+                .find(|s| s.as_str() == self.status)
+                .unwrap_or(crate::registry::Status::New),
+            info: self.info,
+            created_date: now_ms().saturating_sub(self.age_ms),
+            remote_address: self.remote_address,
+            media_kinds: self.media,
+            custom: self.custom,
+            bearer: crate::registry::Bearer::default(),
         }
     }
+}
 
-    fn of_event(event: &StatusEvent, node_id: &str) -> Self {
-        StreamView {
-            media_session_id: event.media_session_id.to_string(),
-            name: event.name.clone(),
-            app_key: event.app_key.clone(),
-            published: event.published,
-            status: event.status.as_str().to_string(),
-            info: event.info.clone(),
-            session_id: String::new(),
-            node_id: node_id.to_string(),
-            created_date: 0,
-            age_ms: 0,
-            remote_address: String::new(),
-            custom: BTreeMap::new(),
-            media: Vec::new(),
-            has_audio: false,
-            has_video: false,
-            publisher: (!event.published).then(|| event.name.clone()),
-        }
+/// The record of a stream that just ended, from its final status event.
+fn record_of_event(event: &StatusEvent, node_id: &str) -> StreamRecord {
+    StreamRecord {
+        node_id: node_id.to_string(),
+        app_key: event.app_key.clone(),
+        session_id: String::new(),
+        media_session_id: event.media_session_id,
+        name: event.name.clone(),
+        published: event.published,
+        status: event.status,
+        info: event.info.clone(),
+        created_date: now_ms(),
+        remote_address: String::new(),
+        media_kinds: Vec::new(),
+        custom: BTreeMap::new(),
+        bearer: crate::registry::Bearer::default(),
     }
 }
 
@@ -136,21 +135,21 @@ pub enum PluginVerdict {
 
 enum Job {
     KeepAlive(
-        Vec<StreamView>,
+        Vec<StreamRecord>,
         oneshot::Sender<Vec<Result<Code, PolicyError>>>,
     ),
     Filter(
         String,
         serde_json::Value,
-        Vec<StreamView>,
+        Vec<StreamRecord>,
         oneshot::Sender<Vec<Result<bool, PolicyError>>>,
     ),
     Admit(
-        StreamView,
+        StreamRecord,
         AdmissionRequest,
         oneshot::Sender<Result<Code, PolicyError>>,
     ),
-    Stopped(StreamView, String),
+    Stopped(StreamRecord, String),
 }
 
 /// What a loaded plugin offers.
@@ -378,18 +377,19 @@ impl PolicyHost {
         self.plugin(app).is_some_and(|p| p.entries.on_keepalive)
     }
 
-    /// Keep-alive verdicts for streams of one app, in order.
-    pub async fn keepalive(&self, app: &str, records: &[StreamRecord]) -> Vec<PluginVerdict> {
+    /// Keep-alive verdicts for streams of one app, in order. The records move into the
+    /// plugin's state as its read-only views: nothing is copied per verdict.
+    pub async fn keepalive(&self, app: &str, records: Vec<StreamRecord>) -> Vec<PluginVerdict> {
+        let count = records.len();
         let Some(plugin) = self.plugin(app).filter(|p| p.entries.on_keepalive) else {
-            return vec![PluginVerdict::Abstain; records.len()];
+            return vec![PluginVerdict::Abstain; count];
         };
-        let views = records.iter().map(StreamView::of).collect();
         let (tx, rx) = oneshot::channel();
-        let answers = match plugin.jobs.send(Job::KeepAlive(views, tx)) {
+        let answers = match plugin.jobs.send(Job::KeepAlive(records, tx)) {
             Ok(()) => rx
                 .await
-                .unwrap_or_else(|_| vec![Err(PolicyError::Gone); records.len()]),
-            Err(_) => vec![Err(PolicyError::Gone); records.len()],
+                .unwrap_or_else(|_| vec![Err(PolicyError::Gone); count]),
+            Err(_) => vec![Err(PolicyError::Gone); count],
         };
         self.count(app, plugin.version, &answers);
         answers
@@ -439,7 +439,7 @@ impl PolicyHost {
             else {
                 continue;
             };
-            let views = records.iter().map(StreamView::of).collect();
+            let views = records.clone();
             let (tx, rx) = oneshot::channel();
             if plugin
                 .jobs
@@ -480,7 +480,7 @@ impl PolicyHost {
         let (tx, rx) = oneshot::channel();
         plugin
             .jobs
-            .send(Job::Admit(StreamView::of(record), request, tx))
+            .send(Job::Admit(record.clone(), request, tx))
             .ok()?;
         let answer = rx.await.unwrap_or(Err(PolicyError::Gone));
         self.count(
@@ -494,7 +494,7 @@ impl PolicyHost {
     /// Tells the app's plugin (`on_stop`) that a stream ended. Does not wait.
     pub fn stopped(&self, event: &StatusEvent) {
         if let Some(plugin) = self.plugin(&event.app_key).filter(|p| p.entries.on_stop) {
-            let view = StreamView::of_event(event, self.registry.node_id());
+            let view = record_of_event(event, self.registry.node_id());
             let _ = plugin.jobs.send(Job::Stopped(view, event.info.clone()));
         }
     }
@@ -554,21 +554,18 @@ impl PolicyHost {
 fn run_job(sandbox: &Sandbox, job: Job) {
     match job {
         Job::KeepAlive(views, reply) => {
-            let _ = reply.send(views.iter().map(|v| sandbox.keepalive(v)).collect());
+            let _ = reply.send(sandbox.keepalive_many(views));
         }
         Job::Filter(name, args, views, reply) => {
             let _ = reply.send(
-                views
-                    .iter()
-                    .map(|v| sandbox.filter(&name, v, &args))
-                    .collect(),
+                sandbox.filter_many(&name, views, &args),
             );
         }
         Job::Admit(view, request, reply) => {
-            let _ = reply.send(sandbox.admit(&view, &request));
+            let _ = reply.send(sandbox.admit(view, &request));
         }
         Job::Stopped(view, reason) => {
-            if let Err(e) = sandbox.stopped(&view, &reason) {
+            if let Err(e) = sandbox.stopped(view, &reason) {
                 tracing::warn!(plugin = sandbox.label(), error = %e, "on_stop failed");
             }
         }
@@ -613,13 +610,13 @@ pub fn test_offline(path: &Path, call: OfflineCall) -> Result<serde_json::Value,
         Code::Code(code, reason) => serde_json::json!({"code": code, "reason": reason}),
     };
     Ok(match call {
-        OfflineCall::KeepAlive(view) => code(sandbox.keepalive(&view)?),
-        OfflineCall::Admit { view, request, .. } => code(sandbox.admit(&view, &request)?),
+        OfflineCall::KeepAlive(view) => code(sandbox.keepalive(view.into_record())?),
+        OfflineCall::Admit { view, request, .. } => code(sandbox.admit(view.into_record(), &request)?),
         OfflineCall::Filter { name, args, view } => {
-            serde_json::json!({"match": sandbox.filter(&name, &view, &args)?})
+            serde_json::json!({"match": sandbox.filter(&name, view.into_record(), &args)?})
         }
         OfflineCall::Stop { view, reason } => {
-            sandbox.stopped(&view, &reason)?;
+            sandbox.stopped(view.into_record(), &reason)?;
             serde_json::json!({"ok": true})
         }
     })
@@ -673,7 +670,7 @@ mod tests {
         )
     }
 
-    fn view(published: bool) -> StreamView {
+    fn view(published: bool) -> StreamRecord {
         let registry = Registry::new("n");
         registry
             .register_synthetic(NewStream::publisher("cam", "defaultApp"))
@@ -683,11 +680,11 @@ mod tests {
         } else {
             NewStream::player("cam", "defaultApp")
         };
-        StreamView::of(&registry.register_synthetic(new).unwrap())
+        registry.register_synthetic(new).unwrap()
     }
 
     fn keepalive(source: &str) -> Result<Code, PolicyError> {
-        sandbox(source)?.keepalive(&view(false))
+        sandbox(source)?.keepalive(view(false))
     }
 
     #[test]
@@ -753,8 +750,8 @@ mod tests {
         assert!(bomb.is_err(), "memory bomb: {bomb:?}");
         // The state survives: the next call works again with a fresh budget.
         let s = sandbox("local M = {} local n = 0 function M.on_keepalive(s) n = n + 1 if n == 1 then while true do end end return 200 end return M").unwrap();
-        assert!(s.keepalive(&view(true)).is_err());
-        assert_eq!(s.keepalive(&view(true)).unwrap(), Code::Code(200, None));
+        assert!(s.keepalive(view(true)).is_err());
+        assert_eq!(s.keepalive(view(true)).unwrap(), Code::Code(200, None));
         assert!(
             sandbox("while true do end").is_err(),
             "a top level that loops does not load"
@@ -784,18 +781,18 @@ mod tests {
             "#,
         )
         .unwrap();
-        assert_eq!(s.keepalive(&view(false)).unwrap(), Code::Code(200, None));
+        assert_eq!(s.keepalive(view(false)).unwrap(), Code::Code(200, None));
         assert_eq!(
-            s.keepalive(&view(false)).unwrap(),
+            s.keepalive(view(false)).unwrap(),
             Code::Code(403, Some("second call".into()))
         );
         assert_eq!(s.filter_names(), vec!["named"]);
         assert!(
-            s.filter("named", &view(false), &serde_json::json!({"name": "cam"}))
+            s.filter("named", view(false), &serde_json::json!({"name": "cam"}))
                 .unwrap()
         );
         assert!(
-            !s.filter("named", &view(false), &serde_json::json!({"name": "x"}))
+            !s.filter("named", view(false), &serde_json::json!({"name": "x"}))
                 .unwrap()
         );
     }

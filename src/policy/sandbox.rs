@@ -8,11 +8,13 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use mlua::{
-    ChunkMode, Function, HookTriggers, Lua, LuaOptions, LuaSerdeExt, StdLib, Table, Value, VmState,
+    AnyUserData, ChunkMode, Function, HookTriggers, Lua, LuaOptions, LuaSerdeExt, MetaMethod, StdLib, Table,
+    UserData, UserDataMethods, Value, VmState,
 };
 
 use super::shared::SharedStore;
-use super::{AdmissionRequest, PolicyError, StreamView};
+use super::{AdmissionRequest, PolicyError};
+use crate::registry::{MediaKind, StreamRecord};
 
 /// How often (in VM instructions) the budget is checked.
 const BUDGET_STEP: u32 = 1000;
@@ -147,16 +149,31 @@ impl Sandbox {
     }
 
     /// `on_keepalive(stream)` → `code[, reason]`.
-    pub fn keepalive(&self, stream: &StreamView) -> Result<Code, PolicyError> {
-        let f: Function = self.entry("on_keepalive")?;
-        let view = self.view(stream)?;
-        self.code(f, (view,))
+    pub fn keepalive(&self, stream: StreamRecord) -> Result<Code, PolicyError> {
+        self.keepalive_many(vec![stream])
+            .pop()
+            .unwrap_or_else(|| Err(PolicyError::Call("no answer".into())))
+    }
+
+    /// `on_keepalive` for many streams, looking the function up once.
+    pub fn keepalive_many(&self, streams: Vec<StreamRecord>) -> Vec<Result<Code, PolicyError>> {
+        let f: Function = match self.entry("on_keepalive") {
+            Ok(f) => f,
+            Err(e) => return streams.iter().map(|_| Err(e.clone())).collect(),
+        };
+        streams
+            .into_iter()
+            .map(|stream| {
+                let view = self.view(stream)?;
+                self.code(&f, (view,))
+            })
+            .collect()
     }
 
     /// `on_publish(stream, request)` / `on_play(stream, request)` → `code[, reason]`.
     pub fn admit(
         &self,
-        stream: &StreamView,
+        stream: StreamRecord,
         request: &AdmissionRequest,
     ) -> Result<Code, PolicyError> {
         let entry = if stream.published {
@@ -169,40 +186,50 @@ impl Sandbox {
         let request = self.readonly(
             &serde_json::to_value(request).map_err(|e| PolicyError::Call(e.to_string()))?,
         )?;
-        self.code(f, (view, request))
+        self.code(&f, (view, request))
     }
 
     /// `filters.NAME(stream, args)` → boolean.
-    pub fn filter(
-        &self,
-        name: &str,
-        stream: &StreamView,
-        args: &serde_json::Value,
-    ) -> Result<bool, PolicyError> {
-        let filters: Table = self
-            .module
-            .get("filters")
-            .map_err(|_| PolicyError::Call("the plugin has no filters table".into()))?;
-        let f: Function = filters
-            .get(name)
-            .map_err(|_| PolicyError::Call(format!("no filter '{name}'")))?;
-        let view = self.view(stream)?;
-        let args = self.readonly(args)?;
-        self.used.set(0);
-        match f
-            .call::<Value>((view, args))
-            .map_err(|e| PolicyError::Call(one_line(&e)))?
-        {
-            Value::Boolean(b) => Ok(b),
-            other => Err(PolicyError::WrongType(format!(
-                "filter '{name}' returned {}, not a boolean",
-                other.type_name()
-            ))),
-        }
+    pub fn filter(&self, name: &str, stream: StreamRecord, args: &serde_json::Value) -> Result<bool, PolicyError> {
+        self.filter_many(name, vec![stream], args)
+            .pop()
+            .unwrap_or_else(|| Err(PolicyError::Call("no answer".into())))
+    }
+
+    /// `filters.NAME(stream, args)` for many streams, with `args` made a Lua table once.
+    pub fn filter_many(&self, name: &str, streams: Vec<StreamRecord>, args: &serde_json::Value) -> Vec<Result<bool, PolicyError>> {
+        let prepared = (|| {
+            let filters: Table = self
+                .module
+                .get("filters")
+                .map_err(|_| PolicyError::Call("the plugin has no filters table".into()))?;
+            let f: Function = filters
+                .get(name)
+                .map_err(|_| PolicyError::Call(format!("no filter '{name}'")))?;
+            Ok::<_, PolicyError>((f, self.readonly(args)?))
+        })();
+        let (f, args) = match prepared {
+            Ok(prepared) => prepared,
+            Err(e) => return streams.iter().map(|_| Err(e.clone())).collect(),
+        };
+        streams
+            .into_iter()
+            .map(|stream| {
+                let view = self.view(stream)?;
+                self.used.set(0);
+                match f.call::<Value>((view, args.clone())).map_err(|e| PolicyError::Call(one_line(&e)))? {
+                    Value::Boolean(b) => Ok(b),
+                    other => Err(PolicyError::WrongType(format!(
+                        "filter '{name}' returned {}, not a boolean",
+                        other.type_name()
+                    ))),
+                }
+            })
+            .collect()
     }
 
     /// `on_stop(stream, reason)`: notification.
-    pub fn stopped(&self, stream: &StreamView, reason: &str) -> Result<(), PolicyError> {
+    pub fn stopped(&self, stream: StreamRecord, reason: &str) -> Result<(), PolicyError> {
         let f: Function = self.entry("on_stop")?;
         let view = self.view(stream)?;
         self.used.set(0);
@@ -216,7 +243,7 @@ impl Sandbox {
             .map_err(|_| PolicyError::Call(format!("the plugin has no {name}")))
     }
 
-    fn code(&self, f: Function, args: impl mlua::IntoLuaMulti) -> Result<Code, PolicyError> {
+    fn code(&self, f: &Function, args: impl mlua::IntoLuaMulti) -> Result<Code, PolicyError> {
         self.used.set(0);
         let (code, reason): (Value, Value) =
             f.call(args).map_err(|e| PolicyError::Call(one_line(&e)))?;
@@ -243,9 +270,12 @@ impl Sandbox {
         }
     }
 
-    fn view(&self, stream: &StreamView) -> Result<Table, PolicyError> {
-        let value = serde_json::to_value(stream).map_err(|e| PolicyError::Call(e.to_string()))?;
-        self.readonly(&value)
+    /// The stream as a read-only userdata: fields are read on access, nothing is copied
+    /// into Lua tables, and every write raises.
+    fn view(&self, stream: StreamRecord) -> Result<AnyUserData, PolicyError> {
+        self.lua
+            .create_userdata(LuaStream::new(stream))
+            .map_err(|e| PolicyError::Call(one_line(&e)))
     }
 
     /// A read-only Lua view of a JSON value: writes raise, nested tables too.
@@ -261,6 +291,78 @@ impl Sandbox {
 
     pub fn budget(&self) -> u64 {
         self.budget
+    }
+}
+
+/// A stream as Lua sees it: the registry's record itself, read field by field on access.
+struct LuaStream {
+    record: StreamRecord,
+    age_ms: u64,
+}
+
+impl LuaStream {
+    fn new(record: StreamRecord) -> Self {
+        let age_ms = crate::registry::now_ms().saturating_sub(record.created_date);
+        LuaStream { record, age_ms }
+    }
+}
+
+impl UserData for LuaStream {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_meta_method(MetaMethod::Index, |lua, this, key: mlua::String| {
+            let r = &this.record;
+            let text = |t: &str| lua.create_string(t).map(Value::String);
+            let key = key.to_str()?;
+            Ok(match &*key {
+                "mediaSessionId" => text(&r.media_session_id.to_string())?,
+                "name" => text(&r.name)?,
+                "appKey" => text(&r.app_key)?,
+                "published" => Value::Boolean(r.published),
+                "status" => text(r.status.as_str())?,
+                "info" => text(&r.info)?,
+                "sessionId" => text(&r.session_id)?,
+                "nodeId" => text(&r.node_id)?,
+                "createdDate" => Value::Integer(r.created_date as i64),
+                "age_ms" => Value::Integer(this.age_ms as i64),
+                "remoteAddress" => text(&r.remote_address)?,
+                "has_audio" => Value::Boolean(r.media_kinds.contains(&MediaKind::Audio)),
+                "has_video" => Value::Boolean(r.media_kinds.contains(&MediaKind::Video)),
+                // A player's publisher publishes under the same name.
+                "publisher" if !r.published => text(&r.name)?,
+                "media" => {
+                    let kinds = r.media_kinds.iter().map(|k| match k {
+                        MediaKind::Audio => "audio",
+                        MediaKind::Video => "video",
+                    });
+                    Value::Table(lua.create_sequence_from(kinds)?)
+                }
+                "custom" => Value::UserData(lua.create_userdata(LuaMap(r.custom.clone()))?),
+                _ => Value::Nil,
+            })
+        });
+        methods.add_meta_method(MetaMethod::NewIndex, |_, _, (_key, _value): (Value, Value)| -> mlua::Result<()> {
+            Err(mlua::Error::RuntimeError("the stream is read-only".into()))
+        });
+    }
+}
+
+/// A read-only string map (`stream.custom`): `custom.key`, and `pairs(custom)`.
+struct LuaMap(std::collections::BTreeMap<String, String>);
+
+impl UserData for LuaMap {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_meta_method(MetaMethod::Index, |lua, this, key: String| match this.0.get(&key) {
+            Some(v) => lua.create_string(v).map(Value::String),
+            None => Ok(Value::Nil),
+        });
+        methods.add_meta_method(MetaMethod::NewIndex, |_, _, (_key, _value): (Value, Value)| -> mlua::Result<()> {
+            Err(mlua::Error::RuntimeError("custom is read-only".into()))
+        });
+        methods.add_meta_method(MetaMethod::Pairs, |lua, this, ()| {
+            let table = lua.create_table_from(this.0.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+            let next: Function = lua.globals().get("next")?;
+            Ok((next, table, Value::Nil))
+        });
     }
 }
 
@@ -358,7 +460,7 @@ fn install_host_api(
         lua.create_function(|lua, text: String| {
             let value: serde_json::Value =
                 serde_json::from_str(&text).map_err(mlua::Error::external)?;
-            lua.to_value(&value)
+            lua.to_value_with(&value, json_options())
         })?,
     )?;
     globals.set("json", json)?;
