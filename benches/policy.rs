@@ -24,32 +24,62 @@ const LUA_ROUNDS: usize = 5;
 
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let Some(end) = stat.rfind(')') else { return 0.0 };
+    let Some(end) = stat.rfind(')') else {
+        return 0.0;
+    };
     let fields: Vec<&str> = stat[end + 2..].split_whitespace().collect();
     let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        + fields
+            .get(12)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
     ticks / 100.0
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    assert!(Command::new(&cargo).args(["build", "--release", "--example", "hook_echo"]).status().expect("cargo").success());
-    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| format!("{}/target", env!("CARGO_MANIFEST_DIR")));
-    let mut backend = Command::new(format!("{target}/release/examples/hook_echo")).stdout(Stdio::piped()).spawn().expect("hook_echo");
-    let url = BufReader::new(backend.stdout.take().expect("stdout")).lines().next().expect("line").expect("url");
+    assert!(
+        Command::new(&cargo)
+            .args(["build", "--release", "--example", "hook_echo"])
+            .status()
+            .expect("cargo")
+            .success()
+    );
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .unwrap_or_else(|_| format!("{}/target", env!("CARGO_MANIFEST_DIR")));
+    let mut backend = Command::new(format!("{target}/release/examples/hook_echo"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("hook_echo");
+    let url = BufReader::new(backend.stdout.take().expect("stdout"))
+        .lines()
+        .next()
+        .expect("line")
+        .expect("url");
     let backend_pid = backend.id();
     let me = std::process::id();
 
     let dir = tempfile::tempdir().expect("dir");
     std::fs::create_dir(dir.path().join("plugins")).expect("plugins");
     std::fs::copy(
-        format!("{}/plugins/viewing_time_limit.lua", env!("CARGO_MANIFEST_DIR")),
+        format!(
+            "{}/plugins/viewing_time_limit.lua",
+            env!("CARGO_MANIFEST_DIR")
+        ),
         dir.path().join("plugins/viewing_time_limit.lua"),
     )
     .expect("plugin");
-    std::fs::write(dir.path().join("apps.toml"), "[apps.defaultApp]\nplugin = \"viewing_time_limit.lua\"\n").expect("apps");
-    std::fs::write(dir.path().join("server.properties"), "ice_loopback_only=true\nmedia_port_from=0\nmedia_port_to=0\n").expect("props");
+    std::fs::write(
+        dir.path().join("apps.toml"),
+        "[apps.defaultApp]\nplugin = \"viewing_time_limit.lua\"\n",
+    )
+    .expect("apps");
+    std::fs::write(
+        dir.path().join("server.properties"),
+        "ice_loopback_only=true\nmedia_port_from=0\nmedia_port_to=0\n",
+    )
+    .expect("props");
     let server = sluice::start(sluice::ServerOptions {
         config_dir: Some(dir.path().to_path_buf()),
         http_listen: Some("127.0.0.1:0".parse().expect("addr")),
@@ -59,14 +89,22 @@ async fn main() {
     .expect("server");
     for i in 0..STREAMS / 2 {
         let name = format!("s{i}");
-        server.registry.register_synthetic(NewStream::publisher(&name, "defaultApp")).expect("publisher");
-        server.registry.register_synthetic(NewStream::player(&name, "defaultApp")).expect("player");
+        server
+            .registry
+            .register_synthetic(NewStream::publisher(&name, "defaultApp"))
+            .expect("publisher");
+        server
+            .registry
+            .register_synthetic(NewStream::player(&name, "defaultApp"))
+            .expect("player");
     }
     let records = server.registry.find(|_| true);
 
     // Lua: every stream once, 1 000 per call into the plugin, as the scheduler hands them
     // over (records already read from the registry, as the REST bodies below are built first).
-    let batches: Vec<Vec<_>> = (0..LUA_ROUNDS).flat_map(|_| records.chunks(1000).map(|c| c.to_vec())).collect();
+    let batches: Vec<Vec<_>> = (0..LUA_ROUNDS)
+        .flat_map(|_| records.chunks(1000).map(|c| c.to_vec()))
+        .collect();
     let (cpu0, start) = (cpu_seconds(me), Instant::now());
     let mut kept = 0;
     for batch in batches {
@@ -80,17 +118,31 @@ async fn main() {
     }
     let lua_wall = start.elapsed();
     let lua_cpu = cpu_seconds(me) - cpu0;
-    assert_eq!(kept, STREAMS * LUA_ROUNDS, "every stream is young: all kept");
+    assert_eq!(
+        kept,
+        STREAMS * LUA_ROUNDS,
+        "every stream is young: all kept"
+    );
 
     // REST: the same verdict through the hook client, 64 in flight.
     let client = HookClient::new();
     let method = MethodConfig::default();
-    let bodies: Vec<_> = records.iter().take(REST_CALLS).map(|r| stream_body(r, &method)).collect();
+    let bodies: Vec<_> = records
+        .iter()
+        .take(REST_CALLS)
+        .map(|r| stream_body(r, &method))
+        .collect();
     let (cpu0, backend0, start) = (cpu_seconds(me), cpu_seconds(backend_pid), Instant::now());
     for chunk in bodies.chunks(64) {
-        let calls = chunk
-            .iter()
-            .map(|body| client.call("defaultApp", &url, "StreamKeepAliveEvent", body, Duration::from_secs(5)));
+        let calls = chunk.iter().map(|body| {
+            client.call(
+                "defaultApp",
+                &url,
+                "StreamKeepAliveEvent",
+                body,
+                Duration::from_secs(5),
+            )
+        });
         for answer in futures::future::join_all(calls).await {
             assert_eq!(answer.expect("hook answers").status, 200);
         }
@@ -104,14 +156,30 @@ async fn main() {
     let lua_verdicts = STREAMS * LUA_ROUNDS;
     let lua_per_core = lua_verdicts as f64 / lua_cpu.max(0.01);
     let rest_per_core = REST_CALLS as f64 / rest_cpu.max(0.01);
-    println!("{:<34} {:>9} {:>10} {:>10} {:>14} {:>16}", "keep-alive verdicts", "verdicts", "wall", "CPU s", "verdicts/s", "verdicts/s/core");
     println!(
-        "{:<34} {:>9} {:>10.2?} {:>10.2} {:>14.0} {:>16.0}",
-        "Lua plugin (viewing_time_limit)", lua_verdicts, lua_wall, lua_cpu, lua_verdicts as f64 / lua_wall.as_secs_f64(), lua_per_core
+        "{:<34} {:>9} {:>10} {:>10} {:>14} {:>16}",
+        "keep-alive verdicts", "verdicts", "wall", "CPU s", "verdicts/s", "verdicts/s/core"
     );
     println!(
         "{:<34} {:>9} {:>10.2?} {:>10.2} {:>14.0} {:>16.0}",
-        "REST hook (server + back end)", REST_CALLS, rest_wall, rest_cpu, REST_CALLS as f64 / rest_wall.as_secs_f64(), rest_per_core
+        "Lua plugin (viewing_time_limit)",
+        lua_verdicts,
+        lua_wall,
+        lua_cpu,
+        lua_verdicts as f64 / lua_wall.as_secs_f64(),
+        lua_per_core
     );
-    println!("ratio Lua/REST, verdicts per second per core: {:.1}", lua_per_core / rest_per_core);
+    println!(
+        "{:<34} {:>9} {:>10.2?} {:>10.2} {:>14.0} {:>16.0}",
+        "REST hook (server + back end)",
+        REST_CALLS,
+        rest_wall,
+        rest_cpu,
+        REST_CALLS as f64 / rest_wall.as_secs_f64(),
+        rest_per_core
+    );
+    println!(
+        "ratio Lua/REST, verdicts per second per core: {:.1}",
+        lua_per_core / rest_per_core
+    );
 }

@@ -268,7 +268,9 @@ impl KeepAlive {
                     PluginVerdict::Failed(why) => Verdict::Failed(why),
                     PluginVerdict::Abstain => {
                         this.stats.count(Source::Plugin, "abstain", took);
-                        if let (Some((url, method)), Some(record)) = (&fallback, this.registry.get(id)) {
+                        if let (Some((url, method)), Some(record)) =
+                            (&fallback, this.registry.get(id))
+                        {
                             this.spawn_verdict(record, url.clone(), method.clone());
                         }
                         continue;
@@ -307,7 +309,14 @@ impl KeepAlive {
             {
                 this.registry.update_custom(record.media_session_id, custom);
             }
-            this.apply(record.media_session_id, &record.app_key, verdict, Source::Hook, &method, started.elapsed());
+            this.apply(
+                record.media_session_id,
+                &record.app_key,
+                verdict,
+                Source::Hook,
+                &method,
+                started.elapsed(),
+            );
         });
     }
 
@@ -349,7 +358,14 @@ impl KeepAlive {
                             Some(reason) => Verdict::Stop(reason.clone()),
                             None => Verdict::Keep,
                         };
-                        this.apply(record.media_session_id, &record.app_key, verdict, Source::Batch, &method, took);
+                        this.apply(
+                            record.media_session_id,
+                            &record.app_key,
+                            verdict,
+                            Source::Batch,
+                            &method,
+                            took,
+                        );
                     }
                 }
                 Err(why) => {
@@ -413,7 +429,9 @@ impl KeepAlive {
 
     fn stop(&self, id: Uuid, app_key: &str, reason: &str, source: Source, method: &str) {
         // The stream may have ended while its verdict was out.
-        let Some(current) = self.registry.get(id) else { return };
+        let Some(current) = self.registry.get(id) else {
+            return;
+        };
         self.registry.terminate(
             &[current],
             reason,

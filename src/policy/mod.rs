@@ -557,9 +557,7 @@ fn run_job(sandbox: &Sandbox, job: Job) {
             let _ = reply.send(sandbox.keepalive_many(views));
         }
         Job::Filter(name, args, views, reply) => {
-            let _ = reply.send(
-                sandbox.filter_many(&name, views, &args),
-            );
+            let _ = reply.send(sandbox.filter_many(&name, views, &args));
         }
         Job::Admit(view, request, reply) => {
             let _ = reply.send(sandbox.admit(view, &request));
@@ -611,7 +609,9 @@ pub fn test_offline(path: &Path, call: OfflineCall) -> Result<serde_json::Value,
     };
     Ok(match call {
         OfflineCall::KeepAlive(view) => code(sandbox.keepalive(view.into_record())?),
-        OfflineCall::Admit { view, request, .. } => code(sandbox.admit(view.into_record(), &request)?),
+        OfflineCall::Admit { view, request, .. } => {
+            code(sandbox.admit(view.into_record(), &request)?)
+        }
         OfflineCall::Filter { name, args, view } => {
             serde_json::json!({"match": sandbox.filter(&name, view.into_record(), &args)?})
         }

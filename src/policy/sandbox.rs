@@ -8,8 +8,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use mlua::{
-    AnyUserData, ChunkMode, Function, HookTriggers, Lua, LuaOptions, LuaSerdeExt, MetaMethod, StdLib, Table,
-    UserData, UserDataMethods, Value, VmState,
+    AnyUserData, ChunkMode, Function, HookTriggers, Lua, LuaOptions, LuaSerdeExt, MetaMethod,
+    StdLib, Table, UserData, UserDataMethods, Value, VmState,
 };
 
 use super::shared::SharedStore;
@@ -161,11 +161,28 @@ impl Sandbox {
             Ok(f) => f,
             Err(e) => return streams.iter().map(|_| Err(e.clone())).collect(),
         };
+        // One view for the whole batch, its record replaced before each call: a userdata per
+        // verdict would cost a Lua finalizer each.
+        let mut view: Option<AnyUserData> = None;
         streams
             .into_iter()
             .map(|stream| {
-                let view = self.view(stream)?;
-                self.code(&f, (view,))
+                let current = match &view {
+                    Some(ud) => {
+                        let mut slot = ud
+                            .borrow_mut::<LuaStream>()
+                            .map_err(|e| PolicyError::Call(one_line(&e)))?;
+                        *slot = LuaStream::new(stream);
+                        drop(slot);
+                        ud.clone()
+                    }
+                    None => {
+                        let ud = self.view(stream)?;
+                        view = Some(ud.clone());
+                        ud
+                    }
+                };
+                self.code(&f, (current,))
             })
             .collect()
     }
@@ -190,14 +207,24 @@ impl Sandbox {
     }
 
     /// `filters.NAME(stream, args)` → boolean.
-    pub fn filter(&self, name: &str, stream: StreamRecord, args: &serde_json::Value) -> Result<bool, PolicyError> {
+    pub fn filter(
+        &self,
+        name: &str,
+        stream: StreamRecord,
+        args: &serde_json::Value,
+    ) -> Result<bool, PolicyError> {
         self.filter_many(name, vec![stream], args)
             .pop()
             .unwrap_or_else(|| Err(PolicyError::Call("no answer".into())))
     }
 
     /// `filters.NAME(stream, args)` for many streams, with `args` made a Lua table once.
-    pub fn filter_many(&self, name: &str, streams: Vec<StreamRecord>, args: &serde_json::Value) -> Vec<Result<bool, PolicyError>> {
+    pub fn filter_many(
+        &self,
+        name: &str,
+        streams: Vec<StreamRecord>,
+        args: &serde_json::Value,
+    ) -> Vec<Result<bool, PolicyError>> {
         let prepared = (|| {
             let filters: Table = self
                 .module
@@ -217,7 +244,10 @@ impl Sandbox {
             .map(|stream| {
                 let view = self.view(stream)?;
                 self.used.set(0);
-                match f.call::<Value>((view, args.clone())).map_err(|e| PolicyError::Call(one_line(&e)))? {
+                match f
+                    .call::<Value>((view, args.clone()))
+                    .map_err(|e| PolicyError::Call(one_line(&e)))?
+                {
                     Value::Boolean(b) => Ok(b),
                     other => Err(PolicyError::WrongType(format!(
                         "filter '{name}' returned {}, not a boolean",
@@ -340,9 +370,12 @@ impl UserData for LuaStream {
                 _ => Value::Nil,
             })
         });
-        methods.add_meta_method(MetaMethod::NewIndex, |_, _, (_key, _value): (Value, Value)| -> mlua::Result<()> {
-            Err(mlua::Error::RuntimeError("the stream is read-only".into()))
-        });
+        methods.add_meta_method(
+            MetaMethod::NewIndex,
+            |_, _, (_key, _value): (Value, Value)| -> mlua::Result<()> {
+                Err(mlua::Error::RuntimeError("the stream is read-only".into()))
+            },
+        );
     }
 }
 
@@ -351,15 +384,21 @@ struct LuaMap(std::collections::BTreeMap<String, String>);
 
 impl UserData for LuaMap {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_meta_method(MetaMethod::Index, |lua, this, key: String| match this.0.get(&key) {
-            Some(v) => lua.create_string(v).map(Value::String),
-            None => Ok(Value::Nil),
+        methods.add_meta_method(MetaMethod::Index, |lua, this, key: String| {
+            match this.0.get(&key) {
+                Some(v) => lua.create_string(v).map(Value::String),
+                None => Ok(Value::Nil),
+            }
         });
-        methods.add_meta_method(MetaMethod::NewIndex, |_, _, (_key, _value): (Value, Value)| -> mlua::Result<()> {
-            Err(mlua::Error::RuntimeError("custom is read-only".into()))
-        });
+        methods.add_meta_method(
+            MetaMethod::NewIndex,
+            |_, _, (_key, _value): (Value, Value)| -> mlua::Result<()> {
+                Err(mlua::Error::RuntimeError("custom is read-only".into()))
+            },
+        );
         methods.add_meta_method(MetaMethod::Pairs, |lua, this, ()| {
-            let table = lua.create_table_from(this.0.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+            let table =
+                lua.create_table_from(this.0.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
             let next: Function = lua.globals().get("next")?;
             Ok((next, table, Value::Nil))
         });
