@@ -5,28 +5,16 @@
 //!
 //! Run: `cargo bench --bench keepalive` (builds the example first).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+mod support;
+
 use std::time::{Duration, Instant};
+
+use support::cpu_seconds;
 
 use sluice::registry::NewStream;
 
 const APPS: usize = 10;
 const WINDOW: Duration = Duration::from_secs(6);
-
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let Some(end) = stat.rfind(')') else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = stat[end + 2..].split_whitespace().collect();
-    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + fields
-            .get(12)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
-    ticks / 100.0
-}
 
 struct Row {
     streams: usize,
@@ -158,24 +146,8 @@ async fn run(
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let built = Command::new(&cargo)
-        .args(["build", "--release", "--example", "hook_echo"])
-        .status()
-        .expect("cargo build");
-    assert!(built.success());
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .unwrap_or_else(|_| format!("{}/target", env!("CARGO_MANIFEST_DIR")));
-    let mut backend = Command::new(format!("{target}/release/examples/hook_echo"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("hook_echo");
-    let url = BufReader::new(backend.stdout.take().expect("stdout"))
-        .lines()
-        .next()
-        .expect("address")
-        .expect("line");
-    let pid = backend.id();
+    let backend = support::HookEcho::start();
+    let (url, pid) = (backend.url.clone(), backend.pid());
     let mut rows = Vec::new();
     // Per stream: the interval is what one back end process can answer; batched: the same
     // interval, so that the ratio compares equal work.
@@ -183,8 +155,7 @@ async fn main() {
         rows.push(run(&url, pid, streams, false, interval).await);
         rows.push(run(&url, pid, streams, true, interval).await);
     }
-    let _ = backend.kill();
-    let _ = backend.wait();
+    drop(backend);
     println!(
         "{:>8} {:<11} {:>12} {:>12} {:>14} {:>16} {:>9} {:>8}",
         "streams",

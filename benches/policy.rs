@@ -9,9 +9,11 @@
 //!
 //! Run: `cargo bench --bench policy` (builds the example first).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+mod support;
+
 use std::time::{Duration, Instant};
+
+use support::cpu_seconds;
 
 use sluice::config::MethodConfig;
 use sluice::hooks::{HookClient, stream_body};
@@ -22,42 +24,10 @@ const REST_CALLS: usize = 20_000;
 /// Rounds over all streams on the Lua side, for enough CPU time to measure.
 const LUA_ROUNDS: usize = 5;
 
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let Some(end) = stat.rfind(')') else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = stat[end + 2..].split_whitespace().collect();
-    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + fields
-            .get(12)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
-    ticks / 100.0
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    assert!(
-        Command::new(&cargo)
-            .args(["build", "--release", "--example", "hook_echo"])
-            .status()
-            .expect("cargo")
-            .success()
-    );
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .unwrap_or_else(|_| format!("{}/target", env!("CARGO_MANIFEST_DIR")));
-    let mut backend = Command::new(format!("{target}/release/examples/hook_echo"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("hook_echo");
-    let url = BufReader::new(backend.stdout.take().expect("stdout"))
-        .lines()
-        .next()
-        .expect("line")
-        .expect("url");
-    let backend_pid = backend.id();
+    let backend = support::HookEcho::start();
+    let (url, backend_pid) = (backend.url.clone(), backend.pid());
     let me = std::process::id();
 
     let dir = tempfile::tempdir().expect("dir");
@@ -149,8 +119,7 @@ async fn main() {
     }
     let rest_wall = start.elapsed();
     let rest_cpu = (cpu_seconds(me) - cpu0) + (cpu_seconds(backend_pid) - backend0);
-    let _ = backend.kill();
-    let _ = backend.wait();
+    drop(backend);
     server.shutdown().await;
 
     let lua_verdicts = STREAMS * LUA_ROUNDS;

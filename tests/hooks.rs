@@ -13,7 +13,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use common::{InProcessServer, LOOPBACK, read_status_events};
+use common::{InProcessServer, LOOPBACK, read_status_events, until};
 use serde_json::{Value, json};
 use sluice::client::{Client, SyntheticMedia};
 use sluice::registry::{NewStream, Registry};
@@ -199,17 +199,6 @@ fn add(registry: &Arc<Registry>, name: &str, app: &str, players: usize) -> Vec<u
         );
     }
     ids
-}
-
-async fn until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if check() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    check()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{InProcessServer, LOOPBACK, read_status_events};
+use common::{InProcessServer, LOOPBACK, read_status_events, until};
 use serde_json::{Value, json};
 use sluice::client::{Client, SyntheticMedia};
 use sluice::policy::{AdmissionRequest, OfflineCall, StreamView, test_offline};
@@ -172,17 +172,6 @@ async fn plugins_view(server: &InProcessServer) -> Value {
         .json()
         .await
         .unwrap()
-}
-
-async fn until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if check() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    check()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,12 +7,7 @@ pub mod admission;
 pub mod notify;
 mod stats;
 
-pub use stats::{HookStats, OutcomeCounts};
-
-/// The latency histogram's bucket bounds, shared by hook and verdict counters.
-pub mod stats_buckets {
-    pub use super::stats::LATENCY_BUCKETS;
-}
+pub use stats::{HookStats, LATENCY_BUCKETS, Latency, OutcomeCounts};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

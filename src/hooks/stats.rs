@@ -17,6 +17,29 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 pub const LATENCY_BUCKETS: [f64; 10] =
     [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
 
+/// A latency histogram: sum and cumulative counts per bucket of [`LATENCY_BUCKETS`].
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Latency {
+    pub latency_seconds_sum: f64,
+    pub latency_buckets: Vec<u64>,
+}
+
+impl Latency {
+    pub fn observe(&mut self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        self.latency_seconds_sum += seconds;
+        if self.latency_buckets.is_empty() {
+            self.latency_buckets = vec![0; LATENCY_BUCKETS.len()];
+        }
+        for (bucket, bound) in self.latency_buckets.iter_mut().zip(LATENCY_BUCKETS) {
+            if seconds <= bound {
+                *bucket += 1;
+            }
+        }
+    }
+}
+
 /// What the calls of one app and method came to.
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -26,9 +49,8 @@ pub struct OutcomeCounts {
     pub statuses: BTreeMap<u16, u64>,
     /// Failures by kind (`connect`, `timeout`, `status`, `garbage`, `too_large`, `saturated`).
     pub errors: BTreeMap<&'static str, u64>,
-    pub latency_seconds_sum: f64,
-    /// Cumulative counts per bucket of [`LATENCY_BUCKETS`].
-    pub latency_buckets: Vec<u64>,
+    #[serde(flatten)]
+    pub latency: Latency,
 }
 
 #[derive(Default)]
@@ -57,15 +79,7 @@ impl HookStats {
                 .entry((app.to_string(), method.to_string()))
                 .or_default();
             entry.calls += 1;
-            entry.latency_seconds_sum += took.as_secs_f64();
-            if entry.latency_buckets.is_empty() {
-                entry.latency_buckets = vec![0; LATENCY_BUCKETS.len()];
-            }
-            for (bucket, bound) in entry.latency_buckets.iter_mut().zip(LATENCY_BUCKETS) {
-                if took.as_secs_f64() <= bound {
-                    *bucket += 1;
-                }
-            }
+            entry.latency.observe(took);
             match result {
                 Ok(answer) => *entry.statuses.entry(answer.status).or_default() += 1,
                 Err(e) => *entry.errors.entry(e.kind()).or_default() += 1,

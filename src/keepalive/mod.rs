@@ -281,18 +281,27 @@ impl KeepAlive {
         });
     }
 
-    fn spawn_verdict(self: &Arc<Self>, record: StreamRecord, url: String, method: MethodConfig) {
+    /// A slot among the app's calls in flight and the call timeout, or `None` (counted as a
+    /// skipped verdict) when the cap is reached: a verdict never waits for a slot.
+    fn slot(
+        &self,
+        app: &str,
+        source: Source,
+    ) -> Option<(tokio::sync::OwnedSemaphorePermit, Duration)> {
         let settings = &self.config.load().settings;
-        let (timeout, cap) = (settings.rest_hook_timeout, settings.rest_hook_max_in_flight);
-        let permit = match self.hooks.try_slot(&record.app_key, cap) {
-            Ok(permit) => permit,
+        match self.hooks.try_slot(app, settings.rest_hook_max_in_flight) {
+            Ok(permit) => Some((permit, settings.rest_hook_timeout)),
             Err(e) => {
-                self.hooks
-                    .stats
-                    .saturated(&record.app_key, KEEPALIVE_METHOD, &e);
-                self.stats.count(Source::Hook, "skipped", Duration::ZERO);
-                return;
+                self.hooks.stats.saturated(app, source.method(), &e);
+                self.stats.count(source, "skipped", Duration::ZERO);
+                None
             }
+        }
+    }
+
+    fn spawn_verdict(self: &Arc<Self>, record: StreamRecord, url: String, method: MethodConfig) {
+        let Some((permit, timeout)) = self.slot(&record.app_key, Source::Hook) else {
+            return;
         };
         let this = self.clone();
         tokio::spawn(async move {
@@ -327,15 +336,8 @@ impl KeepAlive {
         method: MethodConfig,
         streams: Vec<StreamRecord>,
     ) {
-        let settings = &self.config.load().settings;
-        let timeout = settings.rest_hook_timeout;
-        let permit = match self.hooks.try_slot(&app, settings.rest_hook_max_in_flight) {
-            Ok(permit) => permit,
-            Err(e) => {
-                self.hooks.stats.saturated(&app, BATCH_METHOD, &e);
-                self.stats.count(Source::Batch, "skipped", Duration::ZERO);
-                return;
-            }
+        let Some((permit, timeout)) = self.slot(&app, Source::Batch) else {
+            return;
         };
         let this = self.clone();
         tokio::spawn(async move {

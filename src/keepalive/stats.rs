@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::hooks::stats_buckets::LATENCY_BUCKETS;
+use crate::hooks::Latency;
 
 use super::Source;
 
@@ -15,9 +15,8 @@ use super::Source;
 #[serde(rename_all = "camelCase")]
 pub struct VerdictCounts {
     pub results: BTreeMap<&'static str, u64>,
-    pub latency_seconds_sum: f64,
-    /// Cumulative counts per bucket of the hooks' latency buckets.
-    pub latency_buckets: Vec<u64>,
+    #[serde(flatten)]
+    pub latency: Latency,
 }
 
 #[derive(Default)]
@@ -30,17 +29,8 @@ impl KeepAliveStats {
         let mut map = self.by_source.lock().unwrap_or_else(|e| e.into_inner());
         let entry = map.entry(source.as_str()).or_default();
         *entry.results.entry(result).or_default() += 1;
-        if result == "skipped" || result == "abstain" {
-            return;
-        }
-        entry.latency_seconds_sum += took.as_secs_f64();
-        if entry.latency_buckets.is_empty() {
-            entry.latency_buckets = vec![0; LATENCY_BUCKETS.len()];
-        }
-        for (bucket, bound) in entry.latency_buckets.iter_mut().zip(LATENCY_BUCKETS) {
-            if took.as_secs_f64() <= bound {
-                *bucket += 1;
-            }
+        if result != "skipped" && result != "abstain" {
+            entry.latency.observe(took);
         }
     }
 

@@ -119,10 +119,6 @@ impl Media {
         self.mux_addr
     }
 
-    pub fn registry(&self) -> &Arc<Registry> {
-        &self.registry
-    }
-
     /// The checks a request can fail without any media work: the offer, and whether the name
     /// is free (publish) or published (play). Run before admission hooks, so that a request
     /// that cannot succeed costs the web server nothing.

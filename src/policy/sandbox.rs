@@ -67,7 +67,6 @@ pub struct Sandbox {
     lua: Lua,
     module: Table,
     used: Rc<Cell<u64>>,
-    budget: u64,
     label: String,
 }
 
@@ -122,7 +121,6 @@ impl Sandbox {
             lua,
             module,
             used,
-            budget,
             label: label.to_string(),
         })
     }
@@ -317,10 +315,6 @@ impl Sandbox {
             .named_registry_value("sluice_readonly")
             .map_err(err)?;
         make.call(data).map_err(err)
-    }
-
-    pub fn budget(&self) -> u64 {
-        self.budget
     }
 }
 

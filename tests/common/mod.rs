@@ -240,3 +240,15 @@ impl InProcessServer {
         }
     }
 }
+
+/// Polls a synchronous `check` every 5 ms until it holds, at most `timeout`.
+pub async fn until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    check()
+}

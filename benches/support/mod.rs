@@ -1,0 +1,63 @@
+//! What the benchmarks share: CPU time of a process, and the local web back end
+//! (`examples/hook_echo.rs`) started as a separate process.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+/// CPU seconds (user + system) a process has used so far, from /proc/PID/stat.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let Some(end) = stat.rfind(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = stat[end + 2..].split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    ticks / 100.0
+}
+
+/// The hook back end, killed when dropped.
+pub struct HookEcho {
+    child: Child,
+    /// Base URL of its REST hooks (`http://127.0.0.1:PORT/api`).
+    pub url: String,
+}
+
+impl HookEcho {
+    /// Builds `examples/hook_echo.rs` (release) and starts it.
+    pub fn start() -> HookEcho {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let built = Command::new(&cargo)
+            .args(["build", "--release", "--example", "hook_echo"])
+            .status()
+            .expect("cargo build");
+        assert!(built.success());
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .unwrap_or_else(|_| format!("{}/target", env!("CARGO_MANIFEST_DIR")));
+        let mut child = Command::new(format!("{target}/release/examples/hook_echo"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("hook_echo");
+        let url = BufReader::new(child.stdout.take().expect("stdout"))
+            .lines()
+            .next()
+            .expect("address")
+            .expect("line");
+        HookEcho { child, url }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for HookEcho {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
