@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use support::cpu_seconds;
 
 use sluice::config::MethodConfig;
-use sluice::hooks::{HookClient, stream_body};
+use sluice::hooks::{CallLimits, HookClient, stream_body};
 use sluice::registry::NewStream;
 
 const STREAMS: usize = 100_000;
@@ -110,7 +110,7 @@ async fn main() {
                 &url,
                 "StreamKeepAliveEvent",
                 body,
-                Duration::from_secs(5),
+                CallLimits::timeout(Duration::from_secs(5)),
             )
         });
         for answer in futures::future::join_all(calls).await {

@@ -128,6 +128,11 @@ async fn main() -> anyhow::Result<()> {
                 https_listen: https,
             })
             .await?;
+            if sluice::api::auth::Tokens::is_open(&server.config.load().settings) {
+                tracing::warn!(
+                    "no rest_api_tokens set: /rest-api/ answers only on loopback; set rest_api_tokens or rest_api_tokens_file to reach it from elsewhere"
+                );
+            }
             // One line on stdout that scripts and tests can wait for; logs go to stderr.
             println!(
                 "sluice ready http={} https={}",

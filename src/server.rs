@@ -37,6 +37,9 @@ pub struct RunningServer {
     pub config: Arc<ConfigStore>,
     pub keepalive: Arc<KeepAlive>,
     pub policy: Arc<PolicyHost>,
+    pub hooks: HookClient,
+    /// The router both listeners serve, for calls that must come from a chosen address.
+    pub router: axum::Router,
     media: Arc<Media>,
     shutdown: CancellationToken,
     listeners: tokio::task::JoinSet<()>,
@@ -135,11 +138,13 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
         registry: registry.clone(),
         config: config.clone(),
         tokens: Arc::new(tokens),
-        hooks,
+        hooks: hooks.clone(),
         keepalive: keepalive.clone(),
         policy: policy.clone(),
     };
+    let hooks_client = hooks;
     let router = api::router(state);
+    let served_router = router.clone();
 
     let http_bind = options.http_listen.or_else(|| {
         settings
@@ -210,6 +215,8 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
         config,
         keepalive,
         policy,
+        hooks: hooks_client,
+        router: served_router,
         media,
         shutdown,
         listeners,

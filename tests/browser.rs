@@ -111,6 +111,15 @@ impl Browser {
             .to_string()
     }
 
+    /// What the page will do next, as the server hinted (`#hint`'s `data-action`).
+    async fn hint_action(&self) -> String {
+        self.js("return document.getElementById('hint').dataset.action")
+            .await
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
+
     /// Waits until the page's status starts with `prefix`; returns the whole text.
     async fn wait_status(&self, prefix: &str) -> String {
         let deadline = Instant::now() + WAIT;
@@ -219,6 +228,11 @@ async fn publish_and_play_in_chromium_with_server_side_stops() {
     assert_eq!(terminate.status(), 200);
     let shown = player.wait_status("FAILED").await;
     assert_eq!(shown, "FAILED — Stopped by server: browser test");
+    assert_eq!(
+        player.hint_action().await,
+        "do-not-reconnect",
+        "a plain terminate asks the page not to reconnect by itself"
+    );
     player.screenshot("3-player-stopped-by-server").await;
     assert_eq!(
         publisher.status().await,
@@ -241,8 +255,22 @@ async fn publish_and_play_in_chromium_with_server_side_stops() {
     publisher.wait_status("UNPUBLISHED").await;
     let shown = player.wait_status("FAILED").await;
     assert_eq!(shown, "FAILED — Stopped by publisher stop");
+    assert_eq!(
+        player.hint_action().await,
+        "retry",
+        "the publisher may come back: the page retries after the hinted delay"
+    );
     player.screenshot("5-player-publisher-stopped").await;
     publisher.screenshot("6-publisher-stopped").await;
+    // It does retry; with no publisher the retry is refused (404, no retry hint) and the page
+    // waits for a click, keeping the server's last word as the status.
+    let deadline = Instant::now() + WAIT;
+    while player.hint_action().await != "refused" {
+        assert!(Instant::now() < deadline, "the page retried");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(player.status().await, "FAILED — Stopped by publisher stop");
+    player.screenshot("7-player-retry-refused").await;
     assert!(
         server
             .eventually(WAIT, || async { server.streams().await == 0 })

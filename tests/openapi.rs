@@ -73,6 +73,16 @@ fn validate(spec: &Value, schema: &Value, value: &Value, at: &str) -> Result<(),
     {
         return Err(format!("{at}: {value} is not a uuid"));
     }
+    if let (Some(min), Some(n)) = (schema["minimum"].as_f64(), value.as_f64())
+        && n < min
+    {
+        return Err(format!("{at}: below {min}"));
+    }
+    if let (Some(max), Some(n)) = (schema["maximum"].as_f64(), value.as_f64())
+        && n > max
+    {
+        return Err(format!("{at}: above {max}"));
+    }
     if let (Some(max), Some(s)) = (schema["maxLength"].as_u64(), value.as_str())
         && s.len() as u64 > max
     {
@@ -198,6 +208,48 @@ async fn the_spec_matches_the_running_server() {
             json!({"mediaSessionId": cam.media_session_id}).to_string(),
         ),
         (
+            "POST",
+            "/rest-api/stream/terminate",
+            "application/json",
+            json!({"name": "cam", "holdMs": 60000}).to_string(),
+        ),
+        (
+            "GET",
+            "/rest-api/stream/holds",
+            "application/json",
+            String::new(),
+        ),
+        (
+            "POST",
+            "/rest-api/stream/holds",
+            "application/json",
+            String::new(),
+        ),
+        (
+            "POST",
+            "/rest-api/stream/release",
+            "application/json",
+            json!({"name": "nobody"}).to_string(),
+        ),
+        (
+            "POST",
+            "/rest-api/stream/release",
+            "application/json",
+            json!({"holdId": "one"}).to_string(),
+        ),
+        (
+            "POST",
+            "/rest-api/stream/release",
+            "application/json",
+            json!({"name": "cam"}).to_string(),
+        ),
+        (
+            "GET",
+            "/rest-api/stream/release",
+            "application/json",
+            String::new(),
+        ),
+        (
             "GET",
             "/rest-api/stream/terminations",
             "application/json",
@@ -291,6 +343,10 @@ async fn the_spec_accepts_exactly_the_bodies_the_server_accepts() {
         json!({"mediaSessionId": "not-a-uuid"}),
         json!({"name": "cam", "reason": "why", "dryRun": true}),
         json!({"all": true, "dryRun": true}),
+        json!({"name": "cam", "holdMs": 1000, "dryRun": true}),
+        json!({"name": "cam", "holdMs": 0, "dryRun": true}),
+        json!({"name": "cam", "holdMs": 86_400_001u64, "dryRun": true}),
+        json!({"name": "cam", "holdMs": "1s", "dryRun": true}),
     ];
     let schema = &spec["paths"]["/rest-api/stream/terminate"]["post"]["requestBody"]["content"]["application/json"]
         ["schema"];

@@ -451,14 +451,13 @@ return M
             (response.status().as_u16(), response.text().await.unwrap())
         }
     };
-    assert_eq!(
-        whip("?room=closed", None).await,
-        (403, "room closed\n".to_string())
-    );
-    assert_eq!(
-        whip("", Some("evil")).await,
-        (401, "bad token\n".to_string())
-    );
+    let (status, body) = whip("?room=closed", None).await;
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((status, &body["reason"]), (403, &json!("room closed")));
+    assert_eq!(body["hint"]["action"], "do-not-reconnect");
+    let (status, body) = whip("", Some("evil")).await;
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((status, &body["error"]), (401, &json!("bad token")));
     let (status, _) = whip("", Some("good")).await;
     assert_eq!(status, 201);
 

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use axum::extract::{Request, State};
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -101,15 +103,56 @@ fn read_file(path: &PathBuf) -> std::io::Result<FileTokens> {
     })
 }
 
-/// Middleware: `401` unless the request carries an accepted `Authorization: Bearer` token.
+/// Query parameters that look like a credential. A token in a URL ends up in logs and
+/// browser history, so such a request is refused even when the token is right.
+const TOKEN_QUERY_KEYS: &[&str] = &["token", "access_token", "auth", "authorization", "bearer"];
+
+/// Whether a REST call from `peer` may be served while no token is configured: only from
+/// this host.
+pub fn open_api_allows(peer: IpAddr) -> bool {
+    match peer {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+/// Middleware: with tokens configured, `401` unless the request carries an accepted
+/// `Authorization: Bearer` token; with none, `403` unless the caller is on loopback.
+/// A credential in the query string is refused either way.
 pub async fn require_token(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Response {
+    let query_token = request.uri().query().is_some_and(|query| {
+        serde_urlencoded::from_str::<Vec<(String, String)>>(query)
+            .unwrap_or_default()
+            .iter()
+            .any(|(key, _)| TOKEN_QUERY_KEYS.contains(&key.to_ascii_lowercase().as_str()))
+    });
+    if query_token {
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "a token in the query string is refused: send it as Authorization: Bearer",
+        )
+        .into_response();
+    }
     let config = state.config.load();
     if Tokens::is_open(&config.settings) {
-        return next.run(request).await;
+        let peer = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        if peer.is_some_and(open_api_allows) {
+            return next.run(request).await;
+        }
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "the REST API answers only on loopback while no rest_api_tokens are set",
+        )
+        .into_response();
     }
     let presented = request
         .headers()
@@ -169,7 +212,19 @@ mod tests {
     }
 
     #[test]
-    fn no_tokens_means_open() {
+    fn no_tokens_means_open_to_loopback_only() {
         assert!(Tokens::is_open(&Settings::default()));
+        for ip in ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"] {
+            assert!(open_api_allows(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in [
+            "10.0.0.1",
+            "192.0.2.7",
+            "0.0.0.0",
+            "::ffff:10.0.0.1",
+            "2001:db8::1",
+        ] {
+            assert!(!open_api_allows(ip.parse().unwrap()), "{ip}");
+        }
     }
 }

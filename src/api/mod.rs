@@ -16,12 +16,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures::StreamExt;
 use serde::Serialize;
-use tokio_stream::wrappers::WatchStream;
 use uuid::Uuid;
 
 use crate::config::ConfigStore;
 use crate::media::Media;
-use crate::registry::{Registry, StopReason};
+use crate::registry::{Registry, StatusEvent, StopReason, Timeline};
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -110,17 +109,39 @@ async fn delete_session(State(state): State<AppState>, Path(raw): Path<String>) 
     }
 }
 
-/// `GET /session/{id}/events`: Server-Sent Events of the session's status, ending after
-/// the final one.
-async fn session_events(State(state): State<AppState>, Path(raw): Path<String>) -> Response {
+/// `GET /session/{id}/events`: Server-Sent Events of the session's status, every change in
+/// order, ending after the final one. A client that sends `Last-Event-ID` gets only what
+/// came after it; the events of a stream that ended in the last minutes can still be read.
+async fn session_events(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
     let id = match parse_session_id(&raw) {
         Ok(id) => id,
         Err(e) => return e.into_response(),
     };
-    let Some(status) = state.registry.watch(id) else {
+    let Some((timeline, changes)) = state.registry.timeline(id) else {
         return TextError::new(StatusCode::NOT_FOUND, format!("no session '{id}'")).into_response();
     };
-    let events = WatchStream::new(status).map(|event| {
+    let after = match headers.get("last-event-id").map(|v| v.to_str()) {
+        None => 0,
+        Some(Ok(text)) => match text.trim().parse::<u64>() {
+            Ok(id) => id,
+            Err(_) => {
+                return TextError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("Last-Event-ID '{text}' is not an event id (a whole number)"),
+                )
+                .into_response();
+            }
+        },
+        Some(Err(_)) => {
+            return TextError::new(StatusCode::BAD_REQUEST, "Last-Event-ID is not text")
+                .into_response();
+        }
+    };
+    let events = status_events(timeline, changes, after).map(|event| {
         Event::default()
             .event("status")
             .id(event.event_id.to_string())
@@ -129,6 +150,51 @@ async fn session_events(State(state): State<AppState>, Path(raw): Path<String>) 
     Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+/// The events of `timeline` after `after`, then each new one as `changes` signals it,
+/// ending with the final event.
+fn status_events(
+    timeline: Arc<Timeline>,
+    changes: Option<tokio::sync::watch::Receiver<StatusEvent>>,
+    after: u64,
+) -> impl futures::Stream<Item = StatusEvent> {
+    struct Cursor {
+        timeline: Arc<Timeline>,
+        changes: Option<tokio::sync::watch::Receiver<StatusEvent>>,
+        after: u64,
+        ended: bool,
+    }
+    let cursor = Cursor {
+        timeline,
+        changes,
+        after,
+        ended: false,
+    };
+    futures::stream::unfold(cursor, |mut cursor| async move {
+        loop {
+            if cursor.ended {
+                return None;
+            }
+            let events = cursor.timeline.since(cursor.after);
+            if let Some(last) = events.last() {
+                cursor.after = last.event_id;
+                cursor.ended = last.status.is_final();
+                return Some((futures::stream::iter(events), cursor));
+            }
+            // Nothing new: wait for the next change. The timeline is appended before the
+            // change is signalled, and a closed channel means the final event is in.
+            match cursor.changes.as_mut() {
+                Some(changes) => {
+                    if changes.changed().await.is_err() {
+                        cursor.changes = None;
+                    }
+                }
+                None => return None,
+            }
+        }
+    })
+    .flatten()
 }
 
 #[derive(Serialize)]
@@ -141,6 +207,8 @@ struct ConfigView {
     failures: u64,
     settings: std::collections::BTreeMap<&'static str, String>,
     apps: crate::config::Apps,
+    /// Each app's web server circuit breaker (apps whose hooks were called).
+    breakers: std::collections::BTreeMap<String, crate::hooks::BreakerView>,
 }
 
 /// `/rest-api/config`: the values in force, which file versions they come from, the last
@@ -155,6 +223,10 @@ async fn config_status(State(state): State<AppState>) -> axum::Json<ConfigView> 
         failures,
         settings: config.settings.as_properties(),
         apps: config.apps.clone(),
+        breakers: state.hooks.breakers.snapshot(
+            crate::hooks::CallLimits::from(&config.settings).breaker,
+            std::time::Instant::now(),
+        ),
     })
 }
 

@@ -16,7 +16,9 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::AppState;
-use crate::registry::{FilterError, RequestKind, StreamRecord, StreamRequest, TerminationSource};
+use crate::registry::{
+    FilterError, Hold, HoldFilter, RequestKind, StreamRecord, StreamRequest, TerminationSource,
+};
 
 /// Request bodies larger than this get `413`.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -34,6 +36,14 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/rest-api/stream/terminate",
             post(terminate).fallback(method_not_allowed),
+        )
+        .route(
+            "/rest-api/stream/holds",
+            get(holds).post(holds).fallback(method_not_allowed),
+        )
+        .route(
+            "/rest-api/stream/release",
+            post(release).fallback(method_not_allowed),
         )
         .route(
             "/rest-api/stream/terminations",
@@ -186,6 +196,12 @@ struct TerminateAnswer {
     /// The audit trail's id of this termination; absent on a dry run.
     #[serde(skip_serializing_if = "Option::is_none")]
     termination_id: Option<u64>,
+    /// The hold put in place, when the request asked for one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hold_id: Option<u64>,
+    /// When the hold expires (ms since the Unix epoch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    held_until: Option<u64>,
     dry_run: bool,
     reason: String,
     media_session_ids: Vec<Uuid>,
@@ -205,6 +221,7 @@ async fn terminate(
         return Ok(ApiError::new(StatusCode::NOT_FOUND, "no stream matches").into_response());
     }
     let reason = request.reason.clone().unwrap_or_default();
+    let (mut hold_id, mut held_until) = (None, None);
     let termination_id = if request.dry_run {
         None
     } else {
@@ -215,15 +232,21 @@ async fn terminate(
         let source = TerminationSource::Rest {
             remote_address: peer.to_string(),
         };
-        Some(
-            state
-                .registry
-                .terminate(&streams, &reason, source, filter)
-                .id,
-        )
+        let hold = request
+            .hold_ms
+            .map(|ms| (HoldFilter::of(&request.filter, &streams), ms));
+        let termination = state
+            .registry
+            .terminate(&streams, &reason, source, filter, hold)
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        held_until = termination.held_until;
+        hold_id = termination.hold_id;
+        Some(termination.id)
     };
     Ok(Json(TerminateAnswer {
         termination_id,
+        hold_id,
+        held_until,
         dry_run: request.dry_run,
         reason,
         media_session_ids: streams.iter().map(|s| s.media_session_id).collect(),
@@ -234,4 +257,170 @@ async fn terminate(
 
 async fn terminations(State(state): State<AppState>) -> Response {
     Json(state.registry.terminations()).into_response()
+}
+
+/// `/rest-api/stream/holds`: the holds in force, with the milliseconds each has left.
+async fn holds(State(state): State<AppState>) -> Response {
+    let now = crate::registry::now_ms();
+    let holds: Vec<Value> = state
+        .registry
+        .holds()
+        .into_iter()
+        .map(|hold| {
+            let remaining = hold.remaining_ms(now);
+            let mut view = serde_json::to_value(hold).unwrap_or_default();
+            view["remainingMs"] = remaining.into();
+            view
+        })
+        .collect();
+    Json(holds).into_response()
+}
+
+/// `POST /rest-api/stream/release`: lifts holds by id (`holdId`, `holdIds`), by the stream
+/// they refuse (`name` with optional `published` and `appKey`), or every one (`"all": true`).
+async fn release(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let body = json_body(&headers, body).await?;
+    let pick = ReleaseRequest::parse(&body)?;
+    let released: Vec<Hold> = state.registry.release(|hold| pick.matches(hold));
+    if released.is_empty() {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "no hold matches"));
+    }
+    Ok(Json(json!({ "released": released })).into_response())
+}
+
+/// Which holds a release lifts.
+#[derive(Debug, Default, PartialEq)]
+struct ReleaseRequest {
+    ids: Option<Vec<u64>>,
+    name: Option<String>,
+    published: Option<bool>,
+    app_key: Option<String>,
+    all: bool,
+}
+
+impl ReleaseRequest {
+    fn parse(body: &Value) -> Result<Self, ApiError> {
+        let field = |field: &str, message: &str| ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.to_string(),
+            field: Some(field.to_string()),
+        };
+        let Some(object) = body.as_object() else {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "the body must be a JSON object",
+            ));
+        };
+        let mut request = ReleaseRequest::default();
+        for (key, value) in object {
+            match key.as_str() {
+                "holdId" => {
+                    let id = value
+                        .as_u64()
+                        .ok_or_else(|| field("holdId", "must be a hold id (a whole number)"))?;
+                    request.ids.get_or_insert_with(Vec::new).push(id);
+                }
+                "holdIds" => {
+                    let ids = value
+                        .as_array()
+                        .and_then(|a| a.iter().map(Value::as_u64).collect::<Option<Vec<_>>>())
+                        .ok_or_else(|| field("holdIds", "must be an array of hold ids"))?;
+                    request.ids.get_or_insert_with(Vec::new).extend(ids);
+                }
+                "name" | "appKey" => {
+                    let text = value
+                        .as_str()
+                        .ok_or_else(|| field(key, "must be a string"))?
+                        .to_string();
+                    if key == "name" {
+                        request.name = Some(text);
+                    } else {
+                        request.app_key = Some(text);
+                    }
+                }
+                "published" => {
+                    request.published = Some(
+                        value
+                            .as_bool()
+                            .ok_or_else(|| field(key, "must be true or false"))?,
+                    )
+                }
+                "all" => {
+                    request.all = value
+                        .as_bool()
+                        .ok_or_else(|| field(key, "must be true or false"))?
+                }
+                other => {
+                    return Err(field(
+                        other,
+                        &format!(
+                            "unknown field '{other}'; allowed: holdId, holdIds, name, published, appKey, all"
+                        ),
+                    ));
+                }
+            }
+        }
+        let filtered = request.ids.is_some()
+            || request.name.is_some()
+            || request.published.is_some()
+            || request.app_key.is_some();
+        if request.all == filtered {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "name the holds to release (holdId, holdIds, name, published, appKey) or give \"all\": true, not both",
+            ));
+        }
+        Ok(request)
+    }
+
+    fn matches(&self, hold: &Hold) -> bool {
+        if self.all {
+            return true;
+        }
+        let by_id = self
+            .ids
+            .as_ref()
+            .is_none_or(|ids| ids.contains(&hold.hold_id));
+        let by_stream = (self.name.is_none() && self.published.is_none() && self.app_key.is_none())
+            || hold_covers(
+                hold,
+                self.name.as_deref(),
+                self.published,
+                self.app_key.as_deref(),
+            );
+        by_id && by_stream
+    }
+}
+
+/// Whether a hold refuses some stream with the given name, direction and app (a field not
+/// given matches any value).
+fn hold_covers(
+    hold: &Hold,
+    name: Option<&str>,
+    published: Option<bool>,
+    app: Option<&str>,
+) -> bool {
+    let f = &hold.filter;
+    let agrees = |given: Option<&str>, held: Option<&str>| match (given, held) {
+        (Some(g), Some(h)) => g == h,
+        _ => true,
+    };
+    let fields = agrees(name, f.name.as_deref())
+        && agrees(app, f.app_key.as_deref())
+        && match (published, f.published) {
+            (Some(g), Some(h)) => g == h,
+            _ => true,
+        };
+    fields
+        && f.streams.as_ref().is_none_or(|streams| {
+            streams.iter().any(|s| {
+                name.is_none_or(|n| n == s.name)
+                    && published.is_none_or(|p| p == s.published)
+                    && app.is_none_or(|a| a == s.app_key)
+            })
+        })
 }

@@ -16,7 +16,7 @@ use super::{AppState, TextError};
 use crate::hooks::admission::{self, Admission};
 use crate::media::{MediaError, OfferRequest, resource_path};
 use crate::policy::{AdmissionRequest, Code};
-use crate::registry::{Bearer, NewStream, RegistryError, StreamRecord};
+use crate::registry::{Bearer, Hint, Hold, NewStream, RegistryError, StreamRecord};
 
 /// The `rel` of the status stream link, as the WHEP server-sent-events extension names it.
 const SSE_REL: &str = "urn:ietf:params:whep:ext:core:server-sent-events";
@@ -71,6 +71,13 @@ async fn offer(
         Err(e) => return e.into_response(),
     };
     let publish = matches!(direction, Direction::Publish);
+    if let Some(hold) = state
+        .registry
+        .held(&request.name, publish, &request.app_key)
+    {
+        tracing::info!(name = %request.name, app = %request.app_key, publish, hold = hold.hold_id, "request refused by a hold");
+        return held(&hold);
+    }
     if let Err(e) = state.media.precheck(&request, publish) {
         return media_error(e);
     }
@@ -115,7 +122,7 @@ async fn offer(
                 (header::LINK, link),
                 (
                     header::ACCESS_CONTROL_EXPOSE_HEADERS,
-                    "Location, Link".to_string(),
+                    "Location, Link, Retry-After".to_string(),
                 ),
             ] {
                 if let Ok(value) = HeaderValue::from_str(&value) {
@@ -149,6 +156,13 @@ async fn admit(state: &AppState, request: &OfferRequest, publish: bool) -> Admis
     };
     // The app's plugin first; if it admits or has no opinion, the web server's hook.
     match state.policy.admit(&record, policy_request).await {
+        Some(Ok(Code::Held(reason, _))) => {
+            return Admission::Reject {
+                status: 403,
+                reason: reason.unwrap_or_else(|| "refused by policy (403)".into()),
+                answer: None,
+            };
+        }
         Some(Ok(Code::Code(code, reason))) if !(200..300).contains(&code) => {
             return Admission::Reject {
                 status: if (400..500).contains(&code) {
@@ -184,19 +198,69 @@ async fn admit(state: &AppState, request: &OfferRequest, publish: bool) -> Admis
     admission::admit(&state.hooks, &config, &record).await
 }
 
-/// A refused WHIP/WHEP request: the web server's JSON answer (minus `clientExclude`) when it
-/// gave one, else the reason as text.
+/// How long a client refused because a policy could not be asked should wait.
+const UNAVAILABLE_RETRY_MS: u64 = 1_000;
+
+/// A refused WHIP/WHEP request, as JSON: the web server's answer (minus `clientExclude`)
+/// when it gave an object, with `error`, `reason` and the client's `hint` added. A `503`
+/// (the policy could not be asked) says retry, with `Retry-After`; a refusal says do not.
 fn refusal(status: u16, reason: String, answer: Option<serde_json::Value>) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
-    match answer {
-        Some(mut answer) => {
-            if let Some(object) = answer.as_object_mut() {
-                object.entry("reason").or_insert_with(|| reason.into());
-            }
-            (status, axum::Json(answer)).into_response()
+    let hint = if status == StatusCode::SERVICE_UNAVAILABLE {
+        Hint::Retry {
+            retry_after_ms: UNAVAILABLE_RETRY_MS,
         }
-        None => TextError::new(status, reason).into_response(),
+    } else {
+        Hint::DoNotReconnect
+    };
+    let mut body = match answer {
+        Some(serde_json::Value::Object(object)) => object,
+        _ => serde_json::Map::new(),
+    };
+    body.entry("reason")
+        .or_insert_with(|| reason.clone().into());
+    body.insert("error".into(), reason.into());
+    body.insert(
+        "hint".into(),
+        serde_json::to_value(hint).unwrap_or_default(),
+    );
+    with_retry_after(
+        (status, axum::Json(serde_json::Value::Object(body))).into_response(),
+        hint,
+    )
+}
+
+/// `403` for a request a hold refuses: why, until when, and `Retry-After`.
+fn held(hold: &Hold) -> Response {
+    let now = crate::registry::now_ms();
+    let retry_after_ms = hold.remaining_ms(now);
+    let hint = Hint::Retry { retry_after_ms };
+    let reason = if hold.reason.is_empty() {
+        "stopped by the server".to_string()
+    } else {
+        hold.reason.clone()
+    };
+    let body = serde_json::json!({
+        "error": format!("held: {reason}; try again in {} s", retry_after_ms.div_ceil(1000)),
+        "reason": reason,
+        "holdId": hold.hold_id,
+        "heldUntil": hold.until,
+        "hint": hint,
+    });
+    with_retry_after(
+        (StatusCode::FORBIDDEN, axum::Json(body)).into_response(),
+        hint,
+    )
+}
+
+fn with_retry_after(mut response: Response, hint: Hint) -> Response {
+    if let Hint::Retry { retry_after_ms } = hint {
+        let seconds = retry_after_ms.div_ceil(1000).max(1);
+        if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
     }
+    response
 }
 
 fn media_error(e: MediaError) -> Response {

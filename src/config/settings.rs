@@ -61,6 +61,11 @@ pub struct Settings {
     /// `keep_alive_failures_to_stop`: with `restOnError = FAIL`, a stream is stopped after this
     /// many keep-alive verdicts in a row that failed (hook down, timeout, garbage).
     pub keep_alive_failures_to_stop: u32,
+    /// `rest_hook_breaker_failures`: after this many failed calls in a row to an app's web
+    /// server, its hooks are not called for a cool-down; `0` turns the breaker off.
+    pub rest_hook_breaker_failures: u32,
+    /// `rest_hook_breaker_cooldown` (ms): how long an open breaker waits before one probe.
+    pub rest_hook_breaker_cooldown: Duration,
     /// `plugin_memory_limit` (bytes): the memory cap of each plugin's Lua state.
     pub plugin_memory_limit: usize,
     /// `plugin_instruction_budget`: Lua VM instructions one plugin call may run.
@@ -93,6 +98,8 @@ impl Default for Settings {
             rest_hook_timeout: Duration::from_millis(3000),
             rest_hook_max_in_flight: 64,
             keep_alive_failures_to_stop: 3,
+            rest_hook_breaker_failures: 5,
+            rest_hook_breaker_cooldown: Duration::from_millis(5000),
             plugin_memory_limit: 16 * 1024 * 1024,
             plugin_instruction_budget: 1_000_000,
             keep_alive_streaming_sessions_enabled: false,
@@ -127,6 +134,8 @@ const KNOWN_KEYS: &[&str] = &[
     "rest_hook_timeout",
     "rest_hook_max_in_flight",
     "keep_alive_failures_to_stop",
+    "rest_hook_breaker_failures",
+    "rest_hook_breaker_cooldown",
     "plugin_memory_limit",
     "plugin_instruction_budget",
     "keep_alive_streaming_sessions_enabled",
@@ -308,6 +317,14 @@ impl Settings {
                 "keep_alive_failures_to_stop",
                 self.keep_alive_failures_to_stop.to_string(),
             ),
+            (
+                "rest_hook_breaker_failures",
+                self.rest_hook_breaker_failures.to_string(),
+            ),
+            (
+                "rest_hook_breaker_cooldown",
+                ms(self.rest_hook_breaker_cooldown),
+            ),
             ("plugin_memory_limit", self.plugin_memory_limit.to_string()),
             (
                 "plugin_instruction_budget",
@@ -448,6 +465,17 @@ impl Settings {
                 Some(0) => return Err(r.error("keep_alive_failures_to_stop", "must be at least 1")),
                 Some(n) => n,
             },
+            rest_hook_breaker_failures: r
+                .parse::<u32>(
+                    "rest_hook_breaker_failures",
+                    "a count (0 turns the breaker off)",
+                )?
+                .unwrap_or(d.rest_hook_breaker_failures),
+            rest_hook_breaker_cooldown: r.millis(
+                "rest_hook_breaker_cooldown",
+                d.rest_hook_breaker_cooldown,
+                100,
+            )?,
             keep_alive_streaming_sessions_enabled: r.bool(
                 "keep_alive_streaming_sessions_enabled",
                 d.keep_alive_streaming_sessions_enabled,

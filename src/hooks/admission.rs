@@ -44,7 +44,7 @@ pub async fn admit(client: &HookClient, config: &Config, record: &StreamRecord) 
     let permit = match client.try_slot(&record.app_key, settings.rest_hook_max_in_flight) {
         Ok(permit) => permit,
         Err(e) => {
-            client.stats.saturated(&record.app_key, method_name, &e);
+            client.stats.skipped(&record.app_key, method_name, &e);
             return failed(method.fails_on_error(), method_name, &e.to_string());
         }
     };
@@ -55,7 +55,7 @@ pub async fn admit(client: &HookClient, config: &Config, record: &StreamRecord) 
             url,
             method_name,
             &body,
-            settings.rest_hook_timeout,
+            super::CallLimits::from(settings),
         )
         .await;
     drop(permit);

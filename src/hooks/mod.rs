@@ -4,9 +4,11 @@
 //! that never makes a caller wait, bounded answers, counters by outcome, and rate-limited logs.
 
 pub mod admission;
+pub mod breaker;
 pub mod notify;
 mod stats;
 
+pub use breaker::{BreakerLimits, BreakerState, BreakerView, Breakers};
 pub use stats::{HookStats, LATENCY_BUCKETS, Latency, OutcomeCounts};
 
 use std::collections::HashMap;
@@ -38,6 +40,8 @@ pub enum HookError {
     TooLarge,
     #[error("{0} calls already in flight for this app")]
     Saturated(usize),
+    #[error("the web server failed repeatedly; not called for another {0:?} (circuit open)")]
+    CircuitOpen(Duration),
 }
 
 impl HookError {
@@ -50,6 +54,7 @@ impl HookError {
             HookError::Garbage(_) => "garbage",
             HookError::TooLarge => "too_large",
             HookError::Saturated(_) => "saturated",
+            HookError::CircuitOpen(_) => "circuit_open",
         }
     }
 }
@@ -132,12 +137,46 @@ pub fn overwritten_custom(
 /// Per app: the configured cap on calls in flight and the semaphore that enforces it.
 type InFlightCap = (usize, Arc<Semaphore>);
 
+/// The limits of one call: its timeout and the breaker's thresholds, from the settings
+/// in force when it starts.
+#[derive(Debug, Clone, Copy)]
+pub struct CallLimits {
+    pub timeout: Duration,
+    pub breaker: BreakerLimits,
+}
+
+impl CallLimits {
+    /// A timeout and no breaker (benchmarks, one-off calls).
+    pub fn timeout(timeout: Duration) -> Self {
+        CallLimits {
+            timeout,
+            breaker: BreakerLimits {
+                failures: 0,
+                cooldown: Duration::ZERO,
+            },
+        }
+    }
+}
+
+impl From<&crate::config::Settings> for CallLimits {
+    fn from(settings: &crate::config::Settings) -> Self {
+        CallLimits {
+            timeout: settings.rest_hook_timeout,
+            breaker: BreakerLimits {
+                failures: settings.rest_hook_breaker_failures,
+                cooldown: settings.rest_hook_breaker_cooldown,
+            },
+        }
+    }
+}
+
 /// Calls REST hooks. Cheap to clone; connections are pooled and kept alive.
 #[derive(Clone)]
 pub struct HookClient {
     http: reqwest::Client,
     in_flight: Arc<Mutex<HashMap<String, InFlightCap>>>,
     pub stats: Arc<HookStats>,
+    pub breakers: Arc<Breakers>,
 }
 
 impl HookClient {
@@ -155,6 +194,7 @@ impl HookClient {
             http,
             in_flight: Arc::default(),
             stats: Arc::default(),
+            breakers: Arc::default(),
         }
     }
 
@@ -176,20 +216,39 @@ impl HookClient {
             .map_err(|_| HookError::Saturated(limit))
     }
 
-    /// `POST {base}/{method}` with `body`; the answer within `timeout`, or why not.
+    /// `POST {base}/{method}` with `body`; the answer within the timeout, or why not. While
+    /// the app's breaker is open, fails at once with [`HookError::CircuitOpen`].
     pub async fn call(
         &self,
         app: &str,
         base: &str,
         method: &str,
         body: &Value,
-        timeout: Duration,
+        limits: CallLimits,
     ) -> Result<HookAnswer, HookError> {
-        let url = format!("{}/{}", base.trim_end_matches('/'), method);
         let started = std::time::Instant::now();
-        let result = tokio::time::timeout(timeout, self.exchange(&url, body))
+        let (pass, transition) = self.breakers.pass(app, limits.breaker, started);
+        log_transition(transition);
+        let probe = match pass {
+            breaker::Pass::Call { probe } => probe,
+            breaker::Pass::Refuse { retry_in } => {
+                let error = HookError::CircuitOpen(retry_in);
+                self.stats.skipped(app, method, &error);
+                return Err(error);
+            }
+        };
+        let url = format!("{}/{}", base.trim_end_matches('/'), method);
+        let result = tokio::time::timeout(limits.timeout, self.exchange(&url, body))
             .await
-            .unwrap_or(Err(HookError::Timeout(timeout)));
+            .unwrap_or(Err(HookError::Timeout(limits.timeout)));
+        let answered = matches!(&result, Ok(answer) if answer.status < 500);
+        log_transition(self.breakers.record(
+            app,
+            answered,
+            probe,
+            limits.breaker,
+            std::time::Instant::now(),
+        ));
         self.stats.record(app, method, &result, started.elapsed());
         result
     }
@@ -231,6 +290,24 @@ impl HookClient {
 impl Default for HookClient {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+fn log_transition(transition: Option<breaker::Transition>) {
+    let Some(t) = transition else {
+        return;
+    };
+    match t.to {
+        BreakerState::Open => tracing::warn!(
+            app = %t.app, from = t.from.as_str(), failures = t.failures,
+            "web server circuit opened: its hooks are not called during the cool-down"
+        ),
+        BreakerState::HalfOpen => {
+            tracing::info!(app = %t.app, "web server circuit half-open: probing")
+        }
+        BreakerState::Closed => {
+            tracing::info!(app = %t.app, "web server circuit closed: it answers again")
+        }
     }
 }
 

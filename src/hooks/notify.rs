@@ -1,6 +1,8 @@
 //! `StreamStatusEvent`: every status change of a stream of an app that lists the method is
 //! posted to its web server, in order, one app's events after another's never delayed.
-//! Notification only: a failure is counted and logged (rate-limited), nothing else.
+//! Each carries the server's `eventId` and the stream's `seq` (1, 2, … with no gaps), and
+//! each stream has exactly one final event, so a web server can tell a missed event from a
+//! duplicate. Notification only: a failure is counted and logged (rate-limited), nothing else.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,23 +27,15 @@ pub fn spawn(
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut events = registry.events();
+        let mut events = registry.every_event();
         let mut queues: HashMap<String, mpsc::Sender<Value>> = HashMap::new();
         loop {
             let event = tokio::select! {
                 _ = stop.cancelled() => return,
                 event = events.recv() => event,
             };
-            let event: StatusEvent = match event {
-                Ok(event) => event,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(
-                        missed = n,
-                        "StreamStatusEvent notifier fell behind the event bus"
-                    );
-                    continue;
-                }
-                Err(_) => return,
+            let Some(event): Option<StatusEvent> = event else {
+                return;
             };
             let config = store.load();
             let Some(app) = config.apps.get(&event.app_key) else {
@@ -59,8 +53,13 @@ pub fn spawn(
                 "status": event.status,
                 "info": event.info,
                 "eventId": event.event_id,
+                "seq": event.seq,
+                "final": event.status.is_final(),
                 "mediaProvider": "WebRTC",
             });
+            if let Some(hint) = event.hint {
+                body["hint"] = serde_json::to_value(hint).unwrap_or_default();
+            }
             if let Value::Object(object) = &mut body {
                 super::exclude(object, &method.rest_exclude);
             }
@@ -76,7 +75,7 @@ pub fn spawn(
                 tx
             });
             if queue.try_send(body).is_err() {
-                client.stats.saturated(
+                client.stats.skipped(
                     &event.app_key,
                     STATUS_METHOD,
                     &super::HookError::Saturated(QUEUE),
@@ -109,7 +108,7 @@ async fn deliver(
                 &url,
                 STATUS_METHOD,
                 &body,
-                config.settings.rest_hook_timeout,
+                super::CallLimits::from(&config.settings),
             )
             .await;
     }

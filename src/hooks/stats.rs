@@ -90,8 +90,9 @@ impl HookStats {
         }
     }
 
-    /// Counts a call that was never made (the app's cap on calls in flight was reached).
-    pub fn saturated(&self, app: &str, method: &str, e: &HookError) {
+    /// Counts a call that was never made (the app's cap on calls in flight was reached, or
+    /// its circuit breaker is open).
+    pub fn skipped(&self, app: &str, method: &str, e: &HookError) {
         {
             let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
             let entry = counts

@@ -23,7 +23,7 @@ use uuid::Uuid;
 use crate::config::{AppConfig, ConfigStore, MethodConfig};
 use crate::hooks::{self, HookAnswer, HookClient, HookError};
 use crate::policy::{PluginVerdict, PolicyHost};
-use crate::registry::{Registry, StreamRecord, TerminationSource};
+use crate::registry::{HoldFilter, Registry, StreamRecord, TerminationSource};
 
 pub const KEEPALIVE_METHOD: &str = "StreamKeepAliveEvent";
 pub const BATCH_METHOD: &str = "StreamKeepAliveBatchEvent";
@@ -35,7 +35,8 @@ const TICK: Duration = Duration::from_millis(25);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Keep,
-    Stop(String),
+    /// Stop with this reason, holding the stream's return for so many ms if asked.
+    Stop(String, Option<u64>),
     /// No usable answer: handled by the method's `restOnError`.
     Failed(String),
 }
@@ -264,7 +265,7 @@ impl KeepAlive {
             for (id, verdict) in ids.into_iter().zip(verdicts) {
                 let verdict = match verdict {
                     PluginVerdict::Keep => Verdict::Keep,
-                    PluginVerdict::Stop(reason) => Verdict::Stop(reason),
+                    PluginVerdict::Stop(reason, hold) => Verdict::Stop(reason, hold),
                     PluginVerdict::Failed(why) => Verdict::Failed(why),
                     PluginVerdict::Abstain => {
                         this.stats.count(Source::Plugin, "abstain", took);
@@ -287,12 +288,12 @@ impl KeepAlive {
         &self,
         app: &str,
         source: Source,
-    ) -> Option<(tokio::sync::OwnedSemaphorePermit, Duration)> {
+    ) -> Option<(tokio::sync::OwnedSemaphorePermit, hooks::CallLimits)> {
         let settings = &self.config.load().settings;
         match self.hooks.try_slot(app, settings.rest_hook_max_in_flight) {
-            Ok(permit) => Some((permit, settings.rest_hook_timeout)),
+            Ok(permit) => Some((permit, hooks::CallLimits::from(settings))),
             Err(e) => {
-                self.hooks.stats.saturated(app, source.method(), &e);
+                self.hooks.stats.skipped(app, source.method(), &e);
                 self.stats.count(source, "skipped", Duration::ZERO);
                 None
             }
@@ -357,7 +358,7 @@ impl KeepAlive {
                 Ok(stops) => {
                     for record in &streams {
                         let verdict = match stops.get(&record.media_session_id) {
-                            Some(reason) => Verdict::Stop(reason.clone()),
+                            Some((reason, hold)) => Verdict::Stop(reason.clone(), *hold),
                             None => Verdict::Keep,
                         };
                         this.apply(
@@ -403,10 +404,10 @@ impl KeepAlive {
                 self.stats.count(source, "keep", took);
                 self.lock_failures().remove(&id);
             }
-            Verdict::Stop(reason) => {
+            Verdict::Stop(reason, hold) => {
                 self.stats.count(source, "stop", took);
                 self.lock_failures().remove(&id);
-                self.stop(id, app_key, &reason, source, method_name);
+                self.stop(id, app_key, &reason, source, method_name, hold);
             }
             Verdict::Failed(why) => {
                 self.stats.count(source, "failed", took);
@@ -423,27 +424,43 @@ impl KeepAlive {
                 if failed >= limit {
                     self.lock_failures().remove(&id);
                     let reason = format!("keep-alive failed {failed} times in a row ({why})");
-                    self.stop(id, app_key, &reason, source, method_name);
+                    self.stop(id, app_key, &reason, source, method_name, None);
                 }
             }
         }
     }
 
-    fn stop(&self, id: Uuid, app_key: &str, reason: &str, source: Source, method: &str) {
+    fn stop(
+        &self,
+        id: Uuid,
+        app_key: &str,
+        reason: &str,
+        source: Source,
+        method: &str,
+        hold_ms: Option<u64>,
+    ) {
         // The stream may have ended while its verdict was out.
         let Some(current) = self.registry.get(id) else {
             return;
         };
-        self.registry.terminate(
-            &[current],
-            reason,
-            TerminationSource::KeepAlive {
-                app_key: app_key.to_string(),
-                by: source.as_str().to_string(),
-                method: method.to_string(),
-            },
-            json!({"mediaSessionId": id}),
-        );
+        let hold = hold_ms.map(|ms| (HoldFilter::one(&current), ms));
+        let source = TerminationSource::KeepAlive {
+            app_key: app_key.to_string(),
+            by: source.as_str().to_string(),
+            method: method.to_string(),
+        };
+        let filter = json!({"mediaSessionId": id});
+        let streams = [current];
+        if let Err(e) =
+            self.registry
+                .terminate(&streams, reason, source.clone(), filter.clone(), hold)
+        {
+            // The stop matters more than the hold.
+            tracing::warn!(stream = %id, error = %e, "keep-alive stop without its hold");
+            let _ = self
+                .registry
+                .terminate(&streams, reason, source, filter, None);
+        }
     }
 
     fn lock_failures(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, u32>> {
@@ -459,6 +476,7 @@ pub fn verdict_of(answer: &Result<HookAnswer, HookError>) -> Verdict {
             a.reason()
                 .map(|r| format!("keep-alive: {r}"))
                 .unwrap_or_else(|| "keep-alive refused by the web server (403)".into()),
+            hold_of(&a.body),
         ),
         Ok(a) if (200..300).contains(&a.status) => Verdict::Keep,
         Ok(a) => Verdict::Failed(HookError::Status(a.status).to_string()),
@@ -466,11 +484,20 @@ pub fn verdict_of(answer: &Result<HookAnswer, HookError>) -> Verdict {
     }
 }
 
-/// The streams a `StreamKeepAliveBatchEvent` answer stops: `{"stop": ["id", …]}` or
-/// `{"stop": [{"mediaSessionId": "id", "reason": "…"}, …]}`; `Err` when the answer is unusable.
+/// The hold a web server's answer asks for: a `holdMs` field of 1 ms to a day. Anything
+/// else is no hold (the stop itself still happens).
+fn hold_of(body: &Value) -> Option<u64> {
+    body.get("holdMs")
+        .and_then(Value::as_u64)
+        .filter(|ms| (1..=crate::registry::MAX_HOLD_MS).contains(ms))
+}
+
+/// The streams a `StreamKeepAliveBatchEvent` answer stops, each with its reason and hold:
+/// `{"stop": ["id", …]}` or `{"stop": [{"mediaSessionId": "id", "reason": "…", "holdMs": N}, …]}`;
+/// `Err` when the answer is unusable.
 pub fn batch_stops(
     answer: &Result<HookAnswer, HookError>,
-) -> Result<HashMap<Uuid, String>, String> {
+) -> Result<HashMap<Uuid, (String, Option<u64>)>, String> {
     let answer = answer.as_ref().map_err(|e| e.to_string())?;
     if !(200..300).contains(&answer.status) {
         return Err(HookError::Status(answer.status).to_string());
@@ -487,8 +514,8 @@ pub fn batch_stops(
     };
     let mut stops = HashMap::new();
     for item in list {
-        let (id, reason) = match item {
-            Value::String(id) => (id.as_str(), default_reason.clone()),
+        let (id, reason, hold) = match item {
+            Value::String(id) => (id.as_str(), default_reason.clone(), None),
             Value::Object(o) => (
                 o.get("mediaSessionId")
                     .and_then(Value::as_str)
@@ -497,11 +524,12 @@ pub fn batch_stops(
                     .and_then(Value::as_str)
                     .map(|r| format!("keep-alive: {r}"))
                     .unwrap_or_else(|| default_reason.clone()),
+                hold_of(item),
             ),
             _ => return Err("a 'stop' entry is neither an id nor an object".into()),
         };
         let id = Uuid::parse_str(id).map_err(|_| format!("'{id}' is not a mediaSessionId"))?;
-        stops.insert(id, reason);
+        stops.insert(id, (reason, hold));
     }
     Ok(stops)
 }
@@ -519,7 +547,16 @@ mod tests {
         assert_eq!(verdict_of(&answer(200, Value::Null)), Verdict::Keep);
         assert_eq!(
             verdict_of(&answer(403, json!({"reason": "quota"}))),
-            Verdict::Stop("keep-alive: quota".into())
+            Verdict::Stop("keep-alive: quota".into(), None)
+        );
+        assert_eq!(
+            verdict_of(&answer(403, json!({"reason": "quota", "holdMs": 30000}))),
+            Verdict::Stop("keep-alive: quota".into(), Some(30000))
+        );
+        assert_eq!(
+            verdict_of(&answer(403, json!({"holdMs": "soon"}))),
+            Verdict::Stop("keep-alive refused by the web server (403)".into(), None),
+            "a bad hold is ignored, the stop stays"
         );
         assert!(matches!(
             verdict_of(&answer(500, Value::Null)),
@@ -537,11 +574,12 @@ mod tests {
         let b = Uuid::new_v4();
         let stops = batch_stops(&answer(
             200,
-            json!({"stop": [a.to_string(), {"mediaSessionId": b, "reason": "r"}]}),
+            json!({"stop": [a.to_string(), {"mediaSessionId": b, "reason": "r", "holdMs": 9}]}),
         ))
         .unwrap();
         assert_eq!(stops.len(), 2);
-        assert_eq!(stops[&b], "keep-alive: r");
+        assert_eq!(stops[&b], ("keep-alive: r".to_string(), Some(9)));
+        assert_eq!(stops[&a].1, None);
         assert!(batch_stops(&answer(200, Value::Null)).unwrap().is_empty());
         assert!(batch_stops(&answer(200, json!({"stop": "x"}))).is_err());
         assert!(batch_stops(&answer(200, json!({"stop": ["nope"]}))).is_err());

@@ -127,7 +127,8 @@ pub struct AdmissionRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PluginVerdict {
     Keep,
-    Stop(String),
+    /// Stop, with the reason and a hold in milliseconds if the plugin asked for one.
+    Stop(String, Option<u64>),
     /// `nil`: the app's REST hook decides, if it has one.
     Abstain,
     Failed(String),
@@ -397,8 +398,12 @@ impl PolicyHost {
             .map(|answer| match answer {
                 Ok(Code::Abstain) => PluginVerdict::Abstain,
                 Ok(Code::Code(403, reason)) => {
-                    PluginVerdict::Stop(reason.unwrap_or_else(|| "stopped by policy".into()))
+                    PluginVerdict::Stop(reason.unwrap_or_else(|| "stopped by policy".into()), None)
                 }
+                Ok(Code::Held(reason, hold_ms)) => PluginVerdict::Stop(
+                    reason.unwrap_or_else(|| "stopped by policy".into()),
+                    Some(hold_ms),
+                ),
                 Ok(Code::Code(c, _)) if (200..300).contains(&c) => PluginVerdict::Keep,
                 Ok(Code::Code(c, _)) => {
                     PluginVerdict::Failed(format!("on_keepalive returned {c}; use 200, 403 or nil"))
@@ -606,6 +611,9 @@ pub fn test_offline(path: &Path, call: OfflineCall) -> Result<serde_json::Value,
     let code = |c: Code| match c {
         Code::Abstain => serde_json::json!({"code": null}),
         Code::Code(code, reason) => serde_json::json!({"code": code, "reason": reason}),
+        Code::Held(reason, hold_ms) => {
+            serde_json::json!({"code": 403, "reason": reason, "holdMs": hold_ms})
+        }
     };
     Ok(match call {
         OfflineCall::KeepAlive(view) => code(sandbox.keepalive(view.into_record())?),
@@ -704,6 +712,17 @@ mod tests {
             ka("if s.published == false and s.publisher == 'cam' and s.age_ms >= 0 and s.status == 'PLAYING' then return 403 end return 200").unwrap(),
             Code::Code(403, None)
         );
+        assert_eq!(
+            ka("return 403, 'come back later', {hold_ms = 5000}").unwrap(),
+            Code::Held(Some("come back later".into()), 5000)
+        );
+        assert!(
+            ka("return 200, nil, {hold_ms = 5000}").is_err(),
+            "a hold needs a 403"
+        );
+        assert!(ka("return 403, 'x', {hold_ms = -1}").is_err());
+        assert!(ka("return 403, 'x', {hold_ms = 'soon'}").is_err());
+        assert!(ka("return 403, 'x', 5").is_err());
         assert!(matches!(ka("return 'yes'"), Err(PolicyError::WrongType(_))));
         assert!(matches!(ka("return {}"), Err(PolicyError::WrongType(_))));
         assert!(matches!(ka("error('boom')"), Err(PolicyError::Call(m)) if m.contains("boom")));

@@ -70,12 +70,14 @@ pub struct Sandbox {
     label: String,
 }
 
-/// A Lua answer `code[, reason]` as the host reads it.
+/// A Lua answer `code[, reason[, options]]` as the host reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Code {
     /// `nil`: no opinion.
     Abstain,
     Code(u16, Option<String>),
+    /// `403, reason, {hold_ms = N}`: stop, and refuse the stream's return for N ms.
+    Held(Option<String>, u64),
 }
 
 impl Sandbox {
@@ -273,8 +275,9 @@ impl Sandbox {
 
     fn code(&self, f: &Function, args: impl mlua::IntoLuaMulti) -> Result<Code, PolicyError> {
         self.used.set(0);
-        let (code, reason): (Value, Value) =
+        let (code, reason, options): (Value, Value, Value) =
             f.call(args).map_err(|e| PolicyError::Call(one_line(&e)))?;
+        let hold_ms = hold_option(&options)?;
         let reason = match reason {
             Value::Nil => None,
             Value::String(s) => Some(s.to_string_lossy().chars().take(512).collect()),
@@ -285,7 +288,7 @@ impl Sandbox {
                 )));
             }
         };
-        match code {
+        let code = match code {
             Value::Nil => Ok(Code::Abstain),
             Value::Integer(n) if (100..600).contains(&n) => Ok(Code::Code(n as u16, reason)),
             Value::Number(n) if n.fract() == 0.0 && (100.0..600.0).contains(&n) => {
@@ -295,6 +298,11 @@ impl Sandbox {
                 "returned {} instead of an HTTP-like code (200, 403) or nil",
                 describe(&other)
             ))),
+        }?;
+        match (code, hold_ms) {
+            (code, None) => Ok(code),
+            (Code::Code(403, reason), Some(ms)) => Ok(Code::Held(reason, ms)),
+            (_, Some(_)) => Err(PolicyError::WrongType("hold_ms goes only with 403".into())),
         }
     }
 
@@ -404,6 +412,33 @@ fn json_options() -> mlua::SerializeOptions {
     mlua::SerializeOptions::new()
         .serialize_none_to_null(false)
         .serialize_unit_to_null(false)
+}
+
+/// The `hold_ms` of a verdict's options table: a whole number of milliseconds, at most a day.
+fn hold_option(options: &Value) -> Result<Option<u64>, PolicyError> {
+    let table = match options {
+        Value::Nil => return Ok(None),
+        Value::Table(t) => t,
+        other => {
+            return Err(PolicyError::WrongType(format!(
+                "options are {}, not a table",
+                other.type_name()
+            )));
+        }
+    };
+    let max = crate::registry::MAX_HOLD_MS;
+    match table.raw_get::<Value>("hold_ms") {
+        Ok(Value::Nil) => Ok(None),
+        Ok(Value::Integer(n)) if n >= 1 && (n as u64) <= max => Ok(Some(n as u64)),
+        Ok(Value::Number(n)) if n.fract() == 0.0 && n >= 1.0 && n <= max as f64 => {
+            Ok(Some(n as u64))
+        }
+        Ok(other) => Err(PolicyError::WrongType(format!(
+            "hold_ms is {}, not a whole number of milliseconds from 1 to {max}",
+            describe(&other)
+        ))),
+        Err(e) => Err(PolicyError::WrongType(one_line(&e))),
+    }
 }
 
 fn describe(v: &Value) -> String {

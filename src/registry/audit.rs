@@ -60,6 +60,12 @@ pub struct Termination {
     /// The filter as the request gave it.
     pub filter: serde_json::Value,
     pub streams: Vec<TerminatedStream>,
+    /// The hold this termination put in place, if it asked for one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold_id: Option<u64>,
+    /// When that hold expires, in milliseconds since the Unix epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_until: Option<u64>,
 }
 
 /// The last `capacity` terminations.

@@ -97,6 +97,9 @@ pub struct StreamRequest {
     pub dry_run: bool,
     /// Terminate: the body asks for every stream on purpose.
     pub all: bool,
+    /// Terminate: refuse new streams the filter matches for this many milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold_ms: Option<u64>,
 }
 
 const MAX_REASON_LEN: usize = 512;
@@ -112,7 +115,7 @@ const FIND_FIELDS: &[&str] = &[
     "args",
     "dryRun",
 ];
-const TERMINATE_ONLY_FIELDS: &[&str] = &["reason", "all"];
+const TERMINATE_ONLY_FIELDS: &[&str] = &["reason", "all", "holdMs"];
 
 impl StreamRequest {
     /// Parses a JSON body. Every field is checked: an unknown one (a typo like `nmae`) is an
@@ -205,6 +208,20 @@ impl StreamRequest {
                 ));
             }
             request.reason = Some(reason);
+        }
+        if let Some(value) = object.get("holdMs") {
+            let max = super::MAX_HOLD_MS;
+            request.hold_ms = Some(
+                value
+                    .as_u64()
+                    .filter(|ms| (1..=max).contains(ms))
+                    .ok_or_else(|| {
+                        FilterError::field(
+                            "holdMs",
+                            format!("must be a whole number of milliseconds from 1 to {max}"),
+                        )
+                    })?,
+            );
         }
         if kind == RequestKind::Terminate {
             if request.filter.is_empty() && !request.all {
@@ -315,6 +332,14 @@ mod tests {
             (json!({}), None),
             (json!({"reason": "only a reason"}), None),
             (json!({"all": true, "name": "s"}), Some("all")),
+            (json!({"name": "s", "holdMs": 0}), Some("holdMs")),
+            (json!({"name": "s", "holdMs": -5}), Some("holdMs")),
+            (json!({"name": "s", "holdMs": 1.5}), Some("holdMs")),
+            (json!({"name": "s", "holdMs": "10s"}), Some("holdMs")),
+            (
+                json!({"name": "s", "holdMs": 86_400_001u64}),
+                Some("holdMs"),
+            ),
         ];
         for (body, field) in cases {
             let err = parse(body.clone(), RequestKind::Terminate).unwrap_err();

@@ -8,17 +8,23 @@
 
 mod audit;
 mod filter;
+mod holds;
 mod record;
+mod timeline;
 
 pub use audit::{TerminatedStream, Termination, TerminationSource};
 pub use filter::{FilterError, PluginFilter, RequestKind, StreamFilter, StreamRequest};
-pub use record::{Bearer, MediaKind, NewStream, Status, StatusEvent, StopReason, StreamRecord};
+pub use holds::{HeldStream, Hold, HoldFilter, MAX_HOLD_MS, MAX_HOLDS, TooManyHolds};
+pub use record::{
+    Bearer, Hint, MediaKind, NewStream, Status, StatusEvent, StopReason, StreamRecord,
+};
+pub use timeline::Timeline;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use uuid::Uuid;
 
 /// Something that can stop a stream: a WebRTC session, or a synthetic stream in tests.
@@ -42,6 +48,9 @@ struct Entry {
     record: StreamRecord,
     handle: Arc<dyn StopHandle>,
     status_tx: watch::Sender<StatusEvent>,
+    /// The `seq` of this stream's last event.
+    seq: u64,
+    timeline: Arc<Timeline>,
 }
 
 #[derive(Default)]
@@ -55,22 +64,35 @@ struct Table {
     by_id: HashMap<Uuid, Entry>,
     by_name: HashMap<String, NameSlot>,
     next_event_id: u64,
+    ended: timeline::Ended,
 }
 
-impl Table {
-    fn next_event(&mut self, record: &StreamRecord) -> StatusEvent {
-        self.next_event_id += 1;
-        StatusEvent::of(record, self.next_event_id)
-    }
+/// The next event of `entry`'s stream: a new server-wide id, the stream's next `seq`,
+/// appended to its timeline.
+fn stamp(next_event_id: &mut u64, entry: &mut Entry, hint: Option<Hint>) -> StatusEvent {
+    *next_event_id += 1;
+    entry.seq += 1;
+    let mut event = StatusEvent::of(&entry.record, *next_event_id, entry.seq);
+    event.hint = hint;
+    entry.timeline.push(event.clone());
+    event
 }
 
 /// The live streams of one server. Cheap to share behind an `Arc`.
 pub struct Registry {
     table: RwLock<Table>,
     events: broadcast::Sender<StatusEvent>,
+    /// Subscribers that must see every event (the status hook): never lagged, never dropped.
+    sinks: Mutex<Vec<mpsc::UnboundedSender<StatusEvent>>>,
     audit: Mutex<audit::AuditTrail>,
+    holds: Mutex<holds::HoldTable>,
     node_id: String,
 }
+
+/// How long a player whose publisher left should wait before trying again.
+const PUBLISHER_GONE_RETRY_MS: u64 = 2_000;
+/// How long a client whose connection broke should wait before trying again.
+const CONNECTION_LOST_RETRY_MS: u64 = 1_000;
 
 const EVENT_BUS_CAPACITY: usize = 4096;
 /// Terminations kept for `GET /rest-api/stream/terminations`.
@@ -82,7 +104,9 @@ impl Registry {
         Arc::new(Self {
             table: RwLock::new(Table::default()),
             events,
+            sinks: Mutex::default(),
             audit: Mutex::new(audit::AuditTrail::new(AUDIT_CAPACITY)),
+            holds: Mutex::default(),
             node_id: node_id.into(),
         })
     }
@@ -115,7 +139,10 @@ impl Registry {
         } else {
             slot.players.insert(id);
         }
-        let event = table.next_event(&record);
+        table.next_event_id += 1;
+        let event = StatusEvent::of(&record, table.next_event_id, 1);
+        let timeline = Arc::new(Timeline::default());
+        timeline.push(event.clone());
         let (status_tx, _) = watch::channel(event.clone());
         table.by_id.insert(
             id,
@@ -123,10 +150,13 @@ impl Registry {
                 record: record.clone(),
                 handle,
                 status_tx,
+                seq: 1,
+                timeline,
             },
         );
+        // Published under the lock, so every subscriber sees each stream's events in order.
+        self.publish(event);
         drop(table);
-        let _ = self.events.send(event);
         Ok(record)
     }
 
@@ -155,7 +185,12 @@ impl Registry {
     pub fn set_status(&self, id: Uuid, status: Status, info: &str) -> bool {
         debug_assert!(!status.is_final());
         let mut table = self.write();
-        let Some(entry) = table.by_id.get_mut(&id) else {
+        let Table {
+            by_id,
+            next_event_id,
+            ..
+        } = &mut *table;
+        let Some(entry) = by_id.get_mut(&id) else {
             return false;
         };
         if entry.record.status == status && entry.record.info == info {
@@ -163,13 +198,10 @@ impl Registry {
         }
         entry.record.status = status;
         entry.record.info = info.to_string();
-        let record = entry.record.clone();
-        let event = table.next_event(&record);
-        if let Some(entry) = table.by_id.get(&id) {
-            entry.status_tx.send_replace(event.clone());
-        }
+        let event = stamp(next_event_id, entry, None);
+        entry.status_tx.send_replace(event.clone());
+        self.publish(event);
         drop(table);
-        let _ = self.events.send(event);
         true
     }
 
@@ -210,6 +242,10 @@ impl Registry {
         let (status, info) = reason.final_status(entry.record.published);
         entry.record.status = status;
         entry.record.info = info;
+        let now = now_ms();
+        let hint = self.hint(&entry.record, reason, now);
+        let event = stamp(&mut table.next_event_id, &mut entry, Some(hint));
+        table.ended.insert(id, entry.timeline.clone(), now);
         let record = entry.record;
         let mut orphans = Vec::new();
         if let Some(slot) = table.by_name.get_mut(&record.name) {
@@ -229,12 +265,11 @@ impl Registry {
             .iter()
             .filter_map(|p| table.by_id.get(p).map(|e| e.handle.clone()))
             .collect();
-        let event = table.next_event(&record);
+        self.publish(event.clone());
         drop(table);
         // Dropping the sender after the last value ends every status stream of this session.
-        entry.status_tx.send_replace(event.clone());
+        entry.status_tx.send_replace(event);
         drop(entry.status_tx);
-        let _ = self.events.send(event);
         for handle in handles {
             handle.stop(StopReason::PublisherStopped);
         }
@@ -304,39 +339,108 @@ impl Registry {
     }
 
     /// Stops every stream in `streams` with `reason`, and records the termination in the
-    /// audit trail and the log. Returns the record.
+    /// audit trail and the log. With `hold`, new streams that its filter matches are refused
+    /// for that many milliseconds; the hold is in place before the first stream stops, so a
+    /// client that reconnects at once is already refused. Returns the record.
     pub fn terminate(
         &self,
         streams: &[StreamRecord],
         reason: &str,
         source: TerminationSource,
         filter: serde_json::Value,
-    ) -> Termination {
+        hold: Option<(HoldFilter, u64)>,
+    ) -> Result<Termination, TooManyHolds> {
+        let now = now_ms();
+        let hold = match hold {
+            Some((hold_filter, hold_ms)) => Some(self.lock_holds().add(
+                Hold {
+                    hold_id: 0,
+                    reason: reason.to_string(),
+                    created: now,
+                    until: now.saturating_add(hold_ms.min(MAX_HOLD_MS)),
+                    filter: hold_filter,
+                    source: source.clone(),
+                    termination_id: None,
+                },
+                now,
+            )?),
+            None => None,
+        };
         let termination = {
             let mut audit = self.audit.lock().unwrap_or_else(|e| e.into_inner());
             let termination = Termination {
                 id: audit.next_id(),
-                time: now_ms(),
+                time: now,
                 source,
                 reason: reason.to_string(),
                 filter,
                 streams: streams.iter().map(TerminatedStream::from).collect(),
+                hold_id: hold.as_ref().map(|h| h.hold_id),
+                held_until: hold.as_ref().map(|h| h.until),
             };
             audit.push(termination.clone());
             termination
         };
+        if let Some(hold) = &hold {
+            self.lock_holds()
+                .set_termination(hold.hold_id, termination.id);
+        }
         tracing::info!(
             termination = termination.id,
             source = ?termination.source,
             reason = %termination.reason,
             filter = %termination.filter,
             streams = termination.streams.len(),
+            hold_until = termination.held_until,
             "terminating streams"
         );
         for record in streams {
             self.stop(record.media_session_id, StopReason::server(reason));
         }
-        termination
+        Ok(termination)
+    }
+
+    /// The hold that refuses a new stream of this name, direction and app, if any.
+    pub fn held(&self, name: &str, published: bool, app_key: &str) -> Option<Hold> {
+        self.lock_holds()
+            .find(name, published, app_key, now_ms())
+            .cloned()
+    }
+
+    /// The holds in force.
+    pub fn holds(&self) -> Vec<Hold> {
+        self.lock_holds().list(now_ms())
+    }
+
+    /// Lifts the holds `pick` selects; returns them.
+    pub fn release(&self, pick: impl Fn(&Hold) -> bool) -> Vec<Hold> {
+        let released = self.lock_holds().release(now_ms(), pick);
+        for hold in &released {
+            tracing::info!(hold = hold.hold_id, reason = %hold.reason, "hold released");
+        }
+        released
+    }
+
+    /// What a stream that ends for `reason` should be told to do next.
+    fn hint(&self, record: &StreamRecord, reason: &StopReason, now: u64) -> Hint {
+        let held = |published: bool| {
+            self.lock_holds()
+                .find(&record.name, published, &record.app_key, now)
+                .map(|h| h.remaining_ms(now))
+        };
+        let retry = |retry_after_ms| Hint::Retry { retry_after_ms };
+        match reason {
+            StopReason::ClientLeft => Hint::DoNotReconnect,
+            StopReason::Server(_) => held(record.published).map_or(Hint::DoNotReconnect, retry),
+            StopReason::PublisherStopped => retry(
+                held(false)
+                    .max(held(true))
+                    .unwrap_or(PUBLISHER_GONE_RETRY_MS),
+            ),
+            StopReason::ConnectionLost(_) => {
+                retry(held(record.published).unwrap_or(CONNECTION_LOST_RETRY_MS))
+            }
+        }
     }
 
     /// The recent terminations, oldest first.
@@ -361,9 +465,53 @@ impl Registry {
         self.read().by_id.get(&id).map(|e| e.status_tx.subscribe())
     }
 
-    /// Every status change of every stream.
+    /// Every status change of every stream. A receiver that falls behind by more than the
+    /// bus holds misses events (and is told so); use [`every_event`](Self::every_event)
+    /// where none may be missed.
     pub fn events(&self) -> broadcast::Receiver<StatusEvent> {
         self.events.subscribe()
+    }
+
+    /// Every status change of every stream, none ever dropped, each stream's in order. The
+    /// receiver must keep reading: what it has not read stays in memory.
+    pub fn every_event(&self) -> mpsc::UnboundedReceiver<StatusEvent> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.sinks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(tx);
+        rx
+    }
+
+    /// A stream's events so far, live or ended within the last minutes, and — while it
+    /// lives — a receiver that changes with each new event and ends after the final one.
+    pub fn timeline(
+        &self,
+        id: Uuid,
+    ) -> Option<(Arc<Timeline>, Option<watch::Receiver<StatusEvent>>)> {
+        let table = self.read();
+        if let Some(entry) = table.by_id.get(&id) {
+            return Some((entry.timeline.clone(), Some(entry.status_tx.subscribe())));
+        }
+        table.ended.get(&id, now_ms()).map(|t| (t, None))
+    }
+
+    /// Ended streams whose events are still kept, and holds in force: for the runtime view.
+    pub fn kept(&self) -> (usize, usize) {
+        (self.read().ended.len(), self.lock_holds().len(now_ms()))
+    }
+
+    /// Sends an event to every subscriber. Called with the table's write lock held, so that
+    /// events leave in the order of their ids.
+    fn publish(&self, event: StatusEvent) {
+        let mut sinks = self.sinks.lock().unwrap_or_else(|e| e.into_inner());
+        sinks.retain(|sink| sink.send(event.clone()).is_ok());
+        drop(sinks);
+        let _ = self.events.send(event);
+    }
+
+    fn lock_holds(&self) -> std::sync::MutexGuard<'_, holds::HoldTable> {
+        self.holds.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Table> {

@@ -213,24 +213,43 @@ impl StreamRecord {
     }
 }
 
+/// What a client should do after its stream ended: carried by the final status event and
+/// by a `403` refusal, and followed by the example pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "kebab-case")]
+pub enum Hint {
+    /// Try again, not before this many milliseconds.
+    #[serde(rename_all = "camelCase")]
+    Retry { retry_after_ms: u64 },
+    /// Do not reconnect on your own: someone decided this stream should end.
+    DoNotReconnect,
+}
+
 /// One status change of one stream, as the event bus and the status streams carry it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusEvent {
     /// Server-wide, strictly increasing.
     pub event_id: u64,
+    /// Per stream: 1 for its first event, then +1 for each change, with no gaps.
+    pub seq: u64,
     pub media_session_id: Uuid,
     pub name: String,
     pub app_key: String,
     pub published: bool,
     pub status: Status,
     pub info: String,
+    /// Only on a final event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<Hint>,
 }
 
 impl StatusEvent {
-    pub(super) fn of(record: &StreamRecord, event_id: u64) -> Self {
+    pub(super) fn of(record: &StreamRecord, event_id: u64, seq: u64) -> Self {
         StatusEvent {
             event_id,
+            seq,
+            hint: None,
             media_session_id: record.media_session_id,
             name: record.name.clone(),
             app_key: record.app_key.clone(),

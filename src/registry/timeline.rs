@@ -1,0 +1,86 @@
+//! Each stream's status events in order, kept while it lives and for a while after it
+//! ends, so that a status stream can replay what a client missed (`Last-Event-ID`) and a
+//! client that reconnects after the end still learns how and why it ended.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use uuid::Uuid;
+
+use super::StatusEvent;
+
+/// Events kept per stream. A stream changes status a handful of times; this bounds a
+/// misbehaving one.
+const EVENTS_PER_STREAM: usize = 64;
+/// Ended streams whose events stay readable.
+pub(super) const ENDED_KEPT: usize = 10_000;
+/// How long an ended stream's events stay readable.
+pub(super) const ENDED_KEPT_MS: u64 = 5 * 60 * 1000;
+
+/// One stream's events, oldest first. Appended under the registry's write lock, so the
+/// order is the order of `eventId`.
+#[derive(Default)]
+pub struct Timeline {
+    events: Mutex<VecDeque<StatusEvent>>,
+}
+
+impl Timeline {
+    pub(super) fn push(&self, event: StatusEvent) {
+        let mut events = self.lock();
+        if events.len() == EVENTS_PER_STREAM {
+            events.pop_front();
+        }
+        events.push_back(event);
+    }
+
+    /// The events after `event_id` (all of them for 0).
+    pub fn since(&self, event_id: u64) -> Vec<StatusEvent> {
+        self.lock()
+            .iter()
+            .filter(|e| e.event_id > event_id)
+            .cloned()
+            .collect()
+    }
+
+    /// The final event, once the stream has ended.
+    pub fn last(&self) -> Option<StatusEvent> {
+        self.lock().back().cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<StatusEvent>> {
+        self.events.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The timelines of ended streams, newest last, bounded in count and age.
+#[derive(Default)]
+pub(super) struct Ended {
+    by_id: HashMap<Uuid, (Arc<Timeline>, u64)>,
+    order: VecDeque<Uuid>,
+}
+
+impl Ended {
+    pub fn insert(&mut self, id: Uuid, timeline: Arc<Timeline>, now_ms: u64) {
+        while let Some(oldest) = self.order.front() {
+            let ended = self.by_id.get(oldest).map_or(0, |(_, at)| *at);
+            if self.order.len() < ENDED_KEPT && now_ms.saturating_sub(ended) < ENDED_KEPT_MS {
+                break;
+            }
+            self.by_id.remove(oldest);
+            self.order.pop_front();
+        }
+        self.by_id.insert(id, (timeline, now_ms));
+        self.order.push_back(id);
+    }
+
+    pub fn get(&self, id: &Uuid, now_ms: u64) -> Option<Arc<Timeline>> {
+        self.by_id
+            .get(id)
+            .filter(|(_, ended)| now_ms.saturating_sub(*ended) < ENDED_KEPT_MS)
+            .map(|(timeline, _)| timeline.clone())
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+}
