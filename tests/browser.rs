@@ -228,6 +228,31 @@ async fn publish_and_play_in_chromium_with_server_side_stops() {
     assert_eq!(terminate.status(), 200);
     let shown = player.wait_status("FAILED").await;
     assert_eq!(shown, "FAILED — Stopped by server: browser test");
+    // The operator's page shows the termination and its reason, and the publisher still live.
+    let operator = Browser::start().await;
+    operator
+        .page()
+        .goto(&server.url("/operator.html"))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let seen = operator
+            .js("return [document.querySelectorAll('#streams tbody tr').length, (document.querySelector('#terminations tbody tr') || {}).textContent || '']")
+            .await;
+        let rows = seen[0].as_u64().unwrap_or(0);
+        let last = seen[1].as_str().unwrap_or("").to_string();
+        if rows == 1 && last.contains("browser test") && last.contains("browser (player)") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "operator page shows {rows} streams, last termination '{last}'"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    operator.screenshot("8-operator-after-terminate").await;
+    drop(operator);
     assert_eq!(
         player.hint_action().await,
         "do-not-reconnect",

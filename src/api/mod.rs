@@ -2,6 +2,7 @@
 //! event streams, the example pages, and `/rest-api/`. One router, served on HTTP and HTTPS.
 
 pub mod auth;
+pub mod metrics;
 mod pages;
 pub mod rest;
 mod whip;
@@ -48,6 +49,7 @@ pub fn router(state: AppState) -> Router {
             get(plugins_status).post(plugins_status),
         )
         .route("/rest-api/{*rest}", axum::routing::any(rest::not_found))
+        .route("/metrics", get(metrics::metrics))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

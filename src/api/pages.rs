@@ -1,5 +1,6 @@
-//! The example pages: a publisher (camera → WHIP) and a player (WHEP → video), plain HTML
-//! and JS compiled into the binary so that `sluice serve` shows them with no set-up.
+//! The example pages: a publisher (camera → WHIP), a player (WHEP → video) and the
+//! operator's view (live streams, holds, terminations), plain HTML and JS compiled into the
+//! binary so that `sluice serve` shows them with no set-up.
 
 use axum::Router;
 use axum::http::{HeaderValue, header};
@@ -13,6 +14,8 @@ const PUBLISH: &str = include_str!("../../static/publish.html");
 const PLAY: &str = include_str!("../../static/play.html");
 const SCRIPT: &str = include_str!("../../static/sluice.js");
 const STYLE: &str = include_str!("../../static/sluice.css");
+const OPERATOR: &str = include_str!("../../static/operator.html");
+const OPERATOR_SCRIPT: &str = include_str!("../../static/operator.js");
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -31,6 +34,14 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/sluice.js",
             get(|| async { page(SCRIPT, "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/operator.html",
+            get(|| async { page(OPERATOR, "text/html; charset=utf-8") }),
+        )
+        .route(
+            "/operator.js",
+            get(|| async { page(OPERATOR_SCRIPT, "text/javascript; charset=utf-8") }),
         )
         .route(
             "/sluice.css",

@@ -22,6 +22,8 @@ pub const LATENCY_BUCKETS: [f64; 10] =
 #[serde(rename_all = "camelCase")]
 pub struct Latency {
     pub latency_seconds_sum: f64,
+    /// Every observation, including those above the largest bucket.
+    pub latency_count: u64,
     pub latency_buckets: Vec<u64>,
 }
 
@@ -29,6 +31,7 @@ impl Latency {
     pub fn observe(&mut self, took: Duration) {
         let seconds = took.as_secs_f64();
         self.latency_seconds_sum += seconds;
+        self.latency_count += 1;
         if self.latency_buckets.is_empty() {
             self.latency_buckets = vec![0; LATENCY_BUCKETS.len()];
         }

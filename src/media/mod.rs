@@ -7,7 +7,7 @@ pub mod offer;
 mod relay;
 mod session;
 
-pub use relay::{RelayStats, RelayTrack};
+pub use relay::{RelayLedger, RelayStats, RelayTotals, RelayTrack};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -91,6 +91,8 @@ pub struct Media {
     config: Arc<ConfigStore>,
     publishers: Mutex<HashMap<Uuid, Arc<Publisher>>>,
     mux_addr: Option<std::net::SocketAddr>,
+    /// Relay counters of every track, for `/metrics`.
+    pub relays: Arc<RelayLedger>,
 }
 
 /// How long ICE gathering may take before the answer goes out with what was gathered.
@@ -110,6 +112,7 @@ impl Media {
             registry,
             config,
             publishers: Mutex::new(HashMap::new()),
+            relays: Arc::default(),
             mux_addr: engine.mux_addr,
         }))
     }
@@ -357,6 +360,7 @@ impl Media {
         let weak_pc = Arc::downgrade(pc);
         let publisher = Arc::downgrade(publisher);
         let registry = self.registry.clone();
+        let ledger = self.relays.clone();
         let control = control.clone();
         let tasks = tasks.clone();
         let cancel = cancel.clone();
@@ -370,6 +374,7 @@ impl Media {
                 remote.codec().capability,
                 remote.ssrc(),
                 weak_pc.clone(),
+                &ledger,
             );
             tasks.spawn(relay.clone().pump(remote, cancel.clone()));
             let control = control.clone();

@@ -3,9 +3,8 @@
 //! own pace. A slow player lags and skips (counted as drops, then asks for a key frame); it
 //! never blocks the publisher or the other players.
 
-use std::sync::Arc;
-use std::sync::Weak;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -30,7 +29,64 @@ pub struct RelayStats {
     pub received_packets: AtomicU64,
     pub received_bytes: AtomicU64,
     pub forwarded_packets: AtomicU64,
+    pub forwarded_bytes: AtomicU64,
     pub dropped_packets: AtomicU64,
+}
+
+/// The relay's counters summed over every track, live and ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RelayTotals {
+    pub received_packets: u64,
+    pub received_bytes: u64,
+    pub forwarded_packets: u64,
+    pub forwarded_bytes: u64,
+    pub dropped_packets: u64,
+    pub live_tracks: u64,
+}
+
+impl RelayStats {
+    fn add_to(&self, totals: &mut RelayTotals) {
+        totals.received_packets += self.received_packets.load(Ordering::Relaxed);
+        totals.received_bytes += self.received_bytes.load(Ordering::Relaxed);
+        totals.forwarded_packets += self.forwarded_packets.load(Ordering::Relaxed);
+        totals.forwarded_bytes += self.forwarded_bytes.load(Ordering::Relaxed);
+        totals.dropped_packets += self.dropped_packets.load(Ordering::Relaxed);
+    }
+}
+
+/// Server-wide relay counters without a shared counter per packet: each track counts on
+/// its own; an ended track adds its counts to `retired` when it is dropped, and a reading
+/// sums the live tracks and the retired ones.
+#[derive(Default)]
+pub struct RelayLedger {
+    retired: Mutex<RelayTotals>,
+    live: Mutex<Vec<Weak<RelayTrack>>>,
+}
+
+impl RelayLedger {
+    fn enrol(&self, track: &Arc<RelayTrack>) {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.retain(|t| t.strong_count() > 0);
+        live.push(Arc::downgrade(track));
+    }
+
+    pub fn totals(&self) -> RelayTotals {
+        // Live tracks first, held while summing, so none can retire between the two reads
+        // and be counted twice or not at all.
+        let live: Vec<Arc<RelayTrack>> = self
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        let mut totals = *self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        for track in &live {
+            track.stats.add_to(&mut totals);
+        }
+        totals.live_tracks = live.len() as u64;
+        totals
+    }
 }
 
 /// One track of a publisher, as players subscribe to it.
@@ -43,6 +99,16 @@ pub struct RelayTrack {
     publisher: Weak<RTCPeerConnection>,
     last_keyframe_request_ms: AtomicU64,
     pub stats: RelayStats,
+    ledger: Weak<RelayLedger>,
+}
+
+impl Drop for RelayTrack {
+    fn drop(&mut self) {
+        if let Some(ledger) = self.ledger.upgrade() {
+            let mut retired = ledger.retired.lock().unwrap_or_else(|e| e.into_inner());
+            self.stats.add_to(&mut retired);
+        }
+    }
 }
 
 impl RelayTrack {
@@ -51,9 +117,10 @@ impl RelayTrack {
         codec: RTCRtpCodecCapability,
         ssrc: u32,
         publisher: Weak<RTCPeerConnection>,
+        ledger: &Arc<RelayLedger>,
     ) -> Arc<Self> {
         let (packets, _) = broadcast::channel(RING_CAPACITY);
-        Arc::new(RelayTrack {
+        let track = Arc::new(RelayTrack {
             kind,
             codec,
             ssrc,
@@ -61,7 +128,10 @@ impl RelayTrack {
             publisher,
             last_keyframe_request_ms: AtomicU64::new(0),
             stats: RelayStats::default(),
-        })
+            ledger: Arc::downgrade(ledger),
+        });
+        ledger.enrol(&track);
+        track
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Packet>> {
@@ -129,6 +199,9 @@ impl RelayTrack {
                     // notices that on its own and cancels this task.
                     if local.write_rtp(&packet).await.is_ok() {
                         self.stats.forwarded_packets.fetch_add(1, Ordering::Relaxed);
+                        self.stats
+                            .forwarded_bytes
+                            .fetch_add(packet.payload.len() as u64, Ordering::Relaxed);
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(skipped)) => {

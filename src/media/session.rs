@@ -79,16 +79,8 @@ impl Session {
             tracing::error!(stream = %self.id, left = self.tasks.len(), "session tasks did not end after stop");
         }
         forget(self.id);
-        if let Some(record) = self.registry.finish(self.id, &reason) {
-            tracing::info!(
-                stream = %record.media_session_id,
-                name = %record.name,
-                published = record.published,
-                status = %record.status,
-                info = %record.info,
-                "stream stopped"
-            );
-        }
+        // The registry logs the end, once, with its cause and source.
+        self.registry.finish(self.id, &reason);
     }
 }
 

@@ -26,6 +26,17 @@ pub enum TerminationSource {
     Server,
 }
 
+impl TerminationSource {
+    /// A short label for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TerminationSource::Rest { .. } => "rest",
+            TerminationSource::KeepAlive { .. } => "keep_alive",
+            TerminationSource::Server => "server",
+        }
+    }
+}
+
 /// One stream as a termination record names it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -20,7 +20,7 @@ pub use record::{
 };
 pub use timeline::Timeline;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -51,6 +51,19 @@ struct Entry {
     /// The `seq` of this stream's last event.
     seq: u64,
     timeline: Arc<Timeline>,
+    /// The termination that asked this stream to stop, for the log line of its end.
+    terminated_by: Option<(u64, &'static str)>,
+}
+
+/// Counts of what happened to streams since the start, for `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct LifecycleCounts {
+    /// Streams registered, by (app, published).
+    pub started: BTreeMap<(String, bool), u64>,
+    /// Streams ended, by (app, published, cause).
+    pub ended: BTreeMap<(String, bool, &'static str), u64>,
+    /// Terminations, by source kind: (requests, streams they named).
+    pub terminations: BTreeMap<&'static str, (u64, u64)>,
 }
 
 #[derive(Default)]
@@ -86,6 +99,7 @@ pub struct Registry {
     sinks: Mutex<Vec<mpsc::UnboundedSender<StatusEvent>>>,
     audit: Mutex<audit::AuditTrail>,
     holds: Mutex<holds::HoldTable>,
+    counts: Mutex<LifecycleCounts>,
     node_id: String,
 }
 
@@ -107,6 +121,7 @@ impl Registry {
             sinks: Mutex::default(),
             audit: Mutex::new(audit::AuditTrail::new(AUDIT_CAPACITY)),
             holds: Mutex::default(),
+            counts: Mutex::default(),
             node_id: node_id.into(),
         })
     }
@@ -152,8 +167,14 @@ impl Registry {
                 status_tx,
                 seq: 1,
                 timeline,
+                terminated_by: None,
             },
         );
+        *self
+            .lock_counts()
+            .started
+            .entry((record.app_key.clone(), record.published))
+            .or_default() += 1;
         // Published under the lock, so every subscriber sees each stream's events in order.
         self.publish(event);
         drop(table);
@@ -270,10 +291,56 @@ impl Registry {
         // Dropping the sender after the last value ends every status stream of this session.
         entry.status_tx.send_replace(event);
         drop(entry.status_tx);
+        let cause = reason.cause();
+        *self
+            .lock_counts()
+            .ended
+            .entry((record.app_key.clone(), record.published, cause))
+            .or_default() += 1;
+        let (termination, source) = match (reason, entry.terminated_by) {
+            (StopReason::Server(_), Some((id, source))) => (Some(id), source),
+            (StopReason::Server(_), None) => (None, "server"),
+            _ => (None, cause),
+        };
+        // The one log line of every stream's end.
+        tracing::info!(
+            stream = %record.media_session_id,
+            name = %record.name,
+            app = %record.app_key,
+            published = record.published,
+            status = %record.status,
+            source,
+            termination,
+            reason = %record.info,
+            "stream stopped"
+        );
         for handle in handles {
             handle.stop(StopReason::PublisherStopped);
         }
         Some(record)
+    }
+
+    /// How many streams are live, by (app, published, status). A scan: for scrapes, not
+    /// for hot paths.
+    pub fn census(&self) -> BTreeMap<(String, bool, Status), u64> {
+        let table = self.read();
+        let mut census = BTreeMap::new();
+        for entry in table.by_id.values() {
+            let r = &entry.record;
+            *census
+                .entry((r.app_key.clone(), r.published, r.status))
+                .or_default() += 1;
+        }
+        census
+    }
+
+    /// What happened to streams since the start.
+    pub fn lifecycle_counts(&self) -> LifecycleCounts {
+        self.lock_counts().clone()
+    }
+
+    fn lock_counts(&self) -> std::sync::MutexGuard<'_, LifecycleCounts> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn get(&self, id: Uuid) -> Option<StreamRecord> {
@@ -384,6 +451,23 @@ impl Registry {
         if let Some(hold) = &hold {
             self.lock_holds()
                 .set_termination(hold.hold_id, termination.id);
+        }
+        let source_kind = termination.source.kind();
+        {
+            let mut counts = self.lock_counts();
+            let entry = counts.terminations.entry(source_kind).or_default();
+            entry.0 += 1;
+            entry.1 += streams.len() as u64;
+        }
+        {
+            let mut table = self.write();
+            for record in streams {
+                if let Some(entry) = table.by_id.get_mut(&record.media_session_id) {
+                    entry
+                        .terminated_by
+                        .get_or_insert((termination.id, source_kind));
+                }
+            }
         }
         tracing::info!(
             termination = termination.id,

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// The status of a stream, with the names of the system Sluice models.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Status {
     New,
@@ -69,6 +69,16 @@ pub enum StopReason {
 impl StopReason {
     pub fn server(reason: impl Into<String>) -> Self {
         StopReason::Server(reason.into())
+    }
+
+    /// A short label for logs and metrics.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            StopReason::ClientLeft => "client",
+            StopReason::Server(_) => "server",
+            StopReason::PublisherStopped => "publisher_stopped",
+            StopReason::ConnectionLost(_) => "connection_lost",
+        }
     }
 
     /// The final status and `info` a stream gets for this reason.
