@@ -796,3 +796,69 @@ async fn https_speaks_tls_1_2_and_1_3_only() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_until_admitted_lasts_until_the_admission_policy_says_yes() {
+    let plugin = "local M = {}\nfunction M.on_publish(stream, request)\n  for _, name in ipairs(files.lines('allowed.txt')) do\n    if name == stream.name then return 200 end\n  end\n  return 403, 'not on the list'\nend\nreturn M\n";
+    let server = server_with(
+        "",
+        "[apps.defaultApp]\nplugin = \"list.lua\"\n[apps.open]\n",
+        &[("list.lua", plugin), ("allowed.txt", "cam\n")],
+    )
+    .await;
+    let allowed = server.dir.path().join("plugins/allowed.txt");
+    let client = Client::new().unwrap();
+    let cam = publish(&client, &server, "/whip/cam").await;
+    let (status, answer) = server
+        .post(
+            "/rest-api/stream/terminate",
+            json!({"name": "cam", "reason": "licence check", "holdMs": 600000, "holdUntilAdmitted": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(until(WAIT, || server.registry.is_empty()).await);
+    cam.close().await;
+    // Off the list: the policy refuses, and the hold stays.
+    std::fs::write(&allowed, "someone-else\n").unwrap();
+    let (status, _, body) = whip_raw(&client, &server, "/whip/cam").await;
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (403, Some("not on the list"))
+    );
+    assert_eq!(
+        get_json(&server, "/rest-api/stream/holds")
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // Back on the list: admitted, and the hold is lifted.
+    std::fs::write(&allowed, "cam\n").unwrap();
+    let (status, _, body) = whip_raw(&client, &server, "/whip/cam").await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(get_json(&server, "/rest-api/stream/holds").await, json!([]));
+    assert!(until(WAIT, || server.registry.is_empty()).await);
+
+    // In an app with no admission policy, such a hold is a plain hold.
+    let open = publish(&client, &server, "/whip/free?app=open").await;
+    let (status, _) = server
+        .post(
+            "/rest-api/stream/terminate",
+            json!({"appKey": "open", "holdMs": 600000, "holdUntilAdmitted": true}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(until(WAIT, || server.registry.is_empty()).await);
+    open.close().await;
+    let (status, retry_after, _) = whip_raw(&client, &server, "/whip/free?app=open").await;
+    assert_eq!((status, retry_after.is_some()), (403, true));
+    let (status, _) = server
+        .post(
+            "/rest-api/stream/terminate",
+            json!({"name": "x", "holdUntilAdmitted": true}),
+        )
+        .await;
+    assert_eq!(status, 400, "holdUntilAdmitted needs holdMs");
+    server.shutdown().await;
+}

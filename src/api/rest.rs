@@ -17,7 +17,8 @@ use uuid::Uuid;
 
 use super::AppState;
 use crate::registry::{
-    FilterError, Hold, HoldFilter, RequestKind, StreamRecord, StreamRequest, TerminationSource,
+    FilterError, Hold, HoldFilter, HoldSpec, RequestKind, StreamRecord, StreamRequest,
+    TerminationSource,
 };
 
 /// Request bodies larger than this get `413`.
@@ -232,9 +233,11 @@ async fn terminate(
         let source = TerminationSource::Rest {
             remote_address: peer.to_string(),
         };
-        let hold = request
-            .hold_ms
-            .map(|ms| (HoldFilter::of(&request.filter, &streams), ms));
+        let hold = request.hold_ms.map(|ms| HoldSpec {
+            filter: HoldFilter::of(&request.filter, &streams),
+            ms,
+            until_admitted: request.hold_until_admitted,
+        });
         let termination = state
             .registry
             .terminate(&streams, &reason, source, filter, hold)

@@ -71,12 +71,16 @@ async fn offer(
         Err(e) => return e.into_response(),
     };
     let publish = matches!(direction, Direction::Publish);
-    if let Some(hold) = state
+    let hold = state
         .registry
-        .held(&request.name, publish, &request.app_key)
-    {
+        .held(&request.name, publish, &request.app_key);
+    // A hold until admitted defers to the app's admission policy, if it has one.
+    let defer_to_policy = hold.as_ref().is_some_and(|h| {
+        h.until_admitted && has_admission_policy(&state, &request.app_key, publish)
+    });
+    if let Some(hold) = hold.as_ref().filter(|_| !defer_to_policy) {
         tracing::info!(name = %request.name, app = %request.app_key, publish, hold = hold.hold_id, "request refused by a hold");
-        return held(&hold);
+        return held(hold);
     }
     if let Err(e) = state.media.precheck(&request, publish) {
         return media_error(e);
@@ -86,6 +90,11 @@ async fn offer(
         Admission::Admit { custom } => {
             if let Some(custom) = custom {
                 request.custom = custom;
+            }
+            if let Some(hold) = hold.as_ref().filter(|_| defer_to_policy) {
+                let id = hold.hold_id;
+                state.registry.release(|h| h.hold_id == id);
+                tracing::info!(name = %request.name, app = %request.app_key, hold = id, "hold lifted: the admission policy admits again");
             }
         }
         Admission::Reject {
@@ -133,6 +142,22 @@ async fn offer(
         }
         Err(e) => media_error(e),
     }
+}
+
+/// Whether a plugin or a REST hook of the app decides on new publishes (or plays).
+fn has_admission_policy(state: &AppState, app: &str, publish: bool) -> bool {
+    let method = if publish {
+        "publishStream"
+    } else {
+        "playStream"
+    };
+    state.policy.decides_admission(app, publish)
+        || state
+            .config
+            .load()
+            .apps
+            .get(app)
+            .is_some_and(|a| a.url.is_some() && a.methods.contains_key(method))
 }
 
 /// The web server's word on a new stream (its `publishStream` / `playStream` hook).

@@ -23,7 +23,7 @@ use uuid::Uuid;
 use crate::config::{AppConfig, ConfigStore, MethodConfig};
 use crate::hooks::{self, HookAnswer, HookClient, HookError};
 use crate::policy::{PluginVerdict, PolicyHost};
-use crate::registry::{HoldFilter, Registry, StreamRecord, TerminationSource};
+use crate::registry::{HoldFilter, HoldSpec, Registry, StreamRecord, TerminationSource};
 
 pub const KEEPALIVE_METHOD: &str = "StreamKeepAliveEvent";
 pub const BATCH_METHOD: &str = "StreamKeepAliveBatchEvent";
@@ -443,7 +443,11 @@ impl KeepAlive {
         let Some(current) = self.registry.get(id) else {
             return;
         };
-        let hold = hold_ms.map(|ms| (HoldFilter::one(&current), ms));
+        let hold = hold_ms.map(|ms| HoldSpec {
+            filter: HoldFilter::one(&current),
+            ms,
+            until_admitted: false,
+        });
         let source = TerminationSource::KeepAlive {
             app_key: app_key.to_string(),
             by: source.as_str().to_string(),

@@ -378,6 +378,17 @@ impl PolicyHost {
         self.plugin(app).is_some_and(|p| p.entries.on_keepalive)
     }
 
+    /// Whether the app's plugin decides on new publishes (or plays).
+    pub fn decides_admission(&self, app: &str, publish: bool) -> bool {
+        self.plugin(app).is_some_and(|p| {
+            if publish {
+                p.entries.on_publish
+            } else {
+                p.entries.on_play
+            }
+        })
+    }
+
     /// Keep-alive verdicts for streams of one app, in order. The records move into the
     /// plugin's state as its read-only views: nothing is copied per verdict.
     pub async fn keepalive(&self, app: &str, records: Vec<StreamRecord>) -> Vec<PluginVerdict> {

@@ -100,6 +100,8 @@ pub struct StreamRequest {
     /// Terminate: refuse new streams the filter matches for this many milliseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hold_ms: Option<u64>,
+    /// Terminate: the hold ends early when the app's admission policy admits a request.
+    pub hold_until_admitted: bool,
 }
 
 const MAX_REASON_LEN: usize = 512;
@@ -115,7 +117,7 @@ const FIND_FIELDS: &[&str] = &[
     "args",
     "dryRun",
 ];
-const TERMINATE_ONLY_FIELDS: &[&str] = &["reason", "all", "holdMs"];
+const TERMINATE_ONLY_FIELDS: &[&str] = &["reason", "all", "holdMs", "holdUntilAdmitted"];
 
 impl StreamRequest {
     /// Parses a JSON body. Every field is checked: an unknown one (a typo like `nmae`) is an
@@ -222,6 +224,13 @@ impl StreamRequest {
                         )
                     })?,
             );
+        }
+        request.hold_until_admitted = bool_field(object, "holdUntilAdmitted")?;
+        if request.hold_until_admitted && request.hold_ms.is_none() {
+            return Err(FilterError::field(
+                "holdUntilAdmitted",
+                "needs holdMs: the longest the hold may last",
+            ));
         }
         if kind == RequestKind::Terminate {
             if request.filter.is_empty() && !request.all {

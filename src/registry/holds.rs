@@ -82,6 +82,16 @@ impl HoldFilter {
     }
 }
 
+/// What a terminate asks to hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldSpec {
+    pub filter: HoldFilter,
+    /// How long at most.
+    pub ms: u64,
+    /// Lifted early by the first request the app's admission policy (plugin or hook) admits.
+    pub until_admitted: bool,
+}
+
 /// A hold in force.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -93,6 +103,9 @@ pub struct Hold {
     pub created: u64,
     pub until: u64,
     pub filter: HoldFilter,
+    /// Lifted by the first request the app's admission policy admits.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub until_admitted: bool,
     pub source: TerminationSource,
     /// The termination that put the hold in place.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -220,6 +233,7 @@ mod tests {
             created: 0,
             until,
             filter: HoldFilter::default(),
+            until_admitted: false,
             source: TerminationSource::Server,
             termination_id: None,
         };

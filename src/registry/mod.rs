@@ -14,7 +14,7 @@ mod timeline;
 
 pub use audit::{TerminatedStream, Termination, TerminationSource};
 pub use filter::{FilterError, PluginFilter, RequestKind, StreamFilter, StreamRequest};
-pub use holds::{HeldStream, Hold, HoldFilter, MAX_HOLD_MS, MAX_HOLDS, TooManyHolds};
+pub use holds::{HeldStream, Hold, HoldFilter, HoldSpec, MAX_HOLD_MS, MAX_HOLDS, TooManyHolds};
 pub use record::{
     Bearer, Hint, MediaKind, NewStream, Status, StatusEvent, StopReason, StreamRecord,
 };
@@ -415,17 +415,18 @@ impl Registry {
         reason: &str,
         source: TerminationSource,
         filter: serde_json::Value,
-        hold: Option<(HoldFilter, u64)>,
+        hold: Option<HoldSpec>,
     ) -> Result<Termination, TooManyHolds> {
         let now = now_ms();
         let hold = match hold {
-            Some((hold_filter, hold_ms)) => Some(self.lock_holds().add(
+            Some(spec) => Some(self.lock_holds().add(
                 Hold {
                     hold_id: 0,
                     reason: reason.to_string(),
                     created: now,
-                    until: now.saturating_add(hold_ms.min(MAX_HOLD_MS)),
-                    filter: hold_filter,
+                    until: now.saturating_add(spec.ms.min(MAX_HOLD_MS)),
+                    filter: spec.filter,
+                    until_admitted: spec.until_admitted,
                     source: source.clone(),
                     termination_id: None,
                 },
