@@ -153,19 +153,18 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
     });
     let mut http_addr = None;
     if let Some(bind) = http_bind {
-        let listener = tokio::net::TcpListener::bind(bind)
-            .await
+        let listener = std::net::TcpListener::bind(bind)
             .with_context(|| format!("cannot listen for HTTP on {bind}"))?;
+        listener.set_nonblocking(true)?;
         http_addr = Some(listener.local_addr()?);
+        let handle = stop_on(&shutdown);
+        let mut server = axum_server::from_tcp(listener)?.handle(handle);
+        limit_connections(server.http_builder(), &settings);
         let app = router
             .clone()
             .into_make_service_with_connect_info::<SocketAddr>();
-        let stop = shutdown.clone();
         listeners.spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
-            if let Err(e) = served {
+            if let Err(e) = server.serve(app).await {
                 tracing::error!(error = %e, "HTTP listener ended");
             }
         });
@@ -191,15 +190,11 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
                 shutdown.clone(),
             ));
         }
-        let handle = axum_server::Handle::new();
-        let server = axum_server::from_tcp_rustls(listener, tls)?.handle(handle.clone());
+        let handle = stop_on(&shutdown);
+        let mut server = axum_server::from_tcp_rustls(listener, tls)?.handle(handle);
+        limit_connections(server.http_builder(), &settings);
         let app = router.into_make_service_with_connect_info::<SocketAddr>();
-        let stop = shutdown.clone();
         listeners.spawn(async move {
-            tokio::spawn(async move {
-                stop.cancelled().await;
-                handle.graceful_shutdown(Some(Duration::from_secs(2)));
-            });
             if let Err(e) = server.serve(app).await {
                 tracing::error!(error = %e, "HTTPS listener ended");
             }
@@ -262,6 +257,33 @@ async fn reload_certificate(
 }
 
 /// The certificate named in the settings, or a self-signed one for `localhost`.
+/// A listener handle that shuts the listener down gracefully when `shutdown` fires.
+fn stop_on(shutdown: &CancellationToken) -> axum_server::Handle<SocketAddr> {
+    let handle = axum_server::Handle::new();
+    let stop = shutdown.clone();
+    let on_stop = handle.clone();
+    tokio::spawn(async move {
+        stop.cancelled().await;
+        on_stop.graceful_shutdown(Some(Duration::from_secs(2)));
+    });
+    handle
+}
+
+/// Limits every connection: headers within `http_header_timeout` (slow-loris clients are
+/// cut off), and at most 64 KiB of request head (`431` beyond).
+fn limit_connections(
+    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    settings: &Settings,
+) {
+    builder
+        .http1()
+        .header_read_timeout(Some(settings.http_header_timeout))
+        .max_buf_size(MAX_REQUEST_HEAD);
+}
+
+/// The largest request line plus headers read.
+const MAX_REQUEST_HEAD: usize = 64 * 1024;
+
 async fn tls_config(settings: &Settings) -> anyhow::Result<RustlsConfig> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     match (&settings.https_cert, &settings.https_key) {

@@ -60,7 +60,51 @@ pub fn router(state: AppState) -> Router {
         .route("/session/{id}/events", get(session_events))
         .merge(rest_api)
         .merge(pages::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            read_body_in_time,
+        ))
         .with_state(state)
+}
+
+/// Reads each request's body within `http_request_timeout` before any handler runs, so a
+/// client that trickles its body (slow-loris) gets `408` and holds nothing, and no handler
+/// is ever cancelled half-way. Bodies over the largest limit of any route get `413`.
+async fn read_body_in_time(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (limit, largest) = {
+        let settings = &state.config.load().settings;
+        (
+            settings.http_request_timeout,
+            settings.max_sdp_size.max(rest::MAX_BODY),
+        )
+    };
+    let (parts, body) = request.into_parts();
+    let (status, message) = match tokio::time::timeout(limit, axum::body::to_bytes(body, largest))
+        .await
+    {
+        Ok(Ok(bytes)) => {
+            let request = axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
+            return next.run(request).await;
+        }
+        Ok(Err(_)) => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is over {largest} bytes"),
+        ),
+        Err(_) => (
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the request was not received within {limit:?}"),
+        ),
+    };
+    // Each part of the API answers errors in its own format.
+    if parts.uri.path().starts_with("/rest-api/") {
+        rest::ApiError::new(status, message).into_response()
+    } else {
+        TextError::new(status, message).into_response()
+    }
 }
 
 /// A short plain-text error, as WHIP/WHEP clients expect.

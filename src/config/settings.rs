@@ -49,6 +49,12 @@ pub struct Settings {
     pub node_id: String,
     /// `max_sdp_size` (bytes): larger WHIP/WHEP bodies get `413`.
     pub max_sdp_size: usize,
+    /// `http_header_timeout` (ms): a client must send its request headers within this
+    /// time or its connection is closed (slow-loris clients).
+    pub http_header_timeout: Duration,
+    /// `http_request_timeout` (ms): a request must be read and answered within this time
+    /// (`408` otherwise); status event streams are not cut once they have started.
+    pub http_request_timeout: Duration,
     /// `player_wait_for_publisher` (ms): how long a WHEP request waits for a publisher that
     /// has connected but not yet sent its first media.
     pub player_wait_for_publisher: Duration,
@@ -93,6 +99,8 @@ impl Default for Settings {
             ice_failed_timeout: Duration::from_millis(8000),
             node_id: "sluice".into(),
             max_sdp_size: 64 * 1024,
+            http_header_timeout: Duration::from_millis(10_000),
+            http_request_timeout: Duration::from_millis(30_000),
             player_wait_for_publisher: Duration::from_millis(5000),
             plugin_dir: PathBuf::from("plugins"),
             rest_hook_timeout: Duration::from_millis(3000),
@@ -129,6 +137,8 @@ const KNOWN_KEYS: &[&str] = &[
     "ice_failed_timeout",
     "node_id",
     "max_sdp_size",
+    "http_header_timeout",
+    "http_request_timeout",
     "player_wait_for_publisher",
     "plugin_dir",
     "rest_hook_timeout",
@@ -158,6 +168,7 @@ pub const RESTART_KEYS: &[&str] = &[
     "ice_failed_timeout",
     "node_id",
     "max_sdp_size",
+    "http_header_timeout",
 ];
 
 struct Reader<'a> {
@@ -303,6 +314,8 @@ impl Settings {
             ("ice_failed_timeout", ms(self.ice_failed_timeout)),
             ("node_id", self.node_id.clone()),
             ("max_sdp_size", self.max_sdp_size.to_string()),
+            ("http_header_timeout", ms(self.http_header_timeout)),
+            ("http_request_timeout", ms(self.http_request_timeout)),
             (
                 "player_wait_for_publisher",
                 ms(self.player_wait_for_publisher),
@@ -424,6 +437,8 @@ impl Settings {
             max_sdp_size: r
                 .parse::<usize>("max_sdp_size", "a number of bytes")?
                 .unwrap_or(d.max_sdp_size),
+            http_header_timeout: r.millis("http_header_timeout", d.http_header_timeout, 100)?,
+            http_request_timeout: r.millis("http_request_timeout", d.http_request_timeout, 100)?,
             player_wait_for_publisher: r.millis(
                 "player_wait_for_publisher",
                 d.player_wait_for_publisher,

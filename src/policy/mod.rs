@@ -759,6 +759,12 @@ mod tests {
             "return string.dump(function() end)",
             "return load('\\27Lua')()",
             "return package.loadlib('x', 'y')",
+            "return collectgarbage('count')",
+            "return #string.rep('x', 1e10)",
+            "setmetatable(s, {}) return 200",
+            "rawset(s, 'name', 'x') return 200",
+            "getmetatable(s).__index = function() return 'evil' end return 200",
+            "if s.bearer ~= nil or s.token ~= nil then return 200 end error('no token on the view')",
         ] {
             let source = format!("local M = {{}} function M.on_keepalive(s) {escape} end return M");
             let result = keepalive(&source);
