@@ -4,6 +4,8 @@
 //!
 //! Run: `cargo bench --bench control_plane` (prints a table; figures are medians).
 
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -79,9 +81,29 @@ async fn main() {
     // Registry only.
     let large = Registry::new("bench");
     let small = Registry::new("bench");
+    let rss_before = support::rss_kib(std::process::id());
     let fill_start = Instant::now();
     fill(&large, LARGE);
     let fill_time = fill_start.elapsed();
+    let bytes_per_stream = (support::rss_kib(std::process::id()).saturating_sub(rss_before) * 1024)
+        as f64
+        / LARGE as f64;
+    // The reference: the stream as the REST API shows it, serialized.
+    let json_bytes = large
+        .find_by_name("s777")
+        .first()
+        .map(|r| serde_json::to_vec(r).map_or(0, |v| v.len()))
+        .unwrap_or(1) as f64;
+    println!(
+        "memory: {bytes_per_stream:.0} bytes per idle synthetic stream (its JSON is {json_bytes:.0} bytes)"
+    );
+    support::result(
+        "registry memory per idle stream (RSS growth)",
+        &format!("{LARGE} synthetic streams"),
+        &format!("{bytes_per_stream:.0} B"),
+        &format!("{json_bytes:.0} B (its JSON)"),
+        bytes_per_stream / json_bytes,
+    );
     fill(&small, SMALL);
     let by_name = filter(json!({"name": "s777"}));
     let by_name_small = filter(json!({"name": "s7"}));
@@ -211,13 +233,21 @@ async fn main() {
         "benchmark", "workload", "figure", "baseline", "ratio"
     );
     for row in rows {
+        let ratio = row.figure.as_secs_f64() / row.baseline.as_secs_f64().max(1e-9);
         println!(
             "{:<46} {:<24} {:>12} {:>12} {:>8.2}",
             row.name,
             row.workload,
             format!("{:.1?}", row.figure),
             format!("{:.1?}", row.baseline),
-            row.figure.as_secs_f64() / row.baseline.as_secs_f64().max(1e-9)
+            ratio
+        );
+        support::result(
+            row.name,
+            &row.workload,
+            &format!("{:.1?}", row.figure),
+            &format!("{:.1?}", row.baseline),
+            ratio,
         );
     }
 }

@@ -170,6 +170,13 @@ async fn main() {
     for pair in rows.chunks(2) {
         let base = pair[0].server_us;
         for row in pair {
+            support::result(
+                &format!("keep-alive {} (server CPU/verdict)", row.mode),
+                &format!("{} streams", row.streams),
+                &format!("{:.2} µs", row.server_us),
+                &format!("{base:.2} µs (per stream)"),
+                row.server_us / base,
+            );
             println!(
                 "{:>8} {:<11} {:>12.0} {:>12.0} {:>14.2} {:>16.2} {:>9} {:>8.2}",
                 row.streams,

@@ -120,6 +120,53 @@ async fn main() {
     let rest_wall = start.elapsed();
     let rest_cpu = (cpu_seconds(me) - cpu0) + (cpu_seconds(backend_pid) - backend0);
     drop(backend);
+
+    // The scheduler itself: 100 000 streams verdicted by the plugin within each 10 s
+    // interval. CPU of this whole process over one interval, against the same window with
+    // keep-alive off (the baseline: an idle server holding the same streams).
+    let window = Duration::from_secs(10);
+    let (idle0, idle_start) = (cpu_seconds(me), Instant::now());
+    tokio::time::sleep(window).await;
+    let idle = (cpu_seconds(me) - idle0) / idle_start.elapsed().as_secs_f64();
+    std::fs::write(
+        dir.path().join("server.properties"),
+        "ice_loopback_only=true
+media_port_from=0
+media_port_to=0
+keep_alive_streaming_sessions_enabled=true
+streaming_sessions_keep_alive_interval=10000
+",
+    )
+    .expect("props");
+    let verdicts = || {
+        server
+            .keepalive
+            .stats
+            .snapshot()
+            .get("plugin")
+            .map_or(0, |c| c.results.values().sum::<u64>())
+    };
+    // One interval to warm up (the first verdicts go out as the switch takes effect).
+    while verdicts() < STREAMS as u64 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (busy0, verdicts0, busy_start) = (cpu_seconds(me), verdicts(), Instant::now());
+    tokio::time::sleep(window).await;
+    let elapsed = busy_start.elapsed().as_secs_f64();
+    let busy = (cpu_seconds(me) - busy0) / elapsed;
+    let per_interval = (verdicts() - verdicts0) as f64 / elapsed * 10.0;
+    println!(
+        "scheduler + Lua: {per_interval:.0} verdicts per 10 s interval, {:.2} % of one core (idle server: {:.2} %)",
+        busy * 100.0,
+        idle * 100.0
+    );
+    support::result(
+        "keep-alive by Lua, whole server CPU",
+        &format!("{STREAMS} streams / 10 s, {per_interval:.0} verdicts per interval"),
+        &format!("{:.2} % of a core", busy * 100.0),
+        &format!("{:.2} % (keep-alive off)", idle * 100.0),
+        busy / idle.max(1e-4),
+    );
     server.shutdown().await;
 
     let lua_verdicts = STREAMS * LUA_ROUNDS;
@@ -150,5 +197,12 @@ async fn main() {
     println!(
         "ratio Lua/REST, verdicts per second per core: {:.1}",
         lua_per_core / rest_per_core
+    );
+    support::result(
+        "keep-alive verdicts per core: Lua plugin",
+        &format!("{STREAMS} streams"),
+        &format!("{lua_per_core:.0}/s"),
+        &format!("{rest_per_core:.0}/s (REST hook)"),
+        lua_per_core / rest_per_core,
     );
 }

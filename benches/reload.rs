@@ -5,6 +5,8 @@
 //!
 //! Run: `cargo bench --bench reload`.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use sluice::registry::NewStream;
@@ -111,6 +113,15 @@ async fn main() {
         "ratio p50 watcher/direct: {:.1}",
         percentile(&watched, 0.5).as_secs_f64() / percentile(&direct, 0.5).as_secs_f64()
     );
+    for (name, q) in [("p50", 0.5), ("p99", 0.99)] {
+        support::result(
+            &format!("reload write -> in force, {name}"),
+            &format!("{STREAMS} live streams"),
+            &format!("{:.2?}", percentile(&watched, q)),
+            &format!("{:.2?} (direct)", percentile(&direct, q)),
+            percentile(&watched, q).as_secs_f64() / percentile(&direct, q).as_secs_f64(),
+        );
+    }
     println!(
         "streams live after {} reloads: {}",
         2 * ROUNDS,

@@ -18,6 +18,8 @@ struct Args {
     bitrate: u64,
     seconds: u64,
     players: Vec<usize>,
+    /// When set, each round also prints one machine-readable `RELAY|label|…` line.
+    label: Option<String>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -27,6 +29,7 @@ fn parse_args() -> anyhow::Result<Args> {
         bitrate: 1_500_000,
         seconds: 5,
         players: Vec::new(),
+        label: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -39,6 +42,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--server-pid" => args.server_pid = Some(value()?.parse()?),
             "--bitrate" => args.bitrate = value()?.parse()?,
             "--seconds" => args.seconds = value()?.parse()?,
+            "--label" => args.label = Some(value()?),
             n => args.players.push(
                 n.parse()
                     .map_err(|_| anyhow::anyhow!("unknown argument {n}"))?,
@@ -167,6 +171,17 @@ async fn main() -> anyhow::Result<()> {
                 .map(|k| k.to_string())
                 .unwrap_or_else(|| "-".into()),
         );
+        if let Some(label) = &args.label {
+            // label|players|server µs per packet|loss %|first packet ms|server CPU %|generator CPU %|server KiB per player
+            println!(
+                "RELAY|{label}|{players}|{:.2}|{loss:.2}|{:.1}|{:.0}|{:.0}|{}",
+                per_packet.unwrap_or(f64::NAN),
+                median_first.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0),
+                server_cpu.map_or(f64::NAN, |c| c * 100.0 / elapsed),
+                my_cpu.map_or(f64::NAN, |c| c * 100.0 / elapsed),
+                per_player.map_or("-".to_string(), |k| k.to_string()),
+            );
+        }
         for (_, player) in &sessions {
             player.close().await;
         }

@@ -8,6 +8,7 @@
 mod common;
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -37,11 +38,14 @@ impl Browser {
             .local_addr()
             .unwrap()
             .port();
+        // Its own process group, so that Chromium and all its helpers, which chromedriver
+        // starts, can be killed together whatever state the test ends in.
         let driver = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
             .arg("--allowed-ips=127.0.0.1")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .spawn()
             .expect("start chromedriver");
         let profile = tempfile::tempdir().unwrap();
@@ -179,7 +183,9 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // The WebDriver session ends with its chromedriver; killing the driver ends Chromium.
+        // Chromium outlives a killed chromedriver, so the whole process group goes.
+        let group = format!("-{}", self.driver.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }

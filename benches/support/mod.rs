@@ -1,3 +1,4 @@
+#![allow(dead_code)]
 //! What the benchmarks share: CPU time of a process, and the local web back end
 //! (`examples/hook_echo.rs`) started as a separate process.
 
@@ -60,4 +61,22 @@ impl Drop for HookEcho {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One line of the table `scripts/bench-all.sh` prints: name, workload, figure, the
+/// baseline measured in the same run, and their ratio. Other output is for people.
+pub fn result(name: &str, workload: &str, figure: &str, baseline: &str, ratio: f64) {
+    println!("RESULT|{name}|{workload}|{figure}|{baseline}|{ratio:.2}");
+}
+
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }

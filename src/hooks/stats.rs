@@ -29,15 +29,20 @@ pub struct Latency {
 
 impl Latency {
     pub fn observe(&mut self, took: Duration) {
+        self.observe_many(took, 1);
+    }
+
+    /// `n` observations of the same duration.
+    pub fn observe_many(&mut self, took: Duration, n: u64) {
         let seconds = took.as_secs_f64();
-        self.latency_seconds_sum += seconds;
-        self.latency_count += 1;
+        self.latency_seconds_sum += seconds * n as f64;
+        self.latency_count += n;
         if self.latency_buckets.is_empty() {
             self.latency_buckets = vec![0; LATENCY_BUCKETS.len()];
         }
         for (bucket, bound) in self.latency_buckets.iter_mut().zip(LATENCY_BUCKETS) {
             if seconds <= bound {
-                *bucket += 1;
+                *bucket += n;
             }
         }
     }

@@ -13,6 +13,7 @@ mod stats;
 pub use stats::{KeepAliveStats, VerdictCounts};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -77,9 +78,18 @@ pub struct KeepAlive {
     pub stats: KeepAliveStats,
 }
 
-/// A stream's slot in the interval: where in each interval its verdict is due.
+/// A stream's slot in the interval: where in each interval its verdict is due. Its
+/// [`phase`](crate::registry::phase) scaled to the interval, so that the streams due in a
+/// slice of the interval are one range of the registry's phase index.
+#[cfg(test)]
 fn slot(id: Uuid, interval_ms: u64) -> u64 {
-    (id.as_u128() as u64) % interval_ms
+    ((crate::registry::phase(id) as u128 * interval_ms as u128) >> 64) as u64
+}
+
+/// The smallest phase whose slot is at least `position`; `None` past the last phase.
+fn phase_at(position: u64, interval_ms: u64) -> Option<u64> {
+    let scaled = ((position as u128) << 64).div_ceil(interval_ms as u128);
+    u64::try_from(scaled).ok()
 }
 
 fn app_slot(app: &str, interval_ms: u64) -> u64 {
@@ -98,6 +108,32 @@ struct Window {
 }
 
 impl Window {
+    /// The phases whose slots the window covers, as ranges of the registry's phase index.
+    fn phase_ranges(&self, interval_ms: u64) -> Vec<(Bound<u64>, Bound<u64>)> {
+        if self.whole {
+            return vec![(Bound::Unbounded, Bound::Unbounded)];
+        }
+        if self.from == self.to {
+            return Vec::new();
+        }
+        let lower = |position: u64| match phase_at(position, interval_ms) {
+            Some(p) => Bound::Included(p),
+            None => Bound::Excluded(u64::MAX),
+        };
+        let upper = |position: u64| match phase_at(position, interval_ms) {
+            Some(p) => Bound::Excluded(p),
+            None => Bound::Unbounded,
+        };
+        if self.from < self.to {
+            vec![(lower(self.from + 1), upper(self.to + 1))]
+        } else {
+            vec![
+                (lower(self.from + 1), Bound::Unbounded),
+                (Bound::Unbounded, upper(self.to + 1)),
+            ]
+        }
+    }
+
     fn contains(&self, position: u64) -> bool {
         if self.whole {
             true
@@ -216,10 +252,10 @@ impl KeepAlive {
         if per_stream.is_empty() && plugin_apps.is_empty() {
             return;
         }
-        let due = self.registry.find(|r| {
+        // The due streams come from the phase index: a tick costs what is due, not the table.
+        let due = self.registry.due(&window.phase_ranges(interval), |r| {
             let app = r.app_key.as_str();
-            (plugin_apps.contains(app) || per_stream.contains_key(app))
-                && window.contains(slot(r.media_session_id, interval))
+            plugin_apps.contains(app) || per_stream.contains_key(app)
         });
         let mut for_plugins: BTreeMap<String, Vec<StreamRecord>> = BTreeMap::new();
         for record in due {
@@ -262,9 +298,14 @@ impl KeepAlive {
             let count = records.len().max(1) as u32;
             let verdicts = this.policy.keepalive(&app, records).await;
             let took = started.elapsed() / count;
+            // Keeps, the common case, are counted and cleared of failures in one go.
+            let mut kept = Vec::new();
             for (id, verdict) in ids.into_iter().zip(verdicts) {
                 let verdict = match verdict {
-                    PluginVerdict::Keep => Verdict::Keep,
+                    PluginVerdict::Keep => {
+                        kept.push(id);
+                        continue;
+                    }
                     PluginVerdict::Stop(reason, hold) => Verdict::Stop(reason, hold),
                     PluginVerdict::Failed(why) => Verdict::Failed(why),
                     PluginVerdict::Abstain => {
@@ -278,6 +319,14 @@ impl KeepAlive {
                     }
                 };
                 this.apply(id, &app, verdict, Source::Plugin, &on_error, took);
+            }
+            this.stats
+                .count_many(Source::Plugin, "keep", kept.len() as u64, took);
+            let mut failures = this.lock_failures();
+            if !failures.is_empty() {
+                for id in &kept {
+                    failures.remove(id);
+                }
             }
         });
     }
@@ -588,6 +637,53 @@ mod tests {
         assert!(batch_stops(&answer(200, json!({"stop": "x"}))).is_err());
         assert!(batch_stops(&answer(200, json!({"stop": ["nope"]}))).is_err());
         assert!(batch_stops(&answer(502, Value::Null)).is_err());
+    }
+
+    #[test]
+    fn phase_ranges_hold_exactly_the_slots_a_window_contains() {
+        use std::ops::RangeBounds;
+        for interval in [1u64, 7, 100, 1000, 10_000] {
+            let windows = [
+                Window {
+                    from: 0,
+                    to: interval - 1,
+                    whole: false,
+                },
+                Window {
+                    from: interval / 3,
+                    to: interval / 2,
+                    whole: false,
+                },
+                Window {
+                    from: interval - 1,
+                    to: 0,
+                    whole: false,
+                },
+                Window {
+                    from: interval / 2,
+                    to: interval / 3,
+                    whole: false,
+                },
+                Window {
+                    from: 0,
+                    to: 0,
+                    whole: true,
+                },
+            ];
+            for _ in 0..2000 {
+                let id = Uuid::new_v4();
+                let (position, p) = (slot(id, interval), crate::registry::phase(id));
+                assert!(position < interval);
+                for w in &windows {
+                    let in_ranges = w.phase_ranges(interval).iter().any(|r| r.contains(&p));
+                    assert_eq!(
+                        in_ranges,
+                        w.contains(position),
+                        "{w:?} interval {interval} slot {position}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

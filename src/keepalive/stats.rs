@@ -26,11 +26,19 @@ pub struct KeepAliveStats {
 
 impl KeepAliveStats {
     pub(super) fn count(&self, source: Source, result: &'static str, took: Duration) {
+        self.count_many(source, result, 1, took);
+    }
+
+    /// Counts `n` verdicts with the same result and time, under one lock.
+    pub(super) fn count_many(&self, source: Source, result: &'static str, n: u64, took: Duration) {
+        if n == 0 {
+            return;
+        }
         let mut map = self.by_source.lock().unwrap_or_else(|e| e.into_inner());
         let entry = map.entry(source.as_str()).or_default();
-        *entry.results.entry(result).or_default() += 1;
+        *entry.results.entry(result).or_default() += n;
         if result != "skipped" && result != "abstain" {
-            entry.latency.observe(took);
+            entry.latency.observe_many(took, n);
         }
     }
 

@@ -2,7 +2,7 @@
 //! tearing a session down completely. Registers every session with the registry and gives
 //! it a [`SessionControl`] as the one way to stop it.
 
-mod engine;
+pub mod engine;
 pub mod offer;
 mod relay;
 mod session;

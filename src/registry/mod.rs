@@ -20,7 +20,8 @@ pub use record::{
 };
 pub use timeline::Timeline;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::ops::Bound;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -76,8 +77,18 @@ struct NameSlot {
 struct Table {
     by_id: HashMap<Uuid, Entry>,
     by_name: HashMap<String, NameSlot>,
+    /// Every stream by its [`phase`], for periodic work spread over an interval: the streams
+    /// due in a slice of the interval are a range here, not a scan of the table.
+    by_phase: BTreeSet<(u64, Uuid)>,
     next_event_id: u64,
     ended: timeline::Ended,
+}
+
+/// Where a stream falls in any periodic interval, as a fraction of 2^64: uniform over the
+/// streams (it mixes the random bits of both halves of a v4 UUID) and fixed for its life.
+pub fn phase(id: Uuid) -> u64 {
+    let bits = id.as_u128();
+    (bits as u64) ^ ((bits >> 64) as u64)
 }
 
 /// The next event of `entry`'s stream: a new server-wide id, the stream's next `seq`,
@@ -148,6 +159,7 @@ impl Registry {
         }
         let record = StreamRecord::new(new, &self.node_id, now_ms());
         let id = record.media_session_id;
+        table.by_phase.insert((phase(id), id));
         let slot = table.by_name.entry(record.name.clone()).or_default();
         if record.published {
             slot.publisher = Some(id);
@@ -260,6 +272,7 @@ impl Registry {
     pub fn finish(&self, id: Uuid, reason: &StopReason) -> Option<StreamRecord> {
         let mut table = self.write();
         let mut entry = table.by_id.remove(&id)?;
+        table.by_phase.remove(&(phase(id), id));
         let (status, info) = reason.final_status(entry.record.published);
         entry.record.status = status;
         entry.record.info = info;
@@ -318,6 +331,37 @@ impl Registry {
             handle.stop(StopReason::PublisherStopped);
         }
         Some(record)
+    }
+
+    /// The records whose [`phase`] is in one of `ranges` and that `keep` accepts: the
+    /// streams due in a slice of an interval, found through the phase index.
+    pub fn due(
+        &self,
+        ranges: &[(Bound<u64>, Bound<u64>)],
+        keep: impl Fn(&StreamRecord) -> bool,
+    ) -> Vec<StreamRecord> {
+        let table = self.read();
+        let mut out = Vec::new();
+        for &(from, to) in ranges {
+            let from = match from {
+                Bound::Included(p) => Bound::Included((p, Uuid::nil())),
+                Bound::Excluded(p) => Bound::Excluded((p, Uuid::max())),
+                Bound::Unbounded => Bound::Unbounded,
+            };
+            let to = match to {
+                Bound::Included(p) => Bound::Included((p, Uuid::max())),
+                Bound::Excluded(p) => Bound::Excluded((p, Uuid::nil())),
+                Bound::Unbounded => Bound::Unbounded,
+            };
+            for (_, id) in table.by_phase.range((from, to)) {
+                if let Some(entry) = table.by_id.get(id)
+                    && keep(&entry.record)
+                {
+                    out.push(entry.record.clone());
+                }
+            }
+        }
+        out
     }
 
     /// How many streams are live, by (app, published, status). A scan: for scrapes, not

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Every benchmark of the project in one run, printed as one table: name, workload, figure,
+# the baseline measured in the same run, and the ratio figure/baseline.
+#
+#   scripts/bench-all.sh            # everything (about 6 minutes on 2 cores after the build)
+#   PLAYERS="1 10 50 200" scripts/bench-all.sh
+#
+# The relay rows run the same load generator (examples/relay_load.rs, its own process)
+# against Sluice and against examples/baseline_relay.rs (a plain webrtc-crate broadcast
+# relay), alternating, with the same engine settings; the ratio is Sluice's server CPU per
+# forwarded packet over the baseline's.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+players=${PLAYERS:-"1 10 50 200"}
+out=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$out"' EXIT
+
+echo "building (release)…" >&2
+cargo build --release --benches --examples --bin sluice >&2
+
+for bench in control_plane reload keepalive policy; do
+  echo "running cargo bench --bench $bench…" >&2
+  cargo bench --bench "$bench" 2>/dev/null | tee "$out/$bench.txt" >&2
+done
+
+start_server() { # $1 = label, rest = command; prints "PID ADDR"
+  local label=$1; shift
+  "$@" > "$out/$label.ready" 2>/dev/null &
+  local pid=$!
+  for _ in $(seq 100); do grep -q "ready" "$out/$label.ready" && break; sleep 0.1; done
+  echo "$pid http://$(sed -n 's/.*http=\([^ ]*\).*/\1/p' "$out/$label.ready")"
+}
+read -r sluice_pid sluice_url < <(start_server sluice ./target/release/sluice serve --config scripts/loopback --http 127.0.0.1:0)
+read -r base_pid base_url < <(start_server baseline ./target/release/examples/baseline_relay 127.0.0.1:0)
+for n in $players; do
+  echo "relay: $n players, Sluice then baseline…" >&2
+  ./target/release/examples/relay_load --url "$sluice_url" --server-pid "$sluice_pid" --label sluice "$n" | tee -a "$out/relay.txt" >&2
+  ./target/release/examples/relay_load --url "$base_url" --server-pid "$base_pid" --label baseline "$n" | tee -a "$out/relay.txt" >&2
+done
+kill "$sluice_pid" "$base_pid" 2>/dev/null || true
+
+{
+  echo "benchmark|workload|figure|baseline|ratio"
+  cat "$out"/*.txt | grep '^RESULT|' | cut -d'|' -f2-
+  # RELAY|label|players|µs/pkt|loss|first ms|srv CPU|gen CPU|KiB/player
+  awk -F'|' '
+    /^RELAY\|sluice\|/   { s[$3] = $0 }
+    /^RELAY\|baseline\|/ { b[$3] = $0 }
+    END {
+      for (n in s) if (n in b) {
+        split(s[n], x, "|"); split(b[n], y, "|");
+        printf "relay server CPU per forwarded packet|1 publisher (1.5 Mbit/s VP8 + Opus), %s players|%s µs (loss %s %%, first pkt %s ms, gen CPU %s %%)|%s µs (loss %s %%, first pkt %s ms)|%.2f\n", n, x[4], x[5], x[6], x[8], y[4], y[5], y[6], x[4] / y[4];
+        if (x[9] != "-" && y[9] != "-") printf "relay server memory per player|%s players|%s KiB|%s KiB (baseline)|%.2f\n", n, x[9], y[9], (y[9] > 0 ? x[9] / y[9] : 0);
+      }
+    }' "$out/relay.txt" | sort -t'|' -k2 -n
+} | column -t -s'|'
