@@ -4,6 +4,7 @@
 #
 #   scripts/bench-all.sh            # everything (about 6 minutes on 2 cores after the build)
 #   PLAYERS="1 10 50 200" scripts/bench-all.sh
+#   RELAY_ONLY=1 PLAYERS="50 200" scripts/bench-all.sh
 #
 # The relay rows run the same load generator (examples/relay_load.rs, its own process)
 # against Sluice and against examples/baseline_relay.rs (a plain webrtc-crate broadcast
@@ -18,10 +19,13 @@ trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$ou
 echo "building (release)…" >&2
 cargo build --release --benches --examples --bin sluice >&2
 
-for bench in control_plane reload keepalive policy; do
-  echo "running cargo bench --bench $bench…" >&2
-  cargo bench --bench "$bench" 2>/dev/null | tee "$out/$bench.txt" >&2
-done
+# RELAY_ONLY=1 skips the cargo benches (for profiling the relay).
+if [ -z "${RELAY_ONLY:-}" ]; then
+  for bench in control_plane reload keepalive policy; do
+    echo "running cargo bench --bench $bench…" >&2
+    cargo bench --bench "$bench" 2>/dev/null | tee "$out/$bench.txt" >&2
+  done
+fi
 
 start_server() { # $1 = label, rest = command; prints "PID ADDR"
   local label=$1; shift
@@ -41,16 +45,16 @@ kill "$sluice_pid" "$base_pid" 2>/dev/null || true
 
 {
   echo "benchmark|workload|figure|baseline|ratio"
-  cat "$out"/*.txt | grep '^RESULT|' | cut -d'|' -f2-
+  cat "$out"/*.txt | { grep '^RESULT|' || true; } | cut -d'|' -f2-
   # RELAY|label|players|µs/pkt|loss|first ms|srv CPU|gen CPU|KiB/player
   awk -F'|' '
-    /^RELAY\|sluice\|/   { s[$3] = $0 }
+    /^RELAY\|sluice\|/   { s[$3] = $0; order[++count] = $3 }
     /^RELAY\|baseline\|/ { b[$3] = $0 }
     END {
-      for (n in s) if (n in b) {
+      for (i = 1; i <= count; i++) { n = order[i]; if (!(n in b)) continue;
         split(s[n], x, "|"); split(b[n], y, "|");
         printf "relay server CPU per forwarded packet|1 publisher (1.5 Mbit/s VP8 + Opus), %s players|%s µs (loss %s %%, first pkt %s ms, gen CPU %s %%)|%s µs (loss %s %%, first pkt %s ms)|%.2f\n", n, x[4], x[5], x[6], x[8], y[4], y[5], y[6], x[4] / y[4];
         if (x[9] != "-" && y[9] != "-") printf "relay server memory per player|%s players|%s KiB|%s KiB (baseline)|%.2f\n", n, x[9], y[9], (y[9] > 0 ? x[9] / y[9] : 0);
       }
-    }' "$out/relay.txt" | sort -t'|' -k2 -n
+    }' "$out/relay.txt"
 } | column -t -s'|'

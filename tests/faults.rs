@@ -9,7 +9,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{InProcessServer, LOOPBACK, until};
-use serde_json::Value;
 use sluice::registry::{NewStream, Registry};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -117,15 +116,7 @@ async fn failing_plugins_follow_rest_on_error_and_globals_persist_within_a_versi
     for (name, id) in &log {
         assert!(r.get(*id).is_some(), "{name}: LOG keeps it");
     }
-    let plugins: Value = server
-        .http_client
-        .get(server.url("/rest-api/plugins"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let plugins = server.get("/rest-api/plugins").await;
     let fail_app = plugins
         .as_array()
         .unwrap()
@@ -172,15 +163,7 @@ async fn plugins_replaced_or_deleted_mid_call_keep_the_server_serving() {
     // Deleted while calls run: unloaded, streams kept, the server answers.
     std::fs::remove_file(&file).unwrap();
     let plugins_loaded = || async {
-        let view: Value = server
-            .http_client
-            .get(server.url("/rest-api/plugins"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let view = server.get("/rest-api/plugins").await;
         view.as_array()
             .unwrap()
             .iter()

@@ -164,18 +164,6 @@ async fn whip_raw(
     (status, retry_after, body)
 }
 
-async fn get_json(server: &InProcessServer, path: &str) -> Value {
-    server
-        .http_client
-        .get(server.url(path))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminate_with_hold_refuses_the_return_until_it_expires_and_says_so() {
     let server = server_with("", "[apps.defaultApp]\n", &[]).await;
@@ -215,11 +203,11 @@ async fn terminate_with_hold_refuses_the_return_until_it_expires_and_says_so() {
     assert_eq!(last["info"], "Stopped by server: maintenance");
     assert_eq!(last["hint"]["action"], "retry");
 
-    let holds = get_json(&server, "/rest-api/stream/holds").await;
+    let holds = server.get("/rest-api/stream/holds").await;
     assert_eq!(holds.as_array().unwrap().len(), 1, "{holds}");
     assert_eq!(holds[0]["filter"]["name"], "cam");
     assert!(holds[0]["remainingMs"].as_u64().unwrap() <= 1500);
-    let audit = get_json(&server, "/rest-api/stream/terminations").await;
+    let audit = server.get("/rest-api/stream/terminations").await;
     assert_eq!(audit.as_array().unwrap().last().unwrap()["holdId"], hold_id);
 
     // After the hold, the same publish is accepted.
@@ -234,7 +222,7 @@ async fn terminate_with_hold_refuses_the_return_until_it_expires_and_says_so() {
     assert!(started.elapsed() >= Duration::from_millis(1500));
     let back = publish(&client, &server, "/whip/cam").await;
     assert_eq!(
-        get_json(&server, "/rest-api/stream/holds").await,
+        server.get("/rest-api/stream/holds").await,
         json!([]),
         "expired holds are not listed"
     );
@@ -261,7 +249,7 @@ async fn holds_are_released_by_request_and_survive_a_config_reload() {
     a.close().await;
     b.close().await;
     // An id filter holds what it stopped: those publishers, not their players, not other names.
-    let holds = get_json(&server, "/rest-api/stream/holds").await;
+    let holds = server.get("/rest-api/stream/holds").await;
     assert_eq!(holds[0]["filter"]["streams"].as_array().unwrap().len(), 2);
     assert_eq!(whip_raw(&client, &server, "/whip/a").await.0, 403);
     assert_eq!(
@@ -357,7 +345,7 @@ async fn keep_alive_verdicts_can_hold_from_lua_and_from_a_web_server() {
         (status, body["reason"].as_str()),
         (403, Some("keep-alive: quota used up"))
     );
-    let holds = get_json(&server, "/rest-api/stream/holds").await;
+    let holds = server.get("/rest-api/stream/holds").await;
     let sources: Vec<&str> = holds
         .as_array()
         .unwrap()
@@ -590,7 +578,7 @@ async fn the_breaker_opens_on_a_failing_web_server_skips_it_and_closes_when_it_i
     let client = Client::new().unwrap();
     let publisher = publish(&client, &server, "/whip/cam").await;
     let breaker =
-        || async { get_json(&server, "/rest-api/config").await["breakers"]["defaultApp"].clone() };
+        || async { server.get("/rest-api/config").await["breakers"]["defaultApp"].clone() };
     let keepalives = || backend.calls("StreamKeepAliveEvent").len();
     assert!(until(WAIT, || keepalives() >= 2).await, "verdicts go out");
     assert_eq!(breaker().await["state"], "closed");
@@ -610,13 +598,13 @@ async fn the_breaker_opens_on_a_failing_web_server_skips_it_and_closes_when_it_i
     assert_eq!(state["state"], "open", "{state}");
     let calls_when_open = keepalives();
     let failed_before =
-        get_json(&server, "/rest-api/keepalive").await["verdicts"]["hook"]["results"]["failed"]
+        server.get("/rest-api/keepalive").await["verdicts"]["hook"]["results"]["failed"]
             .as_u64()
             .unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(keepalives(), calls_when_open, "no call while open");
     let failed_after =
-        get_json(&server, "/rest-api/keepalive").await["verdicts"]["hook"]["results"]["failed"]
+        server.get("/rest-api/keepalive").await["verdicts"]["hook"]["results"]["failed"]
             .as_u64()
             .unwrap();
     assert!(
@@ -664,7 +652,7 @@ async fn the_breaker_opens_on_a_failing_web_server_skips_it_and_closes_when_it_i
         until(WAIT, || keepalives() > calls + 2).await,
         "verdicts flow again"
     );
-    let hooks = get_json(&server, "/rest-api/keepalive").await;
+    let hooks = server.get("/rest-api/keepalive").await;
     let circuit_open: u64 = hooks["hooks"]
         .as_array()
         .unwrap()
@@ -826,7 +814,8 @@ async fn a_hold_until_admitted_lasts_until_the_admission_policy_says_yes() {
         (403, Some("not on the list"))
     );
     assert_eq!(
-        get_json(&server, "/rest-api/stream/holds")
+        server
+            .get("/rest-api/stream/holds")
             .await
             .as_array()
             .unwrap()
@@ -837,7 +826,7 @@ async fn a_hold_until_admitted_lasts_until_the_admission_policy_says_yes() {
     std::fs::write(&allowed, "cam\n").unwrap();
     let (status, _, body) = whip_raw(&client, &server, "/whip/cam").await;
     assert_eq!(status, 201, "{body}");
-    assert_eq!(get_json(&server, "/rest-api/stream/holds").await, json!([]));
+    assert_eq!(server.get("/rest-api/stream/holds").await, json!([]));
     assert!(until(WAIT, || server.registry.is_empty()).await);
 
     // In an app with no admission policy, such a hold is a plain hold.

@@ -6,14 +6,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use common::{InProcessServer, LOOPBACK, until};
+use common::{InProcessServer, LOOPBACK, QUIET_LOG, TestServer, until};
 use serde_json::{Value, json};
 use sluice::client::{Client, SyntheticMedia};
 
@@ -326,37 +325,13 @@ async fn metrics_follow_publishes_plays_verdicts_stops_and_reloads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_have_one_line_per_stop_with_stream_source_and_reason() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("server.properties"), LOOPBACK).unwrap();
-    let log_path = dir.path().join("server.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["serve", "--log-json", "--http", "127.0.0.1:0", "--https", "127.0.0.1:0"])
-        .arg("--config")
-        .arg(dir.path())
-        .env(
-            "SLUICE_LOG",
-            "info,webrtc=error,webrtc_ice=error,webrtc_srtp=error,webrtc_dtls=error,webrtc_mdns=error,webrtc_sctp=error,interceptor=error",
-        )
-        .stdout(std::process::Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let stdout = child.stdout.take().unwrap();
-    let mut child = Kill(child);
-    let ready = BufReader::new(stdout).lines().next().unwrap().unwrap();
-    let http = ready
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("http="))
-        .unwrap()
-        .to_string();
+    let server = TestServer::start_logged(
+        LOOPBACK,
+        &format!("{QUIET_LOG},sluice=info"),
+        &["--log-json"],
+    );
+    let log_path = server.log_path();
+    let http = server.http;
     let url = |path: &str| format!("http://{http}{path}");
     let client = Client::new().unwrap();
     let publisher = client
@@ -415,5 +390,4 @@ async fn json_logs_have_one_line_per_stop_with_stream_source_and_reason() {
     assert_eq!(publisher_line["fields"]["source"], "client");
     assert_eq!(publisher_line["fields"]["status"], "UNPUBLISHED");
     player.close().await;
-    let _ = child.0.kill();
 }

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::time::{Duration, Instant};
 
 use common::{LOOPBACK, QUIET_LOG, TestServer, until};
@@ -75,41 +74,14 @@ async fn rest_auth_holds_on_both_ports_and_refuses_tokens_in_urls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_never_appear_in_logs_or_answers() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("server.properties"),
-        format!("{LOOPBACK}rest_api_tokens={TOKEN}\n"),
-    )
-    .unwrap();
-    let log_path = dir.path().join("server.log");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["serve", "--http", "127.0.0.1:0", "--https", "127.0.0.1:0"])
-        .arg("--config")
-        .arg(dir.path())
-        // Debug logging of Sluice itself: the most it ever says.
-        .env("SLUICE_LOG", format!("{QUIET_LOG},sluice=debug"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
-    let ready = BufReader::new(child.stdout.take().unwrap())
-        .lines()
-        .next()
-        .unwrap()
-        .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _child = Kill(child);
-    let http = ready
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("http="))
-        .unwrap()
-        .to_string();
+    // Debug logging of Sluice itself: the most it ever says.
+    let server = TestServer::start_logged(
+        &format!("{LOOPBACK}rest_api_tokens={TOKEN}\n"),
+        &format!("{QUIET_LOG},sluice=debug"),
+        &[],
+    );
+    let log_path = server.log_path();
+    let http = server.http;
     let url = |path: &str| format!("http://{http}{path}");
     let rest = reqwest::Client::builder().no_proxy().build().unwrap();
 
@@ -206,26 +178,21 @@ async fn oversized_requests_are_refused() {
         assert!(response.status().is_client_error(), "{}", response.status());
     }
     // Bodies over the limits: 413 for REST and for SDP.
-    let status = server
-        .http_client
-        .post(server.url("/rest-api/stream/find"))
-        .header("content-type", "application/json")
-        .body(vec![b' '; 200 * 1024])
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert_eq!(status, 413);
-    let status = server
-        .http_client
-        .post(server.url("/whip/cam"))
-        .header("content-type", "application/sdp")
-        .body(vec![b'a'; 200 * 1024])
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert_eq!(status, 413);
+    for (path, content_type) in [
+        ("/rest-api/stream/find", "application/json"),
+        ("/whip/cam", "application/sdp"),
+    ] {
+        let status = server
+            .http_client
+            .post(server.url(path))
+            .header("content-type", content_type)
+            .body(vec![b' '; 200 * 1024])
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 413, "{path}");
+    }
     // The server is still fine.
     let status = server
         .http_client

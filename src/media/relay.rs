@@ -166,9 +166,12 @@ impl RelayTrack {
 
     /// Reads the publisher's track until it ends or `cancel` fires, fanning each packet out.
     pub async fn pump(self: Arc<Self>, remote: Arc<TrackRemote>, cancel: CancellationToken) {
+        // One cancellation future for the whole loop, not one per packet.
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
         loop {
             let read = tokio::select! {
-                _ = cancel.cancelled() => break,
+                _ = &mut cancelled => break,
                 read = remote.read_rtp() => read,
             };
             let Ok((packet, _)) = read else { break };
@@ -188,9 +191,11 @@ impl RelayTrack {
         local: Arc<TrackLocalStaticRTP>,
         cancel: CancellationToken,
     ) {
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
         loop {
             let next = tokio::select! {
-                _ = cancel.cancelled() => break,
+                _ = &mut cancelled => break,
                 next = packets.recv() => next,
             };
             match next {

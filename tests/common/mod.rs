@@ -34,6 +34,21 @@ impl TestServer {
     /// Starts a server with exactly these files. HTTP and HTTPS listen on ephemeral loopback
     /// ports whatever the properties say.
     pub fn start_with(properties: &str, apps: Option<&str>) -> TestServer {
+        Self::spawn(properties, apps, None)
+    }
+
+    /// Starts a server with exactly this `server.properties`, logging to `server.log` in its
+    /// directory with the `SLUICE_LOG` filter `log` and the extra `serve` arguments `args`.
+    pub fn start_logged(properties: &str, log: &str, args: &[&str]) -> TestServer {
+        Self::spawn(properties, None, Some((log, args)))
+    }
+
+    /// The log file of a server started with [`start_logged`](Self::start_logged).
+    pub fn log_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("server.log")
+    }
+
+    fn spawn(properties: &str, apps: Option<&str>, log: Option<(&str, &[&str])>) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("server.properties"), properties).expect("write properties");
         if let Some(apps) = apps {
@@ -48,13 +63,18 @@ impl TestServer {
             .arg("127.0.0.1:0")
             .arg("--https")
             .arg("127.0.0.1:0");
+        match log {
+            Some((filter, args)) => {
+                let file = std::fs::File::create(dir.path().join("server.log")).expect("log file");
+                command.args(args).env("SLUICE_LOG", filter).stderr(file);
+            }
+            None => {
+                let filter = std::env::var("SLUICE_LOG").unwrap_or_else(|_| QUIET_LOG.into());
+                command.env("SLUICE_LOG", filter).stderr(Stdio::inherit());
+            }
+        }
         let mut child = command
-            .env(
-                "SLUICE_LOG",
-                std::env::var("SLUICE_LOG").unwrap_or_else(|_| QUIET_LOG.into()),
-            )
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
             .spawn()
             .expect("start sluice");
         let stdout = child.stdout.take().expect("stdout");
@@ -219,6 +239,18 @@ impl InProcessServer {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.http, path)
+    }
+
+    /// GETs a path and returns its JSON answer.
+    pub async fn get(&self, path: &str) -> Value {
+        self.http_client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request")
+            .json()
+            .await
+            .expect("a JSON answer")
     }
 
     /// POSTs a JSON body to a REST path; returns the status and the JSON answer.
