@@ -146,11 +146,7 @@ async fn offer(
 
 /// Whether a plugin or a REST hook of the app decides on new publishes (or plays).
 fn has_admission_policy(state: &AppState, app: &str, publish: bool) -> bool {
-    let method = if publish {
-        "publishStream"
-    } else {
-        "playStream"
-    };
+    let method = admission::method(publish);
     state.policy.decides_admission(app, publish)
         || state
             .config
@@ -200,11 +196,7 @@ async fn admit(state: &AppState, request: &OfferRequest, publish: bool) -> Admis
             };
         }
         Some(Err(e)) => {
-            let method = if publish {
-                "publishStream"
-            } else {
-                "playStream"
-            };
+            let method = admission::method(publish);
             let fails = config
                 .apps
                 .get(&record.app_key)

@@ -26,14 +26,19 @@ pub enum Admission {
     },
 }
 
-/// Asks the app's `publishStream` (publishers) or `playStream` (players) hook, if the app
-/// lists that method; admits when it does not.
-pub async fn admit(client: &HookClient, config: &Config, record: &StreamRecord) -> Admission {
-    let method_name = if record.published {
+/// The admission hook method of a publisher (`publishStream`) or a player (`playStream`).
+pub fn method(publish: bool) -> &'static str {
+    if publish {
         "publishStream"
     } else {
         "playStream"
-    };
+    }
+}
+
+/// Asks the app's `publishStream` (publishers) or `playStream` (players) hook, if the app
+/// lists that method; admits when it does not.
+pub async fn admit(client: &HookClient, config: &Config, record: &StreamRecord) -> Admission {
+    let method_name = method(record.published);
     let Some(app) = config.apps.get(&record.app_key) else {
         return Admission::Admit { custom: None };
     };

@@ -115,7 +115,7 @@ impl Breakers {
             return (Pass::Call { probe: false }, None);
         }
         let mut apps = self.lock();
-        let breaker = apps.entry(app.to_string()).or_default();
+        let breaker = breaker_of(&mut apps, app);
         match breaker.state {
             BreakerState::Closed => (Pass::Call { probe: false }, None),
             BreakerState::Open => {
@@ -172,7 +172,7 @@ impl Breakers {
             return None;
         }
         let mut apps = self.lock();
-        let breaker = apps.entry(app.to_string()).or_default();
+        let breaker = breaker_of(&mut apps, app);
         let from = breaker.state;
         if probe {
             breaker.probe_out = false;
@@ -234,6 +234,15 @@ impl Breakers {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Breaker>> {
         self.apps.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// The app's breaker, created on first use; the app name is copied only then (this runs on
+/// every hook call).
+fn breaker_of<'a>(apps: &'a mut HashMap<String, Breaker>, app: &str) -> &'a mut Breaker {
+    if !apps.contains_key(app) {
+        apps.insert(app.to_string(), Breaker::default());
+    }
+    apps.get_mut(app).expect("inserted above")
 }
 
 #[cfg(test)]

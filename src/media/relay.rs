@@ -20,6 +20,8 @@ use crate::registry::{MediaKind, now_ms};
 
 /// Packets a player may fall behind by before it skips: about two seconds of 2 Mbit/s video.
 const RING_CAPACITY: usize = 512;
+/// A player's forwarded packets are added to the track's counters this many at a time.
+const FLUSH_EVERY: u64 = 32;
 /// Key frame requests to a publisher are spaced at least this far apart.
 const KEYFRAME_MIN_INTERVAL_MS: u64 = 300;
 
@@ -193,6 +195,10 @@ impl RelayTrack {
     ) {
         let cancelled = cancel.cancelled();
         tokio::pin!(cancelled);
+        // Counted here and added to the track's shared counters every FLUSH_EVERY packets:
+        // every player of a track shares them, so a write per packet would bounce the cache
+        // line between cores.
+        let (mut packets_out, mut bytes_out) = (0u64, 0u64);
         loop {
             let next = tokio::select! {
                 _ = &mut cancelled => break,
@@ -203,10 +209,11 @@ impl RelayTrack {
                     // A write fails only when the player's transport is gone; its session
                     // notices that on its own and cancels this task.
                     if local.write_rtp(&packet).await.is_ok() {
-                        self.stats.forwarded_packets.fetch_add(1, Ordering::Relaxed);
-                        self.stats
-                            .forwarded_bytes
-                            .fetch_add(packet.payload.len() as u64, Ordering::Relaxed);
+                        packets_out += 1;
+                        bytes_out += packet.payload.len() as u64;
+                        if packets_out == FLUSH_EVERY {
+                            self.count_forwarded(&mut packets_out, &mut bytes_out);
+                        }
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(skipped)) => {
@@ -218,5 +225,15 @@ impl RelayTrack {
                 Err(broadcast::error::RecvError::Closed) => break,
             }
         }
+        self.count_forwarded(&mut packets_out, &mut bytes_out);
+    }
+
+    fn count_forwarded(&self, packets: &mut u64, bytes: &mut u64) {
+        self.stats
+            .forwarded_packets
+            .fetch_add(std::mem::take(packets), Ordering::Relaxed);
+        self.stats
+            .forwarded_bytes
+            .fetch_add(std::mem::take(bytes), Ordering::Relaxed);
     }
 }

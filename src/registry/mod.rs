@@ -91,15 +91,33 @@ pub fn phase(id: Uuid) -> u64 {
     (bits as u64) ^ ((bits >> 64) as u64)
 }
 
-/// The next event of `entry`'s stream: a new server-wide id, the stream's next `seq`,
-/// appended to its timeline.
-fn stamp(next_event_id: &mut u64, entry: &mut Entry, hint: Option<Hint>) -> StatusEvent {
+/// The next event of a stream: a new server-wide id, the stream's next `seq`, appended to
+/// its timeline.
+fn stamp(
+    next_event_id: &mut u64,
+    record: &StreamRecord,
+    seq: &mut u64,
+    timeline: &Timeline,
+    hint: Option<Hint>,
+) -> StatusEvent {
     *next_event_id += 1;
-    entry.seq += 1;
-    let mut event = StatusEvent::of(&entry.record, *next_event_id, entry.seq);
+    *seq += 1;
+    let mut event = StatusEvent::of(record, *next_event_id, *seq);
     event.hint = hint;
-    entry.timeline.push(event.clone());
+    timeline.push(event.clone());
     event
+}
+
+impl Entry {
+    fn stamp(&mut self, next_event_id: &mut u64, hint: Option<Hint>) -> StatusEvent {
+        stamp(
+            next_event_id,
+            &self.record,
+            &mut self.seq,
+            &self.timeline,
+            hint,
+        )
+    }
 }
 
 /// The live streams of one server. Cheap to share behind an `Arc`.
@@ -166,10 +184,9 @@ impl Registry {
         } else {
             slot.players.insert(id);
         }
-        table.next_event_id += 1;
-        let event = StatusEvent::of(&record, table.next_event_id, 1);
         let timeline = Arc::new(Timeline::default());
-        timeline.push(event.clone());
+        let mut seq = 0;
+        let event = stamp(&mut table.next_event_id, &record, &mut seq, &timeline, None);
         let (status_tx, _) = watch::channel(event.clone());
         table.by_id.insert(
             id,
@@ -177,7 +194,7 @@ impl Registry {
                 record: record.clone(),
                 handle,
                 status_tx,
-                seq: 1,
+                seq,
                 timeline,
                 terminated_by: None,
             },
@@ -231,7 +248,7 @@ impl Registry {
         }
         entry.record.status = status;
         entry.record.info = info.to_string();
-        let event = stamp(next_event_id, entry, None);
+        let event = entry.stamp(next_event_id, None);
         entry.status_tx.send_replace(event.clone());
         self.publish(event);
         drop(table);
@@ -278,7 +295,7 @@ impl Registry {
         entry.record.info = info;
         let now = now_ms();
         let hint = self.hint(&entry.record, reason, now);
-        let event = stamp(&mut table.next_event_id, &mut entry, Some(hint));
+        let event = entry.stamp(&mut table.next_event_id, Some(hint));
         table.ended.insert(id, entry.timeline.clone(), now);
         let record = entry.record;
         let mut orphans = Vec::new();
