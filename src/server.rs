@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum_server::tls_rustls::RustlsConfig;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::api::auth::Tokens;
 use crate::api::{self, AppState};
@@ -41,16 +42,55 @@ pub struct RunningServer {
     /// The router both listeners serve, for calls that must come from a chosen address.
     pub router: axum::Router,
     media: Arc<Media>,
+    /// Every background task of the server: keep-alive, status deliveries, session
+    /// supervisors, the watcher, plugin replacements.
+    tasks: TaskTracker,
+    /// Ends the listeners and every task at once.
     shutdown: CancellationToken,
+    /// Asks the status notifier to deliver what is queued, then end.
+    flush: CancellationToken,
+    listener_handles: Vec<axum_server::Handle<SocketAddr>>,
     listeners: tokio::task::JoinSet<()>,
 }
 
+/// What clients are told when the server shuts down.
+pub const SHUTDOWN_REASON: &str = "Server shutdown";
+
 impl RunningServer {
-    /// Stops every stream (clients see `FAILED`, not a timeout), then the listeners.
+    /// Shuts down within `shutdown_timeout`: stops accepting (new offers get `503`), ends
+    /// every stream with [`SHUTDOWN_REASON`] (clients see `FAILED` with it, not a timeout),
+    /// delivers the queued `StreamStatusEvent`s, then ends every task and the listeners.
     pub async fn shutdown(mut self) {
-        self.media.stop_all("server shutdown").await;
+        let timeout = self.config.load().settings.shutdown_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.registry.drain();
+        for handle in &self.listener_handles {
+            // No new connections; open ones (status streams) may finish until the deadline.
+            handle.graceful_shutdown(Some(timeout));
+        }
+        let left = self.media.stop_all(SHUTDOWN_REASON, deadline).await;
+        if left > 0 {
+            tracing::error!(left, "streams still live at the shutdown deadline");
+        }
+        self.flush.cancel();
+        self.tasks.close();
+        let stopped_in_time = tokio::time::timeout_at(deadline, self.tasks.wait())
+            .await
+            .is_ok();
+        if !stopped_in_time {
+            tracing::error!(
+                left = self.tasks.len(),
+                "tasks still running at the shutdown deadline"
+            );
+        }
         self.shutdown.cancel();
-        while self.listeners.join_next().await.is_some() {}
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.tasks.wait()).await;
+        let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), async {
+            while self.listeners.join_next().await.is_some() {}
+        })
+        .await;
+        self.listeners.abort_all();
+        tracing::info!("shut down");
     }
 
     /// Runs until Ctrl-C or SIGTERM, then shuts down cleanly.
@@ -81,7 +121,8 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
     let config = ConfigStore::open(options.config_dir.as_deref())?;
     let settings = config.load().settings.clone();
     let registry = Registry::new(settings.node_id.clone());
-    let media = Media::new(config.clone(), registry.clone()).await?;
+    let tasks = TaskTracker::new();
+    let media = Media::new(config.clone(), registry.clone(), tasks.clone()).await?;
     let tokens = Tokens::new(&settings).with_context(|| {
         let file = settings
             .rest_api_tokens_file
@@ -90,9 +131,10 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
         format!("cannot read rest_api_tokens_file {}", file.display())
     })?;
     let shutdown = CancellationToken::new();
+    let flush = CancellationToken::new();
     let mut listeners = tokio::task::JoinSet::new();
     let hooks = HookClient::new();
-    let policy = PolicyHost::new(registry.clone(), config.clone());
+    let policy = PolicyHost::new(registry.clone(), config.clone(), tasks.clone());
     {
         let policy = policy.clone();
         tokio::task::spawn_blocking(move || policy.reconcile()).await?;
@@ -102,26 +144,30 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
         config.clone(),
         hooks.clone(),
         policy.clone(),
+        tasks.clone(),
     );
-    let scheduler = keepalive.spawn(shutdown.clone());
-    let notifier = notify::spawn(
+    // Verdicts end as the shutdown begins: the streams are being stopped anyway.
+    keepalive.spawn(flush.clone());
+    notify::spawn(
         registry.clone(),
         config.clone(),
         hooks.clone(),
-        shutdown.clone(),
+        tasks.clone(),
+        notify::Ending {
+            flush: flush.clone(),
+            stop: shutdown.clone(),
+        },
     );
-    let on_stop = policy.spawn_stop_notifier(shutdown.clone());
-    listeners.spawn(async move {
-        let _ = tokio::join!(scheduler, notifier, on_stop);
-    });
+    // `on_stop` calls end with the streams: stopped at the flush, after the last stream.
+    policy.spawn_stop_notifier(flush.clone());
     let (watcher, mut touches) = watch::spawn(
         config.clone(),
         vec![settings.plugin_dir.clone()],
-        shutdown.clone(),
+        flush.clone(),
     );
     let plugins = policy.clone();
-    let stop = shutdown.clone();
-    listeners.spawn(async move {
+    let stop = flush.clone();
+    tasks.spawn(async move {
         // After every batch of file changes, plugins are compared with their files and apps.toml.
         loop {
             tokio::select! {
@@ -141,6 +187,7 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
         hooks: hooks.clone(),
         keepalive: keepalive.clone(),
         policy: policy.clone(),
+        offers: Arc::default(),
     };
     let hooks_client = hooks;
     let router = api::router(state);
@@ -152,12 +199,14 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
             .map(|p| SocketAddr::new(settings.rest_api_address, p))
     });
     let mut http_addr = None;
+    let mut listener_handles = Vec::new();
     if let Some(bind) = http_bind {
         let listener = std::net::TcpListener::bind(bind)
             .with_context(|| format!("cannot listen for HTTP on {bind}"))?;
         listener.set_nonblocking(true)?;
         http_addr = Some(listener.local_addr()?);
-        let handle = stop_on(&shutdown);
+        let handle = stop_on();
+        listener_handles.push(handle.clone());
         let mut server = axum_server::from_tcp(listener)?.handle(handle);
         limit_connections(server.http_builder(), &settings);
         let app = router
@@ -183,14 +232,15 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
         listener.set_nonblocking(true)?;
         https_addr = Some(listener.local_addr()?);
         if let (Some(cert), Some(key)) = (&settings.https_cert, &settings.https_key) {
-            listeners.spawn(reload_certificate(
+            tasks.spawn(reload_certificate(
                 tls.clone(),
                 cert.clone(),
                 key.clone(),
-                shutdown.clone(),
+                flush.clone(),
             ));
         }
-        let handle = stop_on(&shutdown);
+        let handle = stop_on();
+        listener_handles.push(handle.clone());
         let mut server = axum_server::from_tcp_rustls(listener, tls)?.handle(handle);
         limit_connections(server.http_builder(), &settings);
         let app = router.into_make_service_with_connect_info::<SocketAddr>();
@@ -213,7 +263,10 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
         hooks: hooks_client,
         router: served_router,
         media,
+        tasks,
         shutdown,
+        flush,
+        listener_handles,
         listeners,
     })
 }
@@ -256,17 +309,9 @@ async fn reload_certificate(
     }
 }
 
-/// The certificate named in the settings, or a self-signed one for `localhost`.
-/// A listener handle that shuts the listener down gracefully when `shutdown` fires.
-fn stop_on(shutdown: &CancellationToken) -> axum_server::Handle<SocketAddr> {
-    let handle = axum_server::Handle::new();
-    let stop = shutdown.clone();
-    let on_stop = handle.clone();
-    tokio::spawn(async move {
-        stop.cancelled().await;
-        on_stop.graceful_shutdown(Some(Duration::from_secs(2)));
-    });
-    handle
+/// A listener's handle: [`RunningServer::shutdown`] stops it gracefully.
+fn stop_on() -> axum_server::Handle<SocketAddr> {
+    axum_server::Handle::new()
 }
 
 /// Limits every connection: headers within `http_header_timeout` (slow-loris clients are
@@ -284,6 +329,7 @@ fn limit_connections(
 /// The largest request line plus headers read.
 const MAX_REQUEST_HEAD: usize = 64 * 1024;
 
+/// The certificate named in the settings, or a self-signed one for `localhost`.
 async fn tls_config(settings: &Settings) -> anyhow::Result<RustlsConfig> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     match (&settings.https_cert, &settings.https_key) {

@@ -2,6 +2,7 @@
 //! event streams, the example pages, and `/rest-api/`. One router, served on HTTP and HTTPS.
 
 pub mod auth;
+pub mod limits;
 pub mod metrics;
 mod pages;
 pub mod rest;
@@ -33,6 +34,7 @@ pub struct AppState {
     pub hooks: crate::hooks::HookClient,
     pub keepalive: Arc<crate::keepalive::KeepAlive>,
     pub policy: Arc<crate::policy::PolicyHost>,
+    pub offers: Arc<limits::OfferLimiter>,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -66,6 +66,21 @@ async fn offer(
     body: Bytes,
     direction: Direction,
 ) -> Response {
+    let rate = state.config.load().settings.offer_rate_per_address;
+    if let Err(wait) = state.offers.check(peer.ip(), rate) {
+        tracing::info!(remote = %peer, "offer refused: over offer_rate_per_address");
+        let hint = Hint::Retry {
+            retry_after_ms: wait.as_millis() as u64,
+        };
+        let body = serde_json::json!({
+            "error": format!("too many offers from {}: at most {rate} per second", peer.ip()),
+            "hint": hint,
+        });
+        return with_retry_after(
+            (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response(),
+            hint,
+        );
+    }
     let request = match read_request(&state, peer, name, query.as_deref(), &headers, &body) {
         Ok(request) => request,
         Err(e) => return e.into_response(),
@@ -281,10 +296,24 @@ fn with_retry_after(mut response: Response, hint: Hint) -> Response {
 }
 
 fn media_error(e: MediaError) -> Response {
+    match &e {
+        MediaError::Registry(RegistryError::Held(hold)) => {
+            tracing::info!(
+                hold = hold.hold_id,
+                "request refused by a hold at registration"
+            );
+            return held(hold);
+        }
+        MediaError::Registry(RegistryError::Draining | RegistryError::Full(_)) => {
+            return refusal(503, e.to_string(), None);
+        }
+        _ => {}
+    }
     let status = match &e {
         MediaError::BadOffer(_) | MediaError::NoMedia(_) => StatusCode::BAD_REQUEST,
         MediaError::Registry(RegistryError::AlreadyPublishing(_)) => StatusCode::CONFLICT,
         MediaError::Registry(RegistryError::NotPublishing(_)) => StatusCode::NOT_FOUND,
+        MediaError::Registry(_) => StatusCode::SERVICE_UNAVAILABLE,
         MediaError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
         MediaError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };

@@ -76,6 +76,17 @@ pub struct Settings {
     pub plugin_memory_limit: usize,
     /// `plugin_instruction_budget`: Lua VM instructions one plugin call may run.
     pub plugin_instruction_budget: u64,
+    /// `plugin_call_timeout` (ms): wall-clock time one plugin call may take.
+    pub plugin_call_timeout: Duration,
+    /// `max_sessions`: live streams (publishers and players) the server takes at most;
+    /// `0` means no limit.
+    pub max_sessions: usize,
+    /// `offer_rate_per_address`: WHIP/WHEP offers one client address may make per second
+    /// (bursts of twice that); `0` turns the limit off.
+    pub offer_rate_per_address: u32,
+    /// `shutdown_timeout` (ms): how long a shutdown may take to end every stream and deliver
+    /// the last status events.
+    pub shutdown_timeout: Duration,
     pub keep_alive_streaming_sessions_enabled: bool,
     pub streaming_sessions_keep_alive_interval: Duration,
     pub streaming_sessions_keep_alive_app_keys: Vec<String>,
@@ -110,6 +121,10 @@ impl Default for Settings {
             rest_hook_breaker_cooldown: Duration::from_millis(5000),
             plugin_memory_limit: 16 * 1024 * 1024,
             plugin_instruction_budget: 1_000_000,
+            plugin_call_timeout: Duration::from_millis(1000),
+            max_sessions: 10_000,
+            offer_rate_per_address: 50,
+            shutdown_timeout: Duration::from_millis(10_000),
             keep_alive_streaming_sessions_enabled: false,
             streaming_sessions_keep_alive_interval: Duration::from_millis(10_000),
             streaming_sessions_keep_alive_app_keys: vec!["defaultApp".into()],
@@ -148,6 +163,10 @@ const KNOWN_KEYS: &[&str] = &[
     "rest_hook_breaker_cooldown",
     "plugin_memory_limit",
     "plugin_instruction_budget",
+    "plugin_call_timeout",
+    "max_sessions",
+    "offer_rate_per_address",
+    "shutdown_timeout",
     "keep_alive_streaming_sessions_enabled",
     "streaming_sessions_keep_alive_interval",
     "streaming_sessions_keep_alive_app_keys",
@@ -343,6 +362,13 @@ impl Settings {
                 "plugin_instruction_budget",
                 self.plugin_instruction_budget.to_string(),
             ),
+            ("plugin_call_timeout", ms(self.plugin_call_timeout)),
+            ("max_sessions", self.max_sessions.to_string()),
+            (
+                "offer_rate_per_address",
+                self.offer_rate_per_address.to_string(),
+            ),
+            ("shutdown_timeout", ms(self.shutdown_timeout)),
             (
                 "keep_alive_streaming_sessions_enabled",
                 self.keep_alive_streaming_sessions_enabled.to_string(),
@@ -473,6 +499,17 @@ impl Settings {
                 }
                 Some(n) => n,
             },
+            plugin_call_timeout: r.millis("plugin_call_timeout", d.plugin_call_timeout, 10)?,
+            max_sessions: r
+                .parse::<usize>("max_sessions", "a count (0 for no limit)")?
+                .unwrap_or(d.max_sessions),
+            offer_rate_per_address: r
+                .parse::<u32>(
+                    "offer_rate_per_address",
+                    "a number of offers per second (0 turns the limit off)",
+                )?
+                .unwrap_or(d.offer_rate_per_address),
+            shutdown_timeout: r.millis("shutdown_timeout", d.shutdown_timeout, 100)?,
             keep_alive_failures_to_stop: match r
                 .parse::<u32>("keep_alive_failures_to_stop", "a count from 1")?
             {

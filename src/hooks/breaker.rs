@@ -206,6 +206,26 @@ impl Breakers {
         })
     }
 
+    /// Hands back the probe of a call that ended with no outcome (its caller went away
+    /// mid-call): the breaker stays half-open and the next call probes.
+    pub fn abandon(&self, app: &str, probe: bool) {
+        if probe {
+            breaker_of(&mut self.lock(), app).probe_out = false;
+        }
+    }
+
+    /// The guard of a call [`pass`](Self::pass) let through: it records the outcome once,
+    /// or, dropped without one, [`abandon`](Self::abandon)s the call.
+    pub fn guard<'a>(&'a self, app: &'a str, probe: bool, limits: BreakerLimits) -> CallGuard<'a> {
+        CallGuard {
+            breakers: self,
+            app,
+            probe,
+            limits,
+            recorded: false,
+        }
+    }
+
     pub fn snapshot(&self, limits: BreakerLimits, now: Instant) -> BTreeMap<String, BreakerView> {
         self.lock()
             .iter()
@@ -233,6 +253,31 @@ impl Breakers {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Breaker>> {
         self.apps.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A call in flight, as its breaker sees it. See [`Breakers::guard`].
+pub struct CallGuard<'a> {
+    breakers: &'a Breakers,
+    app: &'a str,
+    probe: bool,
+    limits: BreakerLimits,
+    recorded: bool,
+}
+
+impl CallGuard<'_> {
+    pub fn record(mut self, answered: bool, now: Instant) -> Option<Transition> {
+        self.recorded = true;
+        self.breakers
+            .record(self.app, answered, self.probe, self.limits, now)
+    }
+}
+
+impl Drop for CallGuard<'_> {
+    fn drop(&mut self) {
+        if !self.recorded {
+            self.breakers.abandon(self.app, self.probe);
+        }
     }
 }
 
@@ -310,6 +355,25 @@ mod tests {
             Pass::Refuse { .. }
         ));
         assert_eq!(call(&b, t5 + LIMITS.cooldown), Pass::Call { probe: true });
+    }
+
+    #[test]
+    fn a_probe_dropped_mid_call_hands_the_probe_back() {
+        let b = Breakers::default();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            b.record("app", false, false, LIMITS, t0);
+        }
+        let t5 = t0 + LIMITS.cooldown;
+        assert_eq!(call(&b, t5), Pass::Call { probe: true });
+        drop(b.guard("app", true, LIMITS));
+        assert_eq!(
+            call(&b, t5),
+            Pass::Call { probe: true },
+            "the next call probes: the dropped probe does not stay out forever"
+        );
+        let closed = b.guard("app", true, LIMITS).record(true, t5).unwrap();
+        assert_eq!(closed.to, BreakerState::Closed);
     }
 
     #[test]

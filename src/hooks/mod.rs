@@ -237,18 +237,15 @@ impl HookClient {
                 return Err(error);
             }
         };
+        // Dropped with this future (a client that hung up mid-call), the guard hands the
+        // probe back rather than leave the breaker waiting for it forever.
+        let guard = self.breakers.guard(app, probe, limits.breaker);
         let url = format!("{}/{}", base.trim_end_matches('/'), method);
         let result = tokio::time::timeout(limits.timeout, self.exchange(&url, body))
             .await
             .unwrap_or(Err(HookError::Timeout(limits.timeout)));
         let answered = matches!(&result, Ok(answer) if answer.status < 500);
-        log_transition(self.breakers.record(
-            app,
-            answered,
-            probe,
-            limits.breaker,
-            std::time::Instant::now(),
-        ));
+        log_transition(guard.record(answered, std::time::Instant::now()));
         self.stats.record(app, method, &result, started.elapsed());
         result
     }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::HookClient;
 use crate::config::ConfigStore;
@@ -19,20 +20,42 @@ pub const STATUS_METHOD: &str = "StreamStatusEvent";
 /// Events queued per app before new ones are dropped (and counted).
 const QUEUE: usize = 4096;
 
-/// Follows the registry's event bus until `stop`.
+/// How the notifier ends.
+#[derive(Clone)]
+pub struct Ending {
+    /// Deliver what has happened so far, then end (a graceful shutdown).
+    pub flush: CancellationToken,
+    /// End now, delivered or not.
+    pub stop: CancellationToken,
+}
+
+/// Follows the registry's event bus until `ending` says; its tasks run in `tasks`.
 pub fn spawn(
     registry: Arc<Registry>,
     store: Arc<ConfigStore>,
     client: HookClient,
-    stop: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+    tasks: TaskTracker,
+    ending: Ending,
+) {
+    let deliveries = tasks.clone();
+    tasks.spawn(async move {
+        let stop = ending.stop.clone();
         let mut events = registry.every_event();
         let mut queues: HashMap<String, mpsc::Sender<Value>> = HashMap::new();
+        let mut flushing = false;
         loop {
-            let event = tokio::select! {
-                _ = stop.cancelled() => return,
-                event = events.recv() => event,
+            let event = if flushing {
+                // Whatever is already published, then the queues close and drain.
+                match events.try_recv() {
+                    Ok(event) => Some(event),
+                    Err(_) => return,
+                }
+            } else {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = ending.flush.cancelled() => { flushing = true; continue; }
+                    event = events.recv() => event,
+                }
             };
             let Some(event): Option<StatusEvent> = event else {
                 return;
@@ -65,7 +88,7 @@ pub fn spawn(
             }
             let queue = queues.entry(event.app_key.clone()).or_insert_with(|| {
                 let (tx, rx) = mpsc::channel(QUEUE);
-                tokio::spawn(deliver(
+                deliveries.spawn(deliver(
                     event.app_key.clone(),
                     rx,
                     store.clone(),
@@ -82,7 +105,7 @@ pub fn spawn(
                 );
             }
         }
-    })
+    });
 }
 
 /// Posts one app's events in order, to the URL in force when each is sent.

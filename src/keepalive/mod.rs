@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::config::{AppConfig, ConfigStore, MethodConfig};
@@ -75,8 +76,15 @@ pub struct KeepAlive {
     policy: Arc<PolicyHost>,
     /// Consecutive failed verdicts per stream, for `restOnError = FAIL`.
     failures: Mutex<HashMap<Uuid, u32>>,
+    /// Plugin batches in flight per app: a slow plugin gets no more than
+    /// [`PLUGIN_BATCHES_IN_FLIGHT`] at once, later windows' streams are skipped (counted).
+    plugin_batches: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    tasks: TaskTracker,
     pub stats: KeepAliveStats,
 }
+
+/// Keep-alive batches one app's plugin may have in flight at once.
+pub const PLUGIN_BATCHES_IN_FLIGHT: usize = 2;
 
 /// A stream's slot in the interval: where in each interval its verdict is due. Its
 /// [`phase`](crate::registry::phase) scaled to the interval, so that the streams due in a
@@ -151,21 +159,24 @@ impl KeepAlive {
         config: Arc<ConfigStore>,
         hooks: HookClient,
         policy: Arc<PolicyHost>,
+        tasks: TaskTracker,
     ) -> Arc<Self> {
         Arc::new(KeepAlive {
             registry,
             config,
             hooks,
             policy,
+            tasks,
+            plugin_batches: Mutex::default(),
             failures: Mutex::default(),
             stats: KeepAliveStats::default(),
         })
     }
 
     /// Runs the scheduler until `stop`.
-    pub fn spawn(self: &Arc<Self>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    pub fn spawn(self: &Arc<Self>, stop: CancellationToken) {
         let this = self.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let epoch = Instant::now();
             let mut last: Option<(u64, u64)> = None; // (interval, elapsed ms) of the previous tick
             let mut tick = tokio::time::interval(TICK);
@@ -211,7 +222,7 @@ impl KeepAlive {
                         .retain(|id, _| registry.get(*id).is_some());
                 }
             }
-        })
+        });
     }
 
     fn run_window(
@@ -290,8 +301,26 @@ impl KeepAlive {
         fallback: Option<(String, MethodConfig)>,
         on_error: MethodConfig,
     ) {
+        let app = records[0].app_key.clone();
+        let semaphore = self
+            .plugin_batches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(app)
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(PLUGIN_BATCHES_IN_FLIGHT)))
+            .clone();
+        let Ok(permit) = semaphore.try_acquire_owned() else {
+            self.stats.count_many(
+                Source::Plugin,
+                "skipped",
+                records.len() as u64,
+                Duration::ZERO,
+            );
+            return;
+        };
         let this = self.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
+            let _permit = permit;
             let started = Instant::now();
             let app = records[0].app_key.clone();
             let ids: Vec<Uuid> = records.iter().map(|r| r.media_session_id).collect();
@@ -354,7 +383,7 @@ impl KeepAlive {
             return;
         };
         let this = self.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let started = Instant::now();
             let body = hooks::stream_body(&record, &method);
             let answer = this
@@ -390,7 +419,7 @@ impl KeepAlive {
             return;
         };
         let this = self.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let started = Instant::now();
             let body = json!({
                 "nodeId": this.registry.node_id(),

@@ -93,6 +93,8 @@ pub struct Media {
     mux_addr: Option<std::net::SocketAddr>,
     /// Relay counters of every track, for `/metrics`.
     pub relays: Arc<RelayLedger>,
+    /// The server's tasks: every session's supervisor runs in it.
+    tasks: TaskTracker,
 }
 
 /// How long ICE gathering may take before the answer goes out with what was gathered.
@@ -105,6 +107,7 @@ impl Media {
     pub async fn new(
         config: Arc<ConfigStore>,
         registry: Arc<Registry>,
+        tasks: TaskTracker,
     ) -> Result<Arc<Self>, MediaError> {
         let engine = engine::build(&config.load().settings).await?;
         Ok(Arc::new(Media {
@@ -114,6 +117,7 @@ impl Media {
             publishers: Mutex::new(HashMap::new()),
             relays: Arc::default(),
             mux_addr: engine.mux_addr,
+            tasks,
         }))
     }
 
@@ -126,6 +130,14 @@ impl Media {
     /// is free (publish) or published (play). Run before admission hooks, so that a request
     /// that cannot succeed costs the web server nothing.
     pub fn precheck(&self, request: &OfferRequest, publish: bool) -> Result<(), MediaError> {
+        if self.registry.is_draining() {
+            return Err(RegistryError::Draining.into());
+        }
+        let max = self.config.load().settings.max_sessions;
+        let live = self.registry.len();
+        if max > 0 && live >= max {
+            return Err(RegistryError::Full(live).into());
+        }
         let summary = offer::inspect(&request.sdp)?;
         if publish {
             if summary.sending.is_empty() {
@@ -172,7 +184,7 @@ impl Media {
         let answer = match self.negotiate(&pc, &request.sdp).await {
             Ok(answer) => answer,
             Err(e) => {
-                let _ = pc.close().await;
+                abandon(&pc, &tasks, &cancel).await;
                 return Err(e);
             }
         };
@@ -183,8 +195,8 @@ impl Media {
         new.media_kinds = kinds(&summary.sending);
         new.custom = request.custom;
         new.bearer = request.bearer;
-        if let Err(e) = self.registry.register(new, control.clone()) {
-            let _ = pc.close().await;
+        if let Err(e) = self.register(new, &control) {
+            abandon(&pc, &tasks, &cancel).await;
             return Err(e.into());
         }
         self.lock_publishers().insert(id, publisher);
@@ -201,7 +213,7 @@ impl Media {
         if summary.receiving.is_empty() {
             return Err(MediaError::NoMedia("play"));
         }
-        let tracks = self.publisher_tracks(&request.name).await?;
+        let (publisher_id, tracks) = self.publisher_tracks(&request.name).await?;
         let id = request.media_session_id;
         let pc = self.new_peer_connection().await?;
         let (control, stop_rx) = SessionControl::new();
@@ -224,7 +236,7 @@ impl Media {
             {
                 Ok(sender) => sender,
                 Err(e) => {
-                    let _ = pc.close().await;
+                    abandon(&pc, &tasks, &cancel).await;
                     return Err(e.into());
                 }
             };
@@ -238,19 +250,28 @@ impl Media {
         let answer = match self.negotiate(&pc, &request.sdp).await {
             Ok(answer) => answer,
             Err(e) => {
-                let _ = pc.close().await;
+                abandon(&pc, &tasks, &cancel).await;
                 return Err(e);
             }
         };
         let mut new = NewStream::player(&request.name, &request.app_key);
+        new.publisher_id = Some(publisher_id);
         new.media_session_id = Some(id);
         new.session_id = resource_path(id);
         new.remote_address = request.remote_address;
         new.media_kinds = kinds(&senders.iter().map(|(r, _, _)| r.kind).collect::<Vec<_>>());
         new.custom = request.custom;
         new.bearer = request.bearer;
-        if let Err(e) = self.registry.register(new, control.clone()) {
-            let _ = pc.close().await;
+        // The publisher may have ended while this player negotiated: its relay is dead, and
+        // the registry refuses a player of a publisher that is not the one registered.
+        let relay_ended = tracks.iter().any(|t| t.has_ended());
+        let registered = if relay_ended {
+            Err(RegistryError::NotPublishing(request.name.clone()))
+        } else {
+            self.register(new, &control)
+        };
+        if let Err(e) = registered {
+            abandon(&pc, &tasks, &cancel).await;
             return Err(e.into());
         }
         for (relay, local, sender) in senders {
@@ -279,9 +300,22 @@ impl Media {
         Ok(SessionAnswer { id, sdp: answer })
     }
 
-    /// The tracks of the publisher of `name`, waiting a little for a publisher that has
+    /// Registers a session within the server's `max_sessions`.
+    fn register(
+        &self,
+        new: NewStream,
+        control: &Arc<SessionControl>,
+    ) -> Result<crate::registry::StreamRecord, RegistryError> {
+        let max = self.config.load().settings.max_sessions;
+        self.registry.register_within(new, control.clone(), max)
+    }
+
+    /// The publisher of `name` and its tracks, waiting a little for a publisher that has
     /// connected but not sent all its tracks yet.
-    async fn publisher_tracks(&self, name: &str) -> Result<Vec<Arc<RelayTrack>>, MediaError> {
+    async fn publisher_tracks(
+        &self,
+        name: &str,
+    ) -> Result<(Uuid, Vec<Arc<RelayTrack>>), MediaError> {
         let not_publishing =
             || MediaError::Registry(RegistryError::NotPublishing(name.to_string()));
         let id = self
@@ -304,7 +338,7 @@ impl Media {
             )
             .await
             {
-                Ok(Ok(t)) => Some(Ok(t.clone())),
+                Ok(Ok(t)) => Some(Ok((id, t.clone()))),
                 // The publisher ended while we waited.
                 Ok(Err(_)) => Some(Err(not_publishing())),
                 Err(_) => None,
@@ -317,7 +351,7 @@ impl Media {
                 if t.is_empty() {
                     Err(MediaError::NotReady(name.to_string()))
                 } else {
-                    Ok(t)
+                    Ok((id, t))
                 }
             }
         }
@@ -471,28 +505,37 @@ impl Media {
             registry: self.registry.clone(),
         };
         let media = Arc::downgrade(self);
-        tokio::spawn(session.supervise(stop_rx, move |id| {
+        self.tasks.spawn(session.supervise(stop_rx, move |id| {
             if let Some(media) = media.upgrade() {
                 media.lock_publishers().remove(&id);
             }
         }));
     }
 
-    /// Stops every session (server shutdown) and waits, bounded, until they are gone.
-    pub async fn stop_all(&self, reason: &str) {
+    /// Stops every session (server shutdown) and waits until they are gone or `deadline`.
+    /// Returns how many were still live then.
+    pub async fn stop_all(&self, reason: &str, deadline: tokio::time::Instant) -> usize {
         for record in self.registry.find(|_| true) {
             self.registry
                 .stop(record.media_session_id, StopReason::server(reason));
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while !self.registry.is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        self.registry.len()
     }
 
     fn lock_publishers(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<Publisher>>> {
         self.publishers.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Ends what a session that never got registered had started: its tasks (the connect
+/// timer too) and its peer connection.
+async fn abandon(pc: &RTCPeerConnection, tasks: &TaskTracker, cancel: &CancellationToken) {
+    cancel.cancel();
+    tasks.close();
+    let _ = pc.close().await;
 }
 
 /// The path of a session's resource: `Location` of the `201`, target of `DELETE`.

@@ -102,6 +102,8 @@ pub struct RelayTrack {
     last_keyframe_request_ms: AtomicU64,
     pub stats: RelayStats,
     ledger: Weak<RelayLedger>,
+    /// Cancelled when the publisher's pump ends: every player's feed of it ends then too.
+    ended: CancellationToken,
 }
 
 impl Drop for RelayTrack {
@@ -131,6 +133,7 @@ impl RelayTrack {
             last_keyframe_request_ms: AtomicU64::new(0),
             stats: RelayStats::default(),
             ledger: Arc::downgrade(ledger),
+            ended: CancellationToken::new(),
         });
         ledger.enrol(&track);
         track
@@ -138,6 +141,11 @@ impl RelayTrack {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Packet>> {
         self.packets.subscribe()
+    }
+
+    /// Whether the publisher's pump of this track has ended.
+    pub fn has_ended(&self) -> bool {
+        self.ended.is_cancelled()
     }
 
     /// Asks the publisher for a key frame (RTCP PLI), at most once per interval.
@@ -168,6 +176,7 @@ impl RelayTrack {
 
     /// Reads the publisher's track until it ends or `cancel` fires, fanning each packet out.
     pub async fn pump(self: Arc<Self>, remote: Arc<TrackRemote>, cancel: CancellationToken) {
+        let _ended = self.ended.clone().drop_guard();
         // One cancellation future for the whole loop, not one per packet.
         let cancelled = cancel.cancelled();
         tokio::pin!(cancelled);
@@ -186,14 +195,21 @@ impl RelayTrack {
         }
     }
 
-    /// Writes this track's packets to one player's local track until `cancel` fires.
+    /// Writes this track's packets to one player's local track until `cancel` fires or the
+    /// publisher's pump ends.
     pub async fn feed(
         self: Arc<Self>,
         mut packets: broadcast::Receiver<Arc<Packet>>,
         local: Arc<TrackLocalStaticRTP>,
         cancel: CancellationToken,
     ) {
-        let cancelled = cancel.cancelled();
+        let ended = self.ended.clone();
+        let cancelled = async {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = ended.cancelled() => {}
+            }
+        };
         tokio::pin!(cancelled);
         // Counted here and added to the track's shared counters every FLUSH_EVERY packets:
         // every player of a track shares them, so a write per packet would bounce the cache

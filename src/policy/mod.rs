@@ -4,27 +4,31 @@
 //! calls the server makes — keep-alive verdicts, named terminate filters, admission, stop
 //! notifications. A plugin that fails to load keeps the previous version in force.
 
+mod budget;
+mod offline;
 mod sandbox;
 mod shared;
+mod worker;
 
-pub use sandbox::{Code, Host, Limits, Sandbox};
+pub use offline::{OfflineCall, test_offline};
+pub use sandbox::{Code, Host, LOAD_TIMEOUT, Limits, Sandbox};
 pub use shared::SharedStore;
+pub use worker::JOB_QUEUE;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::Path;
-use std::rc::Rc;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::ConfigStore;
 use crate::registry::{MediaKind, Registry, StatusEvent, StreamRecord, now_ms};
-
-/// How long loading a plugin may take (compiling and running its top level).
-const LOAD_TIMEOUT: Duration = Duration::from_secs(5);
+use worker::{Job, Worker, WorkerSpec};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
@@ -36,6 +40,10 @@ pub enum PolicyError {
     WrongType(String),
     #[error("the plugin was unloaded")]
     Gone,
+    #[error("the plugin is busy: {0} calls already queued")]
+    Busy(usize),
+    #[error("the plugin did not answer within {0:?}")]
+    Timeout(Duration),
 }
 
 /// The stream as a plugin sees it (read-only in Lua): the model's fields, `age_ms`,
@@ -134,25 +142,6 @@ pub enum PluginVerdict {
     Failed(String),
 }
 
-enum Job {
-    KeepAlive(
-        Vec<StreamRecord>,
-        oneshot::Sender<Vec<Result<Code, PolicyError>>>,
-    ),
-    Filter(
-        String,
-        serde_json::Value,
-        Vec<StreamRecord>,
-        oneshot::Sender<Vec<Result<bool, PolicyError>>>,
-    ),
-    Admit(
-        StreamRecord,
-        AdmissionRequest,
-        oneshot::Sender<Result<Code, PolicyError>>,
-    ),
-    Stopped(StreamRecord, String),
-}
-
 /// What a loaded plugin offers.
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -164,11 +153,15 @@ pub struct EntryPoints {
     pub filters: Vec<String>,
 }
 
+/// A loaded plugin: its worker (replaced when it gets stuck) and what it was loaded from.
 struct Plugin {
-    jobs: std::sync::mpsc::Sender<Job>,
+    worker: ArcSwap<Worker>,
+    spec: WorkerSpec,
     entries: EntryPoints,
     version: u64,
     hash: u64,
+    /// Set while a replacement worker is being started.
+    replacing: AtomicBool,
 }
 
 /// One app's plugin as `GET /rest-api/plugins` shows it.
@@ -186,140 +179,186 @@ pub struct PluginStatus {
     pub errors: u64,
     pub reloads: u64,
     pub reload_failures: u64,
+    /// Calls refused because the worker's queue was full.
+    pub rejected: u64,
+    /// Calls whose answer did not come in time.
+    pub timeouts: u64,
+    /// Workers replaced because they stayed stuck past their deadline.
+    pub workers_replaced: u64,
     pub last_error: Option<String>,
     pub last_error_at: Option<u64>,
-}
-
-struct RegistryHost(Weak<Registry>, std::path::PathBuf);
-
-impl Host for RegistryHost {
-    fn read_lines(&self, file: &str) -> Result<Vec<String>, String> {
-        sandbox::read_plugin_file(&self.1, file)
-    }
-
-    fn count_streams(&self, name: &str, published: Option<bool>) -> usize {
-        self.0.upgrade().map_or(0, |r| {
-            r.find_by_name(name)
-                .iter()
-                .filter(|s| published.is_none_or(|p| p == s.published))
-                .count()
-        })
-    }
 }
 
 /// The plugins of every app.
 pub struct PolicyHost {
     plugins: ArcSwap<HashMap<String, Arc<Plugin>>>,
-    status: Mutex<BTreeMap<String, PluginStatus>>,
+    status: Arc<Mutex<BTreeMap<String, PluginStatus>>>,
     stores: Mutex<HashMap<String, Arc<SharedStore>>>,
     /// (app, version, error) already logged: each error is logged once per plugin version.
+    /// Bounded: a plugin can make up endless error texts.
     logged: Mutex<HashSet<(String, u64, String)>>,
+    /// Serialises reconciles (file watcher, start-up), never calls: no call waits on it.
+    reconciling: Mutex<()>,
     registry: Arc<Registry>,
     config: Arc<ConfigStore>,
+    tasks: TaskTracker,
+}
+
+/// Distinct error texts remembered for "log once"; past this the set starts afresh.
+const LOGGED_ERRORS: usize = 1000;
+
+/// What reconcile decided for one app before loading anything.
+enum Step {
+    Keep(Arc<Plugin>),
+    /// Load this, as this version, of this hash.
+    Load(WorkerSpec, u64, u64),
+    Missing(String),
+}
+
+/// What came of a step.
+enum Outcome {
+    Keep(Arc<Plugin>),
+    Loaded(Plugin),
+    Failed(PolicyError),
+    Missing(String),
 }
 
 impl PolicyHost {
-    pub fn new(registry: Arc<Registry>, config: Arc<ConfigStore>) -> Arc<Self> {
+    pub fn new(registry: Arc<Registry>, config: Arc<ConfigStore>, tasks: TaskTracker) -> Arc<Self> {
         Arc::new(PolicyHost {
             plugins: ArcSwap::default(),
-            status: Mutex::default(),
+            status: Arc::default(),
             stores: Mutex::default(),
             logged: Mutex::default(),
+            reconciling: Mutex::default(),
             registry,
             config,
+            tasks,
         })
     }
 
     /// Brings the loaded plugins in line with `apps.toml` and the plugin files: loads new
     /// and changed ones, unloads those no longer named or whose file is gone. Blocking (it
-    /// waits for compiles): call it from a blocking context.
+    /// waits for compiles): call it from a blocking context. Loads run with no lock that a
+    /// call or a status read takes.
     pub fn reconcile(&self) {
+        let _one_at_a_time = self.reconciling.lock().unwrap_or_else(|e| e.into_inner());
         let config = self.config.load();
         let current = self.plugins.load_full();
-        let mut next: HashMap<String, Arc<Plugin>> = HashMap::new();
-        let mut status = self.lock_status();
-        status.retain(|app, _| config.apps.get(app).is_some_and(|a| a.plugin.is_some()));
+        let versions: HashMap<String, u64> = self
+            .lock_status()
+            .iter()
+            .map(|(app, s)| (app.clone(), s.version))
+            .collect();
+        // Plan with no lock held: which apps keep their plugin, which load, which lost it.
+        let mut steps: Vec<(String, String, Step)> = Vec::new();
         for (app, app_config) in &config.apps.apps {
             let Some(file) = &app_config.plugin else {
                 continue;
             };
+            let path = config.settings.plugin_dir.join(file);
+            let step = match std::fs::read_to_string(&path) {
+                Err(e) => Step::Missing(format!("{}: {e}", path.display())),
+                Ok(source) => {
+                    let hash = hash_of(&source);
+                    match current.get(app).filter(|p| p.hash == hash) {
+                        Some(plugin) => Step::Keep(plugin.clone()),
+                        None => {
+                            let version = current
+                                .get(app)
+                                .map_or(0, |p| p.version)
+                                .max(versions.get(app).copied().unwrap_or(0))
+                                + 1;
+                            let spec = self.spec(app, file, source, version, &config.settings);
+                            Step::Load(spec, version, hash)
+                        }
+                    }
+                }
+            };
+            steps.push((app.clone(), file.clone(), step));
+        }
+        // Load, still with no lock held.
+        let outcomes: Vec<(String, String, Outcome)> = steps
+            .into_iter()
+            .map(|(app, file, step)| {
+                let outcome = match step {
+                    Step::Keep(plugin) => Outcome::Keep(plugin),
+                    Step::Missing(error) => Outcome::Missing(error),
+                    Step::Load(spec, version, hash) => match Worker::start(&spec) {
+                        Ok((worker, entries)) => Outcome::Loaded(Plugin {
+                            worker: ArcSwap::from_pointee(worker),
+                            spec,
+                            entries,
+                            version,
+                            hash,
+                            replacing: AtomicBool::new(false),
+                        }),
+                        Err(e) => Outcome::Failed(e),
+                    },
+                };
+                (app, file, outcome)
+            })
+            .collect();
+        // Apply.
+        let mut next: HashMap<String, Arc<Plugin>> = HashMap::new();
+        let mut status = self.lock_status();
+        status.retain(|app, _| config.apps.get(app).is_some_and(|a| a.plugin.is_some()));
+        for (app, file, outcome) in outcomes {
             let entry = status.entry(app.clone()).or_insert_with(|| PluginStatus {
                 app_key: app.clone(),
                 ..PluginStatus::default()
             });
             entry.file = file.clone();
-            let path = config.settings.plugin_dir.join(file);
-            let source = match std::fs::read_to_string(&path) {
-                Ok(source) => source,
-                Err(e) => {
+            match outcome {
+                Outcome::Keep(plugin) => {
+                    next.insert(app, plugin);
+                }
+                Outcome::Missing(error) => {
                     // A deleted plugin is unloaded: the app falls back to its REST hook.
-                    if current.contains_key(app) || entry.loaded {
-                        tracing::warn!(app, file = %path.display(), "plugin file gone; plugin unloaded");
+                    if current.contains_key(&app) || entry.loaded {
+                        tracing::warn!(app, error, "plugin file gone; plugin unloaded");
                     }
                     entry.loaded = false;
                     entry.entry_points = EntryPoints::default();
-                    entry.last_error = Some(format!("{}: {e}", path.display()));
+                    entry.last_error = Some(error);
                     entry.last_error_at = Some(now_ms());
-                    continue;
                 }
-            };
-            let hash = hash_of(&source);
-            if let Some(plugin) = current.get(app).filter(|p| p.hash == hash) {
-                next.insert(app.clone(), plugin.clone());
-                continue;
-            }
-            let version = current
-                .get(app)
-                .map_or(entry.version, |p| p.version.max(entry.version))
-                + 1;
-            match self.start_worker(app, file, &source, version) {
-                Ok((jobs, entries)) => {
-                    tracing::info!(app, file, version, "plugin loaded");
+                Outcome::Loaded(plugin) => {
+                    tracing::info!(app, file, version = plugin.version, "plugin loaded");
                     entry.loaded = true;
-                    entry.version = version;
+                    entry.version = plugin.version;
                     entry.loaded_at = Some(now_ms());
-                    entry.hash = format!("{hash:016x}");
-                    entry.entry_points = entries.clone();
+                    entry.hash = format!("{:016x}", plugin.hash);
+                    entry.entry_points = plugin.entries.clone();
                     entry.reloads += 1;
                     entry.last_error = None;
-                    next.insert(
-                        app.clone(),
-                        Arc::new(Plugin {
-                            jobs,
-                            entries,
-                            version,
-                            hash,
-                        }),
-                    );
+                    next.insert(app, Arc::new(plugin));
                 }
-                Err(e) => {
+                Outcome::Failed(e) => {
                     tracing::error!(app, file, error = %e, "plugin not loaded; the previous version stays in force");
                     entry.reload_failures += 1;
                     entry.last_error = Some(e.to_string());
                     entry.last_error_at = Some(now_ms());
-                    if let Some(plugin) = current.get(app) {
-                        next.insert(app.clone(), plugin.clone());
+                    if let Some(plugin) = current.get(&app) {
+                        next.insert(app, plugin.clone());
                     }
                 }
             }
         }
         drop(status);
-        // Calls in flight keep their Arc to the old version and finish on it.
+        // Calls in flight keep their Arc to the old version and finish on it; its worker
+        // thread ends when the last of them is done.
         self.plugins.store(Arc::new(next));
     }
 
-    fn start_worker(
+    fn spec(
         &self,
         app: &str,
         file: &str,
-        source: &str,
+        source: String,
         version: u64,
-    ) -> Result<(std::sync::mpsc::Sender<Job>, EntryPoints), PolicyError> {
-        let settings = &self.config.load().settings;
-        let limits = Limits {
-            memory_bytes: settings.plugin_memory_limit,
-            instructions_per_call: settings.plugin_instruction_budget,
-        };
+        settings: &crate::config::Settings,
+    ) -> WorkerSpec {
         let store = self
             .stores
             .lock()
@@ -327,45 +366,18 @@ impl PolicyHost {
             .entry(app.to_string())
             .or_default()
             .clone();
-        let (jobs, inbox) = std::sync::mpsc::channel::<Job>();
-        let (ready_tx, ready) = std::sync::mpsc::channel();
-        let label = format!("{file} ({app} v{version})");
-        let source = source.to_string();
-        let registry = Arc::downgrade(&self.registry);
-        let plugin_dir = settings.plugin_dir.clone();
-        std::thread::Builder::new()
-            .name(format!("lua-{app}"))
-            .spawn(move || {
-                let host: Rc<dyn Host> = Rc::new(RegistryHost(registry, plugin_dir));
-                let sandbox = match Sandbox::load(&label, &source, limits, store, host) {
-                    Ok(sandbox) => sandbox,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
-                let entries = EntryPoints {
-                    on_keepalive: sandbox.has("on_keepalive"),
-                    on_publish: sandbox.has("on_publish"),
-                    on_play: sandbox.has("on_play"),
-                    on_stop: sandbox.has("on_stop"),
-                    filters: sandbox.filter_names(),
-                };
-                if ready_tx.send(Ok(entries)).is_err() {
-                    return;
-                }
-                // Runs until every sender (the host's, and calls in flight) is gone.
-                while let Ok(job) = inbox.recv() {
-                    run_job(&sandbox, job);
-                }
-            })
-            .map_err(|e| PolicyError::Load(format!("cannot start a plugin thread: {e}")))?;
-        match ready.recv_timeout(LOAD_TIMEOUT) {
-            Ok(Ok(entries)) => Ok((jobs, entries)),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(PolicyError::Load(format!(
-                "loading took over {LOAD_TIMEOUT:?}"
-            ))),
+        WorkerSpec {
+            app: app.to_string(),
+            label: format!("{file} ({app} v{version})"),
+            source,
+            limits: Limits {
+                memory_bytes: settings.plugin_memory_limit,
+                instructions_per_call: settings.plugin_instruction_budget,
+                call_timeout: settings.plugin_call_timeout,
+            },
+            store,
+            registry: Arc::downgrade(&self.registry),
+            plugin_dir: settings.plugin_dir.clone(),
         }
     }
 
@@ -389,6 +401,79 @@ impl PolicyHost {
         })
     }
 
+    /// One job on the plugin's worker, `calls` plugin calls long. A queue that is full or an
+    /// answer that is late fails the job (counted), and a worker found stuck is replaced.
+    async fn call<T>(
+        &self,
+        app: &str,
+        plugin: &Arc<Plugin>,
+        calls: usize,
+        job: impl FnOnce(oneshot::Sender<T>) -> Job,
+    ) -> Result<T, PolicyError> {
+        let worker = plugin.worker.load_full();
+        let result = worker.call(calls, job).await;
+        if let Err(e) = &result {
+            self.note_failure(app, plugin, &worker, e);
+        }
+        result
+    }
+
+    fn note_failure(&self, app: &str, plugin: &Arc<Plugin>, worker: &Arc<Worker>, e: &PolicyError) {
+        {
+            let mut status = self.lock_status();
+            if let Some(s) = status.get_mut(app).filter(|s| s.version == plugin.version) {
+                match e {
+                    PolicyError::Busy(_) => s.rejected += 1,
+                    PolicyError::Timeout(_) => s.timeouts += 1,
+                    _ => {}
+                }
+            }
+        }
+        if matches!(
+            e,
+            PolicyError::Busy(_) | PolicyError::Timeout(_) | PolicyError::Gone
+        ) && worker.is_stuck()
+        {
+            self.replace_worker(app, plugin);
+        }
+    }
+
+    /// Starts a fresh worker for a plugin whose worker is stuck, off the async runtime; the
+    /// stuck thread ends when its call does (its queue is gone), and no call waits for it.
+    fn replace_worker(&self, app: &str, plugin: &Arc<Plugin>) {
+        if plugin.replacing.swap(true, Ordering::AcqRel) || self.tasks.is_closed() {
+            return;
+        }
+        tracing::error!(
+            app,
+            version = plugin.version,
+            "plugin worker stuck past its deadline; starting a fresh one"
+        );
+        let plugin = plugin.clone();
+        let app = app.to_string();
+        let status = self.status_handle();
+        self.tasks.spawn_blocking(move || {
+            match Worker::start(&plugin.spec) {
+                Ok((worker, _)) => {
+                    plugin.worker.store(Arc::new(worker));
+                    if let Some(s) = status
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_mut(&app)
+                    {
+                        s.workers_replaced += 1;
+                    }
+                }
+                Err(e) => tracing::error!(app, error = %e, "plugin worker not replaced"),
+            }
+            plugin.replacing.store(false, Ordering::Release);
+        });
+    }
+
+    fn status_handle(&self) -> Arc<Mutex<BTreeMap<String, PluginStatus>>> {
+        self.status.clone()
+    }
+
     /// Keep-alive verdicts for streams of one app, in order. The records move into the
     /// plugin's state as its read-only views: nothing is copied per verdict.
     pub async fn keepalive(&self, app: &str, records: Vec<StreamRecord>) -> Vec<PluginVerdict> {
@@ -396,13 +481,10 @@ impl PolicyHost {
         let Some(plugin) = self.plugin(app).filter(|p| p.entries.on_keepalive) else {
             return vec![PluginVerdict::Abstain; count];
         };
-        let (tx, rx) = oneshot::channel();
-        let answers = match plugin.jobs.send(Job::KeepAlive(records, tx)) {
-            Ok(()) => rx
-                .await
-                .unwrap_or_else(|_| vec![Err(PolicyError::Gone); count]),
-            Err(_) => vec![Err(PolicyError::Gone); count],
-        };
+        let answers = self
+            .call(app, &plugin, count, |reply| Job::KeepAlive(records, reply))
+            .await
+            .unwrap_or_else(|e| vec![Err(e); count]);
         self.count(app, plugin.version, &answers);
         answers
             .into_iter()
@@ -456,15 +538,13 @@ impl PolicyHost {
                 continue;
             };
             let views = records.clone();
-            let (tx, rx) = oneshot::channel();
-            if plugin
-                .jobs
-                .send(Job::Filter(name.to_string(), args.clone(), views, tx))
-                .is_err()
-            {
-                continue;
-            }
-            let answers = rx.await.unwrap_or_default();
+            let count = views.len();
+            let answers = self
+                .call(&app, &plugin, count, |reply| {
+                    Job::Filter(name.to_string(), args.clone(), views, reply)
+                })
+                .await
+                .unwrap_or_else(|e| vec![Err(e); count]);
             self.count(&app, plugin.version, &answers);
             kept.extend(
                 records
@@ -493,12 +573,13 @@ impl PolicyHost {
         if !has {
             return None;
         }
-        let (tx, rx) = oneshot::channel();
-        plugin
-            .jobs
-            .send(Job::Admit(record.clone(), request, tx))
-            .ok()?;
-        let answer = rx.await.unwrap_or(Err(PolicyError::Gone));
+        let view = record.clone();
+        let answer = self
+            .call(&record.app_key, &plugin, 1, |reply| {
+                Job::Admit(view, request, reply)
+            })
+            .await
+            .and_then(|answer| answer);
         self.count(
             &record.app_key,
             plugin.version,
@@ -507,11 +588,15 @@ impl PolicyHost {
         Some(answer)
     }
 
-    /// Tells the app's plugin (`on_stop`) that a stream ended. Does not wait.
+    /// Tells the app's plugin (`on_stop`) that a stream ended. Does not wait; a full queue
+    /// drops the notification (counted).
     pub fn stopped(&self, event: &StatusEvent) {
         if let Some(plugin) = self.plugin(&event.app_key).filter(|p| p.entries.on_stop) {
             let view = record_of_event(event, self.registry.node_id());
-            let _ = plugin.jobs.send(Job::Stopped(view, event.info.clone()));
+            let worker = plugin.worker.load_full();
+            if let Err(e) = worker.send(Job::Stopped(view, event.info.clone())) {
+                self.note_failure(&event.app_key, &plugin, &worker, &e);
+            }
         }
     }
 
@@ -532,8 +617,14 @@ impl PolicyHost {
                 }
             }
         }
+        if errors.is_empty() {
+            return;
+        }
         let mut logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
         for e in errors {
+            if logged.len() >= LOGGED_ERRORS {
+                logged.clear();
+            }
             if logged.insert((app.to_string(), version, e.to_string())) {
                 tracing::error!(app, version, error = %e, "plugin call failed (logged once per plugin version)");
             }
@@ -545,13 +636,10 @@ impl PolicyHost {
     }
 
     /// Follows the event bus and calls `on_stop` for every stream that ends, until `stop`.
-    pub fn spawn_stop_notifier(
-        self: &Arc<Self>,
-        stop: tokio_util::sync::CancellationToken,
-    ) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_stop_notifier(self: &Arc<Self>, stop: CancellationToken) {
         let this = self.clone();
         let mut events = self.registry.events();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             loop {
                 let event = tokio::select! {
                     _ = stop.cancelled() => return,
@@ -563,26 +651,7 @@ impl PolicyHost {
                     Err(_) => return,
                 }
             }
-        })
-    }
-}
-
-fn run_job(sandbox: &Sandbox, job: Job) {
-    match job {
-        Job::KeepAlive(views, reply) => {
-            let _ = reply.send(sandbox.keepalive_many(views));
-        }
-        Job::Filter(name, args, views, reply) => {
-            let _ = reply.send(sandbox.filter_many(&name, views, &args));
-        }
-        Job::Admit(view, request, reply) => {
-            let _ = reply.send(sandbox.admit(view, &request));
-        }
-        Job::Stopped(view, reason) => {
-            if let Err(e) = sandbox.stopped(view, &reason) {
-                tracing::warn!(plugin = sandbox.label(), error = %e, "on_stop failed");
-            }
-        }
+        });
     }
 }
 
@@ -593,77 +662,11 @@ fn hash_of(text: &str) -> u64 {
     hasher.finish()
 }
 
-/// Runs one entry point of a plugin file offline (`sluice plugin test`).
-pub fn test_offline(path: &Path, call: OfflineCall) -> Result<serde_json::Value, PolicyError> {
-    let source = std::fs::read_to_string(path)
-        .map_err(|e| PolicyError::Load(format!("{}: {e}", path.display())))?;
-    struct Offline(usize, std::path::PathBuf);
-    impl Host for Offline {
-        fn count_streams(&self, _: &str, _: Option<bool>) -> usize {
-            self.0
-        }
-        fn read_lines(&self, file: &str) -> Result<Vec<String>, String> {
-            sandbox::read_plugin_file(&self.1, file)
-        }
-    }
-    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let label = path.display().to_string();
-    let players = match &call {
-        OfflineCall::Admit { players, .. } => *players,
-        _ => 0,
-    };
-    let sandbox = Sandbox::load(
-        &label,
-        &source,
-        Limits::default(),
-        Arc::default(),
-        Rc::new(Offline(players, dir)),
-    )?;
-    let code = |c: Code| match c {
-        Code::Abstain => serde_json::json!({"code": null}),
-        Code::Code(code, reason) => serde_json::json!({"code": code, "reason": reason}),
-        Code::Held(reason, hold_ms) => {
-            serde_json::json!({"code": 403, "reason": reason, "holdMs": hold_ms})
-        }
-    };
-    Ok(match call {
-        OfflineCall::KeepAlive(view) => code(sandbox.keepalive(view.into_record())?),
-        OfflineCall::Admit { view, request, .. } => {
-            code(sandbox.admit(view.into_record(), &request)?)
-        }
-        OfflineCall::Filter { name, args, view } => {
-            serde_json::json!({"match": sandbox.filter(&name, view.into_record(), &args)?})
-        }
-        OfflineCall::Stop { view, reason } => {
-            sandbox.stopped(view.into_record(), &reason)?;
-            serde_json::json!({"ok": true})
-        }
-    })
-}
-
-/// One offline call of `sluice plugin test`.
-pub enum OfflineCall {
-    KeepAlive(StreamView),
-    Admit {
-        view: StreamView,
-        request: AdmissionRequest,
-        players: usize,
-    },
-    Filter {
-        name: String,
-        args: serde_json::Value,
-        view: StreamView,
-    },
-    Stop {
-        view: StreamView,
-        reason: String,
-    },
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::registry::NewStream;
+    use std::rc::Rc;
 
     struct Count(usize);
     impl Host for Count {
@@ -679,6 +682,7 @@ mod tests {
         let limits = Limits {
             memory_bytes: 4 * 1024 * 1024,
             instructions_per_call: 200_000,
+            call_timeout: Duration::from_secs(2),
         };
         Sandbox::load(
             "test.lua",
@@ -794,6 +798,71 @@ mod tests {
         );
         assert!(sandbox("return 5").is_err(), "a module must be a table");
         assert!(sandbox("local M = {").is_err(), "syntax error");
+    }
+
+    #[test]
+    fn budgets_hold_on_every_coroutine_and_cannot_be_caught() {
+        let body = |b: &str| format!("local M = {{}} function M.on_keepalive(s) {b} end return M");
+        for escape in [
+            "coroutine.wrap(function() while true do end end)() return 200",
+            "local co = coroutine.create(function() while true do end end) coroutine.resume(co) return 200",
+            "coroutine.wrap(function() coroutine.wrap(function() while true do end end)() end)() return 200",
+            "while true do pcall(function() while true do end end) end",
+            "while true do pcall(error, 'x') end",
+            "while true do xpcall(function() while true do end end, function() while true do end end) end",
+            "local ok = pcall(coroutine.wrap(function() while true do end end)) return 200",
+            "setmetatable({}, {__gc = function() while true do end end}) return 200",
+            "local ok = xpcall(error, function() while true do end end) return 200",
+            "local co = coroutine.create(function() local t = {} for i = 1, 1e8 do t[i] = string.rep('x', 1000) .. i end end) coroutine.resume(co) return 200",
+        ] {
+            let started = std::time::Instant::now();
+            let result = keepalive(&body(escape));
+            assert!(
+                matches!(&result, Err(PolicyError::Call(m)) if m.contains("budget") || m.contains("memory") || m.contains("__gc")),
+                "{escape}: {result:?}"
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{escape} took {:?}",
+                started.elapsed()
+            );
+        }
+        // A plugin that catches its own errors still works when it stays within budget.
+        assert_eq!(
+            keepalive(&body(
+                "local ok = pcall(error, 'x') if not ok then return 403, 'caught' end"
+            ))
+            .unwrap(),
+            Code::Code(403, Some("caught".into()))
+        );
+        let co = body(
+            "local co = coroutine.wrap(function() coroutine.yield(1) return 2 end) local a, b = co(), co() return 200 + a + b - 3",
+        );
+        assert_eq!(keepalive(&co).unwrap(), Code::Code(200, None));
+    }
+
+    #[test]
+    fn the_wall_clock_deadline_cuts_a_call_off() {
+        let limits = Limits {
+            memory_bytes: 4 * 1024 * 1024,
+            instructions_per_call: u64::MAX / 2,
+            call_timeout: Duration::from_millis(50),
+        };
+        let s = Sandbox::load(
+            "slow.lua",
+            "local M = {} function M.on_keepalive(s) coroutine.wrap(function() while true do end end)() end return M",
+            limits,
+            Arc::default(),
+            Rc::new(Count(0)),
+        )
+        .unwrap();
+        let started = std::time::Instant::now();
+        let result = s.keepalive(view(true));
+        assert!(
+            matches!(&result, Err(PolicyError::Call(m)) if m.contains("deadline of 50 ms")),
+            "{result:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 
     #[test]

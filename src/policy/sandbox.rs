@@ -1,36 +1,42 @@
-//! One plugin's Lua state: the sandboxed standard library, the memory cap, the instruction
-//! budget per call, the host API (`log`, `json`, `now_ms`, `shared`, `streams`), read-only
+//! One plugin's Lua state: the sandboxed standard library, the memory cap, the budget of
+//! each call (instructions and wall clock, on every Lua thread: see [`super::budget`]), the
+//! host API (`log`, `json`, `now_ms`, `shared`, `streams`), read-only
 //! stream views, and the calls into the plugin's entry points. It lives on one thread (its
 //! worker), so no lock is ever held around a Lua call.
 
-use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use mlua::{
-    AnyUserData, ChunkMode, Function, HookTriggers, Lua, LuaOptions, LuaSerdeExt, MetaMethod,
-    StdLib, Table, UserData, UserDataMethods, Value, VmState,
+    AnyUserData, ChunkMode, Function, Lua, LuaOptions, LuaSerdeExt, MetaMethod, StdLib, Table,
+    UserData, UserDataMethods, Value,
 };
 
+use super::budget::{self, Trip};
 use super::shared::SharedStore;
 use super::{AdmissionRequest, PolicyError};
 use crate::registry::{MediaKind, StreamRecord};
-
-/// How often (in VM instructions) the budget is checked.
-const BUDGET_STEP: u32 = 1000;
 
 /// Limits of one plugin state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub memory_bytes: usize,
+    /// VM instructions one call may run, in all its coroutines together.
     pub instructions_per_call: u64,
+    /// Wall-clock time one call may take.
+    pub call_timeout: Duration,
 }
+
+/// How long loading a plugin may take (compiling and running its top level).
+pub const LOAD_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             memory_bytes: 16 * 1024 * 1024,
             instructions_per_call: 1_000_000,
+            call_timeout: Duration::from_millis(1000),
         }
     }
 }
@@ -66,7 +72,7 @@ pub fn read_plugin_file(dir: &std::path::Path, file: &str) -> Result<Vec<String>
 pub struct Sandbox {
     lua: Lua,
     module: Table,
-    used: Rc<Cell<u64>>,
+    limits: Limits,
     label: String,
 }
 
@@ -95,36 +101,32 @@ impl Sandbox {
             .map_err(|e| PolicyError::Load(e.to_string()))?;
         lua.set_memory_limit(limits.memory_bytes)
             .map_err(|e| PolicyError::Load(e.to_string()))?;
-        let used = Rc::new(Cell::new(0u64));
-        let counter = used.clone();
-        let budget = limits.instructions_per_call;
-        lua.set_hook(
-            HookTriggers::new().every_nth_instruction(BUDGET_STEP),
-            move |_lua, _debug| {
-                counter.set(counter.get() + BUDGET_STEP as u64);
-                if counter.get() > budget {
-                    Err(mlua::Error::RuntimeError(format!(
-                        "instruction budget of {budget} exceeded"
-                    )))
-                } else {
-                    Ok(VmState::Continue)
-                }
-            },
-        );
         install_host_api(&lua, label, store, host).map_err(|e| PolicyError::Load(e.to_string()))?;
-        used.set(0);
+        budget::install(&lua).map_err(|e| PolicyError::Load(e.to_string()))?;
+        // The top level runs under the budget of a call too, with the load's time limit.
+        budget::begin(limits.instructions_per_call, LOAD_TIMEOUT);
         let module: Table = lua
             .load(source)
             .set_name(format!("@{label}"))
             .set_mode(ChunkMode::Text)
             .eval()
-            .map_err(|e| PolicyError::Load(one_line(&e)))?;
+            .map_err(|e| PolicyError::Load(failure(&e, &limits)))?;
         Ok(Sandbox {
             lua,
             module,
-            used,
+            limits,
             label: label.to_string(),
         })
+    }
+
+    /// Starts the budget of one call.
+    fn begin(&self) {
+        budget::begin(self.limits.instructions_per_call, self.limits.call_timeout);
+    }
+
+    /// A failed call as the host reports it.
+    fn failed(&self, e: &mlua::Error) -> PolicyError {
+        PolicyError::Call(failure(e, &self.limits))
     }
 
     pub fn label(&self) -> &str {
@@ -150,13 +152,18 @@ impl Sandbox {
 
     /// `on_keepalive(stream)` → `code[, reason]`.
     pub fn keepalive(&self, stream: StreamRecord) -> Result<Code, PolicyError> {
-        self.keepalive_many(vec![stream])
+        self.keepalive_many(vec![stream], &|| {})
             .pop()
             .unwrap_or_else(|| Err(PolicyError::Call("no answer".into())))
     }
 
-    /// `on_keepalive` for many streams, looking the function up once.
-    pub fn keepalive_many(&self, streams: Vec<StreamRecord>) -> Vec<Result<Code, PolicyError>> {
+    /// `on_keepalive` for many streams, looking the function up once; `on_call` runs before
+    /// each call (the worker stamps the call's start with it).
+    pub fn keepalive_many(
+        &self,
+        streams: Vec<StreamRecord>,
+        on_call: &dyn Fn(),
+    ) -> Vec<Result<Code, PolicyError>> {
         let f: Function = match self.entry("on_keepalive") {
             Ok(f) => f,
             Err(e) => return streams.iter().map(|_| Err(e.clone())).collect(),
@@ -182,6 +189,7 @@ impl Sandbox {
                         ud
                     }
                 };
+                on_call();
                 self.code(&f, (current,))
             })
             .collect()
@@ -200,6 +208,7 @@ impl Sandbox {
         };
         let f: Function = self.entry(entry)?;
         let view = self.view(stream)?;
+        self.begin();
         let request = self.readonly(
             &serde_json::to_value(request).map_err(|e| PolicyError::Call(e.to_string()))?,
         )?;
@@ -213,18 +222,21 @@ impl Sandbox {
         stream: StreamRecord,
         args: &serde_json::Value,
     ) -> Result<bool, PolicyError> {
-        self.filter_many(name, vec![stream], args)
+        self.filter_many(name, vec![stream], args, &|| {})
             .pop()
             .unwrap_or_else(|| Err(PolicyError::Call("no answer".into())))
     }
 
-    /// `filters.NAME(stream, args)` for many streams, with `args` made a Lua table once.
+    /// `filters.NAME(stream, args)` for many streams, with `args` made a Lua table once;
+    /// `on_call` runs before each call.
     pub fn filter_many(
         &self,
         name: &str,
         streams: Vec<StreamRecord>,
         args: &serde_json::Value,
+        on_call: &dyn Fn(),
     ) -> Vec<Result<bool, PolicyError>> {
+        self.begin();
         let prepared = (|| {
             let filters: Table = self
                 .module
@@ -243,10 +255,11 @@ impl Sandbox {
             .into_iter()
             .map(|stream| {
                 let view = self.view(stream)?;
-                self.used.set(0);
+                on_call();
+                self.begin();
                 match f
                     .call::<Value>((view, args.clone()))
-                    .map_err(|e| PolicyError::Call(one_line(&e)))?
+                    .map_err(|e| self.failed(&e))?
                 {
                     Value::Boolean(b) => Ok(b),
                     other => Err(PolicyError::WrongType(format!(
@@ -262,9 +275,8 @@ impl Sandbox {
     pub fn stopped(&self, stream: StreamRecord, reason: &str) -> Result<(), PolicyError> {
         let f: Function = self.entry("on_stop")?;
         let view = self.view(stream)?;
-        self.used.set(0);
-        f.call::<()>((view, reason))
-            .map_err(|e| PolicyError::Call(one_line(&e)))
+        self.begin();
+        f.call::<()>((view, reason)).map_err(|e| self.failed(&e))
     }
 
     fn entry(&self, name: &str) -> Result<Function, PolicyError> {
@@ -274,9 +286,9 @@ impl Sandbox {
     }
 
     fn code(&self, f: &Function, args: impl mlua::IntoLuaMulti) -> Result<Code, PolicyError> {
-        self.used.set(0);
+        self.begin();
         let (code, reason, options): (Value, Value, Value) =
-            f.call(args).map_err(|e| PolicyError::Call(one_line(&e)))?;
+            f.call(args).map_err(|e| self.failed(&e))?;
         let hold_ms = hold_option(&options)?;
         let reason = match reason {
             Value::Nil => None,
@@ -450,6 +462,21 @@ fn describe(v: &Value) -> String {
     }
 }
 
+/// Why a call failed: the budget it ran over, or the plugin's own error.
+fn failure(e: &mlua::Error, limits: &Limits) -> String {
+    match budget::tripped() {
+        Some(Trip::Instructions) => format!(
+            "instruction budget of {} exceeded",
+            limits.instructions_per_call
+        ),
+        Some(Trip::Deadline) => format!(
+            "call deadline of {} ms exceeded",
+            limits.call_timeout.as_millis()
+        ),
+        None => one_line(e),
+    }
+}
+
 /// An error on one line, without the Lua traceback.
 fn one_line(e: &mlua::Error) -> String {
     let text = match e {
@@ -468,6 +495,35 @@ const PRELUDE: &str = r#"
 -- Globals a sandboxed plugin must not have.
 dofile, loadfile, collectgarbage = nil, nil, nil
 string.dump = nil
+-- A call over its budget or out of memory cannot be caught: whatever catches errors
+-- re-raises then.
+local over, raw_error = sluice_over, error
+sluice_over = nil
+local function pass(ok, ...)
+  if not ok and (over() or (...) == "not enough memory") then raw_error((...), 0) end
+  return ok, ...
+end
+local raw_pcall, raw_xpcall = pcall, xpcall
+local raw_resume, raw_close = coroutine.resume, coroutine.close
+pcall = function(...) return pass(raw_pcall(...)) end
+-- A message handler runs inside the hook that raised the cut-off, where no hook fires: it is
+-- not called then.
+xpcall = function(f, handler, ...)
+  return pass(raw_xpcall(f, function(...)
+    if over() then return ... end
+    return handler(...)
+  end, ...))
+end
+-- Finalizers run with hooks off, so a looping one could never be cut off: none are allowed.
+local raw_setmetatable, raw_rawget = setmetatable, rawget
+setmetatable = function(t, mt)
+  if type(mt) == "table" and raw_rawget(mt, "__gc") ~= nil then
+    raw_error("__gc finalizers are not allowed in plugins", 2)
+  end
+  return raw_setmetatable(t, mt)
+end
+coroutine.resume = function(...) return pass(raw_resume(...)) end
+coroutine.close = function(...) return pass(raw_close(...)) end
 local raw_load = load
 -- Text chunks only, never precompiled bytecode.
 load = function(chunk, name, _mode, env) return raw_load(chunk, name, "t", env) end
@@ -493,6 +549,10 @@ fn install_host_api(
     store: Arc<SharedStore>,
     host: Rc<dyn Host>,
 ) -> mlua::Result<()> {
+    lua.globals().set(
+        "sluice_over",
+        lua.create_function(|_, ()| Ok(budget::tripped().is_some()))?,
+    )?;
     let readonly: Function = lua.load(PRELUDE).set_name("=sluice").eval()?;
     lua.set_named_registry_value("sluice_readonly", readonly)?;
     let globals = lua.globals();

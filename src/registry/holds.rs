@@ -75,9 +75,12 @@ impl HoldFilter {
             && self.published.is_none_or(|p| p == published)
             && self.app_key.as_deref().is_none_or(|a| a == app_key)
             && self.streams.as_ref().is_none_or(|streams| {
-                streams
-                    .iter()
-                    .any(|s| s.name == name && s.published == published && s.app_key == app_key)
+                // A lookup, not a scan: a hold may name thousands of streams.
+                streams.contains(&HeldStream {
+                    name: name.to_string(),
+                    published,
+                    app_key: app_key.to_string(),
+                })
             })
     }
 }

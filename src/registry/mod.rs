@@ -37,12 +37,18 @@ pub trait StopHandle: Send + Sync {
 }
 
 /// Why a registration was refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error, PartialEq)]
 pub enum RegistryError {
     #[error("stream '{0}' is already being published")]
     AlreadyPublishing(String),
     #[error("no stream '{0}' is being published")]
     NotPublishing(String),
+    #[error("held: {}", .0.reason)]
+    Held(Box<Hold>),
+    #[error("the server is shutting down")]
+    Draining,
+    #[error("the server is full: {0} streams are live")]
+    Full(usize),
 }
 
 struct Entry {
@@ -130,6 +136,8 @@ pub struct Registry {
     holds: Mutex<holds::HoldTable>,
     counts: Mutex<LifecycleCounts>,
     node_id: String,
+    /// Set once a shutdown has begun: nothing more is registered.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 /// How long a player whose publisher left should wait before trying again.
@@ -152,6 +160,7 @@ impl Registry {
             holds: Mutex::default(),
             counts: Mutex::default(),
             node_id: node_id.into(),
+            draining: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -159,20 +168,44 @@ impl Registry {
         &self.node_id
     }
 
-    /// Adds a stream in status `PENDING`. A publisher needs its name free; a player needs
-    /// a publisher of that name.
+    /// Adds a stream in status `PENDING`, with no limit on how many are live.
     pub fn register(
         &self,
         new: NewStream,
         handle: Arc<dyn StopHandle>,
     ) -> Result<StreamRecord, RegistryError> {
+        self.register_within(new, handle, 0)
+    }
+
+    /// Adds a stream in status `PENDING`. A publisher needs its name free; a player needs a
+    /// publisher of that name (the one it names, if it names one). Refused while a hold
+    /// matches it, while the server is draining, or when `max_streams` (`0`: no limit) are
+    /// live. All of it is checked under the table's write lock, so a terminate-with-hold or
+    /// a shutdown that has returned cannot be slipped past.
+    pub fn register_within(
+        &self,
+        new: NewStream,
+        handle: Arc<dyn StopHandle>,
+        max_streams: usize,
+    ) -> Result<StreamRecord, RegistryError> {
         let mut table = self.write();
+        if self.is_draining() {
+            return Err(RegistryError::Draining);
+        }
+        if max_streams > 0 && table.by_id.len() >= max_streams {
+            return Err(RegistryError::Full(table.by_id.len()));
+        }
+        if let Some(hold) = self.held(&new.name, new.published, &new.app_key) {
+            return Err(RegistryError::Held(Box::new(hold)));
+        }
         let slot = table.by_name.get(&new.name);
         let publisher = slot.and_then(|s| s.publisher);
         if new.published && publisher.is_some() {
             return Err(RegistryError::AlreadyPublishing(new.name));
         }
-        if !new.published && publisher.is_none() {
+        if !new.published
+            && (publisher.is_none() || new.publisher_id.is_some_and(|p| Some(p) != publisher))
+        {
             return Err(RegistryError::NotPublishing(new.name));
         }
         let record = StreamRecord::new(new, &self.node_id, now_ms());
@@ -544,6 +577,18 @@ impl Registry {
             self.stop(record.media_session_id, StopReason::server(reason));
         }
         Ok(termination)
+    }
+
+    /// Refuses every registration from now on (server shutdown).
+    pub fn drain(&self) {
+        // Taken under the write lock, so no registration is half-way past the check.
+        let _table = self.write();
+        self.draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The hold that refuses a new stream of this name, direction and app, if any.

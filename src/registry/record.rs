@@ -143,6 +143,9 @@ pub struct NewStream {
     pub bearer: Bearer,
     /// Set when the caller has already chosen the id (e.g. to name the resource).
     pub media_session_id: Option<Uuid>,
+    /// For a player: the publisher it was wired to. It is registered only while that very
+    /// publisher is, not a later one that took the name.
+    pub publisher_id: Option<Uuid>,
 }
 
 impl NewStream {
@@ -165,6 +168,7 @@ impl NewStream {
             custom: BTreeMap::new(),
             bearer: Bearer::default(),
             media_session_id: None,
+            publisher_id: None,
         }
     }
 }
