@@ -117,6 +117,11 @@ impl TestServer {
         self.child.id()
     }
 
+    /// The exit status, once the process has exited.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// What the server process holds: streams, tokio tasks, open file descriptors.
     pub async fn runtime(&self) -> Value {
         self.http_client

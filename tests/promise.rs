@@ -1,0 +1,201 @@
+//! The central promise under hostile plugins: budgets that hold on every coroutine, a worker
+//! stuck in C code replaced, and `sluice plugin test` that always ends. Real servers, real
+//! plugin files, real processes.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{InProcessServer, LOOPBACK, until};
+use serde_json::Value;
+use sluice::registry::NewStream;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn server_with_plugins(apps: &str, plugins: &[(&str, &str)], extra: &str) -> InProcessServer {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("plugins")).unwrap();
+    for (name, source) in plugins {
+        std::fs::write(dir.path().join("plugins").join(name), source).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("server.properties"),
+        format!("{LOOPBACK}keep_alive_streaming_sessions_enabled=true\n{extra}"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("apps.toml"), apps).unwrap();
+    InProcessServer::start_in(dir).await
+}
+
+/// One app's entry of `GET /rest-api/plugins`.
+async fn plugin_of(server: &InProcessServer, app: &str) -> Value {
+    let view = server.get("/rest-api/plugins").await;
+    view.as_array()
+        .and_then(|apps| apps.iter().find(|p| p["appKey"] == app).cloned())
+        .unwrap_or_else(|| panic!("no plugin of {app} in {view}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coroutine_loops_and_bombs_are_cut_off_while_other_apps_get_verdicts_on_time() {
+    let looping = "local M = {}\nfunction M.on_keepalive(s) coroutine.wrap(function() while true do end end)() return 200 end\nreturn M\n";
+    let caught = "local M = {}\nfunction M.on_keepalive(s) while true do pcall(coroutine.wrap(function() while true do end end)) end end\nreturn M\n";
+    let bomb = "local M = {}\nfunction M.on_keepalive(s) local co = coroutine.create(function() local t = {} for i = 1, 1e9 do t[i] = string.rep('x', 4096) .. i end end) coroutine.resume(co) return 200 end\nreturn M\n";
+    let timely = "local M = {}\nfunction M.on_keepalive(s) return 403, 'on time' end\nreturn M\n";
+    let apps = "[apps.coLoop]\nplugin = \"loop.lua\"\n[apps.coLoop.methods.StreamKeepAliveEvent]\nrestOnError = \"LOG\"\n\
+                [apps.coCaught]\nplugin = \"caught.lua\"\n[apps.coCaught.methods.StreamKeepAliveEvent]\nrestOnError = \"LOG\"\n\
+                [apps.coBomb]\nplugin = \"bomb.lua\"\n\
+                [apps.timely]\nplugin = \"timely.lua\"\n";
+    let server = server_with_plugins(
+        apps,
+        &[
+            ("loop.lua", looping),
+            ("caught.lua", caught),
+            ("bomb.lua", bomb),
+            ("timely.lua", timely),
+        ],
+        "streaming_sessions_keep_alive_interval=300\nstreaming_sessions_keep_alive_app_keys=coLoop,coCaught,coBomb,timely\nkeep_alive_failures_to_stop=2\nplugin_instruction_budget=100000\nplugin_memory_limit=8388608\n",
+    )
+    .await;
+    let r = server.registry.clone();
+    let looped = r
+        .register_synthetic(NewStream::publisher("looped", "coLoop"))
+        .unwrap()
+        .media_session_id;
+    r.register_synthetic(NewStream::publisher("caught", "coCaught"))
+        .unwrap();
+    let bombed = r
+        .register_synthetic(NewStream::publisher("bombed", "coBomb"))
+        .unwrap()
+        .media_session_id;
+    // While the hostile plugins run, every verdict of the well-behaved app comes on time:
+    // a new stream of it is stopped within about one interval, again and again.
+    for round in 0..5 {
+        let started = Instant::now();
+        let id = r
+            .register_synthetic(NewStream::publisher(&format!("timely{round}"), "timely"))
+            .unwrap()
+            .media_session_id;
+        assert!(
+            until(WAIT, || r.get(id).is_none()).await,
+            "round {round}: the timely app's verdict never came"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "round {round}: verdict after {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(
+        until(WAIT, || r.get(bombed).is_none()).await,
+        "the coroutine memory bomb fails its verdicts (FAIL: stopped after two)"
+    );
+    for app in ["coLoop", "coCaught"] {
+        let mut plugin = plugin_of(&server, app).await;
+        let deadline = Instant::now() + WAIT;
+        while plugin["errors"].as_u64().unwrap_or(0) < 2 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            plugin = plugin_of(&server, app).await;
+        }
+        assert!(
+            plugin["errors"].as_u64().unwrap_or(0) >= 2,
+            "{app}: its calls return (as failures) instead of wedging its worker: {plugin}"
+        );
+        assert!(
+            plugin["lastError"]
+                .as_str()
+                .is_some_and(|e| e.contains("instruction budget of 100000 exceeded")),
+            "{app}: {plugin}"
+        );
+    }
+    assert!(r.get(looped).is_some(), "LOG: kept despite failed verdicts");
+    let started = Instant::now();
+    let (status, _) = server
+        .post("/rest-api/stream/find_all", serde_json::json!({}))
+        .await;
+    assert_eq!(status, 200);
+    assert!(started.elapsed() < Duration::from_millis(500));
+    server.shutdown().await;
+}
+
+/// A plugin stuck in C code (a read of a FIFO nobody writes) cannot be cut off inside the VM:
+/// its call times out, the worker is found stuck and replaced, and the next verdicts come
+/// from the fresh worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stuck_in_c_code_is_replaced_and_verdicts_resume() {
+    let stuck = "local M = {}\nfunction M.on_keepalive(s)\n  if shared.incr('calls', 1) == 1 then files.lines('fifo') end\n  return 403, 'from a fresh worker'\nend\nreturn M\n";
+    let apps = "[apps.stuck]\nplugin = \"stuck.lua\"\n[apps.stuck.methods.StreamKeepAliveEvent]\nrestOnError = \"LOG\"\n";
+    let server = server_with_plugins(
+        apps,
+        &[("stuck.lua", stuck)],
+        "streaming_sessions_keep_alive_interval=300\nstreaming_sessions_keep_alive_app_keys=stuck\nplugin_call_timeout=200\n",
+    )
+    .await;
+    let fifo = server.dir.path().join("plugins").join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+    let r = server.registry.clone();
+    let id = r
+        .register_synthetic(NewStream::publisher("cam", "stuck"))
+        .unwrap()
+        .media_session_id;
+    assert!(
+        until(WAIT, || r.get(id).is_none()).await,
+        "the fresh worker's verdict stops the stream"
+    );
+    let reason = r
+        .terminations()
+        .into_iter()
+        .find(|t| t.streams[0].media_session_id == id)
+        .map(|t| t.reason)
+        .unwrap_or_default();
+    assert_eq!(reason, "from a fresh worker");
+    let plugin = plugin_of(&server, "stuck").await;
+    assert!(plugin["timeouts"].as_u64().unwrap_or(0) >= 1, "{plugin}");
+    assert_eq!(plugin["workersReplaced"], 1, "{plugin}");
+    // Unblock the stuck thread so that it ends with its call.
+    std::fs::write(&fifo, b"").unwrap();
+    server.shutdown().await;
+}
+
+#[test]
+fn plugin_test_ends_on_a_coroutine_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("loop.lua");
+    std::fs::write(
+        &file,
+        "local M = {}\nfunction M.on_keepalive(s) coroutine.wrap(function() while true do end end)() return 200 end\nreturn M\n",
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["plugin", "test"])
+        .arg(&file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("sluice plugin test still running after 15 s on a coroutine loop");
+    };
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("instruction budget of 1000000 exceeded"),
+        "{stderr}"
+    );
+}
