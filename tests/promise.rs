@@ -155,6 +155,14 @@ async fn a_worker_stuck_in_c_code_is_replaced_and_verdicts_resume() {
     let plugin = plugin_of(&server, "stuck").await;
     assert!(plugin["timeouts"].as_u64().unwrap_or(0) >= 1, "{plugin}");
     assert_eq!(plugin["workersReplaced"], 1, "{plugin}");
+    // While the worker was stuck, keep-alive kept no more than two batches in flight for it.
+    let keepalive = server.get("/rest-api/keepalive").await;
+    assert!(
+        keepalive["verdicts"]["plugin"]["results"]["skipped"]
+            .as_u64()
+            .is_some_and(|n| n >= 1),
+        "{keepalive}"
+    );
     // Unblock the stuck thread so that it ends with its call.
     std::fs::write(&fifo, b"").unwrap();
     server.shutdown().await;
@@ -198,4 +206,113 @@ fn plugin_test_ends_on_a_coroutine_loop() {
         stderr.contains("instruction budget of 1000000 exceeded"),
         "{stderr}"
     );
+}
+
+/// The plugin worker threads of this process whose name starts with `prefix`.
+fn threads_named(prefix: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|tasks| {
+            tasks
+                .filter_map(|t| t.ok())
+                .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+                .filter(|name| name.trim_end().starts_with(prefix))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+async fn wait_for_version(server: &InProcessServer, app: &str, version: u64) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let plugin = plugin_of(server, app).await;
+        if plugin["version"].as_u64() >= Some(version) || Instant::now() > deadline {
+            return plugin;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_leave_one_worker_thread_and_a_looping_load_leaves_none() {
+    let apps = "[apps.reloaded]\nplugin = \"r.lua\"\n";
+    let source = |n: u32| {
+        format!("local M = {{}}\nfunction M.on_keepalive(s) return 200 end -- v{n}\nreturn M\n")
+    };
+    let server = server_with_plugins(apps, &[("r.lua", &source(1))], "").await;
+    let file = server.dir.path().join("plugins").join("r.lua");
+    for n in 2..=11 {
+        std::fs::write(&file, source(n)).unwrap();
+        let plugin = wait_for_version(&server, "reloaded", n as u64).await;
+        assert_eq!(plugin["version"], n, "{plugin}");
+    }
+    // A top level that loops in a coroutine does not load, and its thread ends.
+    std::fs::write(
+        &file,
+        "coroutine.wrap(function() while true do end end)()\nreturn {}\n",
+    )
+    .unwrap();
+    let deadline = Instant::now() + WAIT;
+    let mut plugin = plugin_of(&server, "reloaded").await;
+    while plugin["reloadFailures"] != 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        plugin = plugin_of(&server, "reloaded").await;
+    }
+    assert!(
+        plugin["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("instruction budget")),
+        "{plugin}"
+    );
+    assert_eq!(
+        plugin["version"], 11,
+        "the last good version stays: {plugin}"
+    );
+    assert!(
+        until(WAIT, || threads_named("lua-reloaded") == 1).await,
+        "{} worker threads after 10 reloads and a failed one",
+        threads_named("lua-reloaded")
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_load_holds_up_neither_status_reads_nor_other_apps_verdicts() {
+    let slow = |n: u32| {
+        format!(
+            "local t = now_ms() while now_ms() - t < 1500 do end -- v{n}\nlocal M = {{}}\nfunction M.on_keepalive(s) return 200 end\nreturn M\n"
+        )
+    };
+    let timely = "local M = {}\nfunction M.on_keepalive(s) return 403, 'on time' end\nreturn M\n";
+    let apps = "[apps.slow]\nplugin = \"slow.lua\"\n[apps.timely]\nplugin = \"timely.lua\"\n";
+    let server = server_with_plugins(
+        apps,
+        &[("slow.lua", &slow(1)), ("timely.lua", timely)],
+        "streaming_sessions_keep_alive_interval=200\nstreaming_sessions_keep_alive_app_keys=timely\nplugin_instruction_budget=1000000000\n",
+    )
+    .await;
+    std::fs::write(server.dir.path().join("plugins").join("slow.lua"), slow(2)).unwrap();
+    // The reload is under way (it takes 1.5 s); reads and other apps' verdicts go on.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let started = Instant::now();
+    let plugin = plugin_of(&server, "slow").await;
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "GET /rest-api/plugins waited {:?} for a load",
+        started.elapsed()
+    );
+    assert_eq!(plugin["version"], 1, "still loading: {plugin}");
+    let r = server.registry.clone();
+    let started = Instant::now();
+    let id = r
+        .register_synthetic(NewStream::publisher("cam", "timely"))
+        .unwrap()
+        .media_session_id;
+    assert!(until(WAIT, || r.get(id).is_none()).await);
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "a verdict of another app waited {:?}",
+        started.elapsed()
+    );
+    assert_eq!(wait_for_version(&server, "slow", 2).await["version"], 2);
+    server.shutdown().await;
 }

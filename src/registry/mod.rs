@@ -807,6 +807,62 @@ mod tests {
     }
 
     #[test]
+    fn draining_holds_and_the_limit_refuse_at_registration() {
+        let registry = Registry::new("node");
+        registry.register_synthetic(publisher("a")).unwrap();
+        let handle = Arc::new(SyntheticHandle {
+            registry: Arc::downgrade(&registry),
+            id: std::sync::OnceLock::new(),
+        });
+        assert_eq!(
+            registry
+                .register_within(publisher("b"), handle.clone(), 1)
+                .unwrap_err(),
+            RegistryError::Full(1)
+        );
+        let a = registry.find_by_name("a")[0].clone();
+        registry
+            .terminate(
+                std::slice::from_ref(&a),
+                "out",
+                TerminationSource::Rest {
+                    remote_address: String::new(),
+                },
+                serde_json::Value::Null,
+                Some(HoldSpec {
+                    filter: HoldFilter::of(&StreamFilter::default(), std::slice::from_ref(&a)),
+                    ms: 60_000,
+                    until_admitted: false,
+                }),
+            )
+            .unwrap();
+        assert!(matches!(
+            registry.register(publisher("a"), handle.clone()),
+            Err(RegistryError::Held(hold)) if hold.reason == "out"
+        ));
+        registry.register(publisher("b"), handle.clone()).unwrap();
+        registry.drain();
+        assert_eq!(
+            registry.register(publisher("c"), handle).unwrap_err(),
+            RegistryError::Draining
+        );
+    }
+
+    #[test]
+    fn a_player_registers_only_under_the_publisher_it_was_wired_to() {
+        let registry = Registry::new("node");
+        let first = registry.register_synthetic(publisher("cam")).unwrap();
+        registry.stop(first.media_session_id, StopReason::ClientLeft);
+        registry.register_synthetic(publisher("cam")).unwrap();
+        let mut player = NewStream::player("cam", "defaultApp");
+        player.publisher_id = Some(first.media_session_id);
+        assert_eq!(
+            registry.register_synthetic(player).unwrap_err(),
+            RegistryError::NotPublishing("cam".into())
+        );
+    }
+
+    #[test]
     fn holds_a_hundred_thousand_synthetic_streams() {
         let registry = Registry::new("node");
         for i in 0..100_000 {
