@@ -3,7 +3,10 @@
 //! shows why, one click resumes, and stopping the publisher shows `Stopped by publisher stop`.
 //! A screenshot of each state goes to `test-artifacts/browser/`.
 //!
-//! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them).
+//! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them). Without them
+//! the test fails, saying what to install. `SLUICE_SKIP_BROWSER=1` skips it on a machine
+//! without a browser, with a `SKIPPED` line on the terminal; under CI (`CI` set, as `.ci/run`
+//! and CI services set it) that variable is ignored: CI always runs the browser test.
 
 mod common;
 
@@ -27,10 +30,56 @@ struct Browser {
     _profile: tempfile::TempDir,
 }
 
+/// Whether this is a CI run: `CI` set to anything but empty, `0` or `false`.
+fn under_ci() -> bool {
+    let ci = std::env::var("CI").unwrap_or_default();
+    !(ci.is_empty() || ci == "0" || ci.eq_ignore_ascii_case("false"))
+}
+
+/// The browser and driver that are missing, if any.
+fn missing_programs() -> Vec<&'static str> {
+    use std::os::unix::fs::PermissionsExt;
+    [CHROMIUM, CHROMEDRIVER]
+        .into_iter()
+        .filter(|path| {
+            !std::fs::metadata(path)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .collect()
+}
+
+/// Whether the test runs: skipped only when asked to outside CI, and then it says so on
+/// the terminal itself (libtest hides a passing test's `eprintln!`). Otherwise the browser
+/// and its driver must be there, or the test fails saying how to install them.
+fn browser_test_runs(test: &str) -> bool {
+    let skip = std::env::var_os("SLUICE_SKIP_BROWSER").is_some();
+    if skip && !under_ci() {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "test {test} ... SKIPPED: SLUICE_SKIP_BROWSER is set; the browser test did not run"
+        );
+        return false;
+    }
+    let missing = missing_programs();
+    let otherwise = if under_ci() {
+        "; CI must run this test, so SLUICE_SKIP_BROWSER is ignored under CI"
+    } else {
+        ", or set SLUICE_SKIP_BROWSER=1 to skip this test on a machine without a browser"
+    };
+    assert!(
+        missing.is_empty(),
+        "the browser test needs {CHROMIUM} and {CHROMEDRIVER}; missing: {}. Install them \
+         (apt-get install chromium chromium-driver){otherwise}",
+        missing.join(" and "),
+    );
+    true
+}
+
 impl Browser {
     async fn start() -> Browser {
         assert!(
-            std::path::Path::new(CHROMIUM).exists() && std::path::Path::new(CHROMEDRIVER).exists(),
+            missing_programs().is_empty(),
             "the browser test needs {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)"
         );
         let port = TcpListener::bind("127.0.0.1:0")
@@ -193,8 +242,7 @@ impl Drop for Browser {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_and_play_in_chromium_with_server_side_stops() {
-    if std::env::var_os("SLUICE_SKIP_BROWSER").is_some() {
-        eprintln!("SLUICE_SKIP_BROWSER is set: browser test not run");
+    if !browser_test_runs("publish_and_play_in_chromium_with_server_side_stops") {
         return;
     }
     let server = TestServer::start("rest_api_https_port=0\n");

@@ -107,8 +107,22 @@ async fn failing_plugins_follow_rest_on_error_and_globals_persist_within_a_versi
         "third call",
         "the global counted across calls"
     );
-    // The healthy stream of failApp and everything in logApp (LOG) live on.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The healthy stream of failApp and everything in logApp (LOG) live on, through more
+    // verdicts than it takes FAIL to stop a stream (3 in a row): failApp's only stream left
+    // is asked 4 more times, and logApp's 3 failing streams fail 4 more times each.
+    let count = |status: &serde_json::Value, key: &str| status[key].as_u64().unwrap();
+    let fail_from = count(&server.plugin_status("failApp").await, "calls");
+    let log_from = count(&server.plugin_status("logApp").await, "errors");
+    server
+        .wait_plugin("failApp", WAIT, "4 more verdicts", |s| {
+            count(s, "calls") >= fail_from + 4
+        })
+        .await;
+    server
+        .wait_plugin("logApp", WAIT, "4 more failed verdicts per stream", |s| {
+            count(s, "errors") >= log_from + 4 * 3
+        })
+        .await;
     assert!(
         r.get(fail[4].1).is_some(),
         "a healthy stream of the same plugin lives"
@@ -138,10 +152,18 @@ fn slow_plugin(version: u32) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugins_replaced_or_deleted_mid_call_keep_the_server_serving() {
-    let apps = "[apps.slowApp]\nplugin = \"slow.lua\"\n[apps.slowApp.methods.StreamKeepAliveEvent]\nrestOnError = \"LOG\"\n";
+    // failApp's plugin keeps its one stream: a canary that shows when verdicts run.
+    let apps = "[apps.slowApp]\nplugin = \"slow.lua\"\n[apps.slowApp.methods.StreamKeepAliveEvent]\nrestOnError = \"LOG\"\n\
+                [apps.failApp]\nplugin = \"canary.lua\"\n";
     let plugin_source = slow_plugin(0);
-    let server = server_with(apps, &[("slow.lua", &plugin_source)]).await;
+    let canary = "local M = {}\nfunction M.on_keepalive(s) return 200 end\nreturn M\n";
+    let server = server_with(
+        apps,
+        &[("slow.lua", &plugin_source), ("canary.lua", canary)],
+    )
+    .await;
     let r = server.registry.clone();
+    let canary_id = add(&r, "canary", "failApp");
     let ids: Vec<_> = (0..50)
         .map(|i| add(&r, &format!("s{i}"), "slowApp"))
         .collect();
@@ -177,9 +199,19 @@ async fn plugins_replaced_or_deleted_mid_call_keep_the_server_serving() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let v21 = add(&r, "v20", "slowApp");
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Verdicts go on: two more of the canary's span a whole interval after 'v20' came, in
+    // which 'v20' would have been asked had a version of slow.lua stayed loaded.
+    let from = server.plugin_status("failApp").await["calls"]
+        .as_u64()
+        .unwrap();
+    server
+        .wait_plugin("failApp", WAIT, "two more canary verdicts", |s| {
+            s["calls"].as_u64().unwrap() >= from + 2
+        })
+        .await;
     assert!(r.get(v21).is_some(), "no plugin, no verdict: kept");
     assert!(ids.iter().all(|id| r.get(*id).is_some()));
+    assert!(r.get(canary_id).is_some());
     server.shutdown().await;
 }
 

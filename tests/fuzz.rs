@@ -21,9 +21,10 @@ use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{Value, json};
-use sluice::config::{Apps, Settings};
-use sluice::policy::{OfflineCall, StreamView, test_offline};
-use sluice::registry::{RequestKind, StreamRequest};
+use sluice::config::{Apps, ConfigError, Settings};
+use sluice::media::MediaError;
+use sluice::policy::{OfflineCall, PolicyError, StreamView, test_offline};
+use sluice::registry::{FilterError, RequestKind, StreamRequest};
 
 fn cases() -> u32 {
     std::env::var("SLUICE_FUZZ_CASES")
@@ -139,7 +140,72 @@ fn check_rest_body(body: &Value) {
                     assert!((1..=sluice::registry::MAX_HOLD_MS).contains(&ms));
                 }
             }
-            Err(e) => assert!(!e.message.is_empty(), "an error says what is wrong: {body}"),
+            Err(e) => {
+                assert!(!e.message.is_empty(), "an error says what is wrong: {body}");
+                assert_names_what_is_wrong(body, kind, &e);
+            }
+        }
+    }
+}
+
+/// The fields `StreamRequest::parse` reads (src/registry/filter.rs), for find and terminate.
+const FIND_FIELDS: &[&str] = &[
+    "mediaSessionId",
+    "mediaSessionIds",
+    "name",
+    "published",
+    "status",
+    "appKey",
+    "filter",
+    "args",
+    "dryRun",
+];
+const TERMINATE_ONLY_FIELDS: &[&str] = &["reason", "all", "holdMs", "holdUntilAdmitted"];
+
+/// A refused find or terminate body: the error names a field the body has (an unknown one
+/// says so and lists the allowed ones), or it is one of the two refusals of a whole body.
+fn assert_names_what_is_wrong(body: &Value, kind: RequestKind, e: &FilterError) {
+    let message = &e.message;
+    let Some(object) = body.as_object() else {
+        assert_eq!(
+            (message.as_str(), e.field.as_deref()),
+            ("the body must be a JSON object of filters", None),
+            "{body}"
+        );
+        return;
+    };
+    match e.field.as_deref() {
+        Some(field) => {
+            assert!(
+                object.contains_key(field),
+                "the error names a field of the body: {field} ({message}) in {body}"
+            );
+            let known = FIND_FIELDS.contains(&field)
+                || (kind == RequestKind::Terminate && TERMINATE_ONLY_FIELDS.contains(&field));
+            if known {
+                assert!(
+                    !message.starts_with("unknown field"),
+                    "{field} is known: {message}"
+                );
+            } else {
+                assert!(
+                    message.starts_with(&format!(
+                        "unknown field '{field}'; allowed: mediaSessionId, "
+                    )),
+                    "an unknown field says so and what is allowed: {message}"
+                );
+            }
+        }
+        None => {
+            assert_eq!(
+                kind,
+                RequestKind::Terminate,
+                "only terminate refuses a whole object: {message}"
+            );
+            assert!(
+                message.starts_with("no filter: this would stop every stream"),
+                "{body}: {message}"
+            );
         }
     }
 }
@@ -199,10 +265,91 @@ async fn a_running_server_answers_every_fuzzed_rest_body_with_json_and_no_5xx() 
             if status >= 400 {
                 assert!(answer["error"].is_string(), "{path} {body}: {answer}");
             }
+            assert_rest_answer(path, &body, status, &answer);
         }
     }
     assert_eq!(server.registry.len(), 20, "dry runs stop nothing");
     server.shutdown().await;
+}
+
+/// What the server answers a fuzzed body, by endpoint: for find and terminate exactly the
+/// error the parser gives (message and field, as JSON), else the answer of a body that parses;
+/// for release and find_all their own refusals.
+fn assert_rest_answer(path: &str, body: &Value, status: u16, answer: &Value) {
+    // The body as the server reads it: a float may not survive the trip through JSON text.
+    let body: &Value = &serde_json::from_slice(&serde_json::to_vec(body).unwrap()).unwrap();
+    let error = answer["error"].as_str().unwrap_or_default();
+    let field = answer["field"].as_str();
+    let kind = match path {
+        "/rest-api/stream/find" => RequestKind::Find,
+        "/rest-api/stream/terminate" => RequestKind::Terminate,
+        "/rest-api/stream/find_all" => {
+            if status != 200 {
+                assert_eq!(
+                    (status, error, field),
+                    (400, "find_all takes no filters; use find", None),
+                    "{path} {body}"
+                );
+            }
+            return;
+        }
+        _ => {
+            // release: a field of the body, or a refusal of the whole body.
+            if status == 200 {
+                return;
+            }
+            match field {
+                Some(field) => {
+                    assert_eq!(status, 400, "{path} {body}: {answer}");
+                    assert!(
+                        body.as_object().is_some_and(|o| o.contains_key(field)),
+                        "{path}: the error names a field of the body: {answer} for {body}"
+                    );
+                    let unknown = format!("unknown field '{field}'; allowed: ");
+                    assert!(
+                        error.starts_with("must be ") || error.starts_with(&unknown),
+                        "{path} {body}: {answer}"
+                    );
+                }
+                None => assert!(
+                    [
+                        (400, "the body must be a JSON object"),
+                        (400, "name the holds to release (holdId, holdIds, name, published, appKey) or give \"all\": true, not both"),
+                        (404, "no hold matches"),
+                    ]
+                    .contains(&(status, error)),
+                    "{path} {body}: {status} {answer}"
+                ),
+            }
+            return;
+        }
+    };
+    match StreamRequest::parse(body, kind) {
+        Err(e) => {
+            let mut expected = json!({ "error": e.message });
+            if let Some(field) = e.field {
+                expected["field"] = json!(field);
+            }
+            assert_eq!((status, answer), (400, &expected), "{path} {body}");
+        }
+        // No plugin is loaded: a named filter is unknown.
+        Ok(request) if request.filter.plugin.is_some() => {
+            let name = &request.filter.plugin.unwrap().name;
+            assert_eq!(
+                (status, error, field),
+                (
+                    400,
+                    format!("unknown filter '{name}': no loaded plugin defines it").as_str(),
+                    Some("filter")
+                ),
+                "{path} {body}"
+            );
+        }
+        Ok(_) => assert!(
+            status == 200 || (status, error) == (404, "no stream matches"),
+            "{path} {body}: {status} {answer}"
+        ),
+    }
 }
 
 // ---- server.properties and apps.toml ------------------------------------------------------
@@ -269,7 +416,64 @@ fn check_properties(text: &str) {
             assert!(settings.keep_alive_failures_to_stop >= 1);
             assert!(settings.streaming_sessions_keep_alive_interval >= Duration::from_millis(100));
         }
-        Err(e) => assert!(!e.to_string().is_empty()),
+        Err(e) => {
+            assert!(!e.to_string().is_empty());
+            assert_properties_error(text, &e);
+        }
+    }
+}
+
+/// Lines of a text, whatever its line ends (`\n`, `\r\n`, `\r`).
+fn physical_lines(text: &str) -> usize {
+    text.replace("\r\n", "\n")
+        .replace('\r', "\n")
+        .split('\n')
+        .count()
+}
+
+/// A refused `server.properties`: `server.properties:LINE: KEY: what is wrong` for a bad value
+/// or an unknown key, `server.properties:LINE: what is wrong` for a line that is not a
+/// property; the line is in the file (0 when the key is not in it, like a bound a default
+/// breaks).
+fn assert_properties_error(text: &str, e: &ConfigError) {
+    let shown = e.to_string();
+    let lines = physical_lines(text);
+    match e {
+        ConfigError::Value {
+            file,
+            line,
+            key,
+            message,
+        } => {
+            assert_eq!(file, Path::new("server.properties"), "{shown}");
+            assert!(
+                shown.starts_with(&format!("server.properties:{line}: {key}: ")),
+                "{shown}"
+            );
+            assert!(*line <= lines, "line {line} of {lines}: {shown}");
+            assert!(!message.is_empty(), "{shown}");
+            let unknown = message == "unknown key (see the README for the keys Sluice reads)";
+            if KEYS.contains(&key.as_str()) {
+                assert_eq!(unknown, key == "unknown_key", "{shown}");
+            }
+            if unknown {
+                assert!(*line >= 1, "an unknown key is on a line: {shown}");
+            }
+        }
+        ConfigError::Syntax {
+            file,
+            line,
+            message,
+        } => {
+            assert_eq!(file, Path::new("server.properties"), "{shown}");
+            assert!(
+                shown.starts_with(&format!("server.properties:{line}: ")),
+                "{shown}"
+            );
+            assert!(*line <= lines, "line {line} of {lines}: {shown}");
+            assert!(!message.is_empty(), "{shown}");
+        }
+        ConfigError::Read { .. } => panic!("parsing a text reads no file: {shown}"),
     }
 }
 
@@ -317,7 +521,10 @@ fn apps_files_parse_or_fail_cleanly() {
         Ok(apps) => {
             let _ = serde_json::to_string(&apps).unwrap();
         }
-        Err(e) => assert!(!e.to_string().is_empty()),
+        Err(e) => {
+            assert!(!e.to_string().is_empty());
+            assert_apps_error(text, &e);
+        }
     };
     for (_, text) in corpus("apps") {
         check(&text);
@@ -330,7 +537,74 @@ fn apps_files_parse_or_fail_cleanly() {
         .unwrap();
 }
 
+/// A refused `apps.toml`: `apps.toml:LINE: what is wrong`, the line in the file. Text that
+/// is not TOML of the right shape gets the TOML parser's own message; a file of the right
+/// shape gets the check that failed, which names the app (`app name '…'`, `apps.NAME…`).
+fn assert_apps_error(text: &str, e: &ConfigError) {
+    let shown = e.to_string();
+    let ConfigError::Syntax {
+        file,
+        line,
+        message,
+    } = e
+    else {
+        panic!("apps.toml errors are file:line: message: {shown}");
+    };
+    assert_eq!(file, Path::new("apps.toml"), "{shown}");
+    assert!(shown.starts_with(&format!("apps.toml:{line}: ")), "{shown}");
+    assert!(*line <= physical_lines(text), "{shown}");
+    match toml::from_str::<Apps>(text) {
+        Err(toml_error) => assert_eq!(message, toml_error.message(), "{shown}"),
+        Ok(_) => assert!(
+            message.starts_with("app name '") || message.starts_with("apps."),
+            "a failed check names the app: {shown}"
+        ),
+    }
+}
+
 // ---- SDP offers ---------------------------------------------------------------------------
+
+/// What `inspect` says of an offer it refuses: not SDP at all, or SDP it cannot parse.
+fn assert_offer_error(sdp: &str, e: &MediaError) {
+    let MediaError::BadOffer(message) = e else {
+        panic!("an offer is refused as a bad offer, not {e:?}:\n{sdp}");
+    };
+    assert!(
+        message == "the body is not SDP (it must start with v=0)"
+            && !sdp.trim_start().starts_with("v=")
+            || message.starts_with("unparsable SDP: ") && sdp.trim_start().starts_with("v="),
+        "{message}:\n{sdp}"
+    );
+}
+
+/// A WHIP/WHEP refusal of offer `i`: what `inspect` says of an offer it refuses, word for
+/// word; else an offer with nothing to send (or receive), an offer the WebRTC stack cannot
+/// use, or for a player a stream that is not published or sends no media yet.
+fn assert_refusal(kind: &str, i: usize, sdp: &str, status: u16, text: &str) {
+    if let Err(e) = sluice::media::offer::inspect(sdp) {
+        assert_eq!(
+            (status, text),
+            (400, format!("{e}\n").as_str()),
+            "{kind}:\n{sdp}"
+        );
+        return;
+    }
+    let direction = if kind == "whip" { "publish" } else { "play" };
+    let expected = match status {
+        400 => {
+            text == format!("the offer has no audio or video to {direction}\n")
+                || text.starts_with("invalid offer: ")
+                || text.starts_with("offer not usable: ")
+        }
+        404 => kind == "whep" && text == format!("no stream 'fuzz{i}' is being published\n"),
+        503 => {
+            kind == "whep"
+                && text == format!("stream 'fuzz{i}' has not started sending media yet\n")
+        }
+        _ => false,
+    };
+    assert!(expected, "{kind} answered {status} {text:?} to:\n{sdp}");
+}
 
 /// A mutation of a valid offer: lines dropped, repeated, swapped, cut short or garbled.
 fn mutated_offer(offer: String) -> impl Strategy<Value = String> {
@@ -395,7 +669,9 @@ async fn sdp_offers_parse_or_fail_cleanly_and_a_server_answers_each_with_4xx_or_
     let mut runner = runner(cases());
     runner
         .run(&strategy, |sdp| {
-            let _ = sluice::media::offer::inspect(&sdp);
+            if let Err(e) = sluice::media::offer::inspect(&sdp) {
+                assert_offer_error(&sdp, &e);
+            }
             Ok(())
         })
         .unwrap();
@@ -429,6 +705,7 @@ async fn sdp_offers_parse_or_fail_cleanly_and_a_server_answers_each_with_4xx_or_
                 accepted += 1;
             } else {
                 assert!(!text.trim().is_empty(), "a refusal says why");
+                assert_refusal(kind, i, sdp, status, &text);
             }
         }
     }
@@ -502,6 +779,40 @@ fn lua_probe() -> impl Strategy<Value = String> {
     })
 }
 
+/// A probe's call that fails: the probes all load (their top level only defines `M`), so the
+/// error is of the call. A wrong answer says what was returned; an error raised in the call
+/// is Lua's runtime error, located in the probe's file when Lua raised it, or the view's own
+/// refusal of a write.
+fn assert_plugin_error(file: &Path, source: &str, e: &PolicyError) {
+    match e {
+        PolicyError::WrongType(message) => assert!(
+            [
+                "returned ",
+                "reason is ",
+                "options are ",
+                "hold_ms is ",
+                "hold_ms goes only with 403",
+            ]
+            .iter()
+            .any(|p| message.starts_with(p)),
+            "{e}:\n{source}"
+        ),
+        PolicyError::Call(message) => {
+            // Lua shortens a long chunk name from the left: the file name is what stays.
+            let name = file.file_name().unwrap().to_string_lossy();
+            let located =
+                message.starts_with("runtime error: ") && message.contains(&format!("{name}:"));
+            assert!(
+                located
+                    || message == "runtime error: the stream is read-only"
+                    || message == "runtime error: custom is read-only",
+                "{e}:\n{source}"
+            );
+        }
+        other => panic!("a probe loads and is not unloaded: {other}:\n{source}"),
+    }
+}
+
 fn view() -> StreamView {
     serde_json::from_value(json!({
         "name": "cam", "published": false, "age_ms": 1000,
@@ -521,7 +832,10 @@ fn plugins_poking_at_the_stream_view_get_errors_not_crashes() {
                 let code = &answer["code"];
                 assert!(code.is_null() || code.as_u64().is_some_and(|c| (100..600).contains(&c)));
             }
-            Err(e) => assert!(!e.to_string().is_empty()),
+            Err(e) => {
+                assert!(!e.to_string().is_empty());
+                assert_plugin_error(&file, source, &e);
+            }
         }
     };
     for (_, source) in corpus("lua") {

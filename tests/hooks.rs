@@ -201,6 +201,22 @@ fn add(registry: &Arc<Registry>, name: &str, app: &str, players: usize) -> Vec<u
     ids
 }
 
+/// The keep-alive calls the back end got for one stream, from the `from`-th call on.
+fn keepalives_of(backend: &HookServer, id: uuid::Uuid, from: usize) -> usize {
+    let id = id.to_string();
+    backend.seen("StreamKeepAliveEvent")[from..]
+        .iter()
+        .filter(|b| b["mediaSessionId"] == id.as_str())
+        .count()
+}
+
+/// The bounds of the count of verdicts one stream gets in `elapsed` when it is asked once
+/// per `interval`: the whole intervals in it, give or take the one a window edge cuts.
+fn verdicts_in(elapsed: Duration, interval: u64) -> std::ops::RangeInclusive<usize> {
+    let intervals = elapsed.as_millis() as f64 / interval as f64;
+    (intervals.floor() as usize).saturating_sub(1)..=intervals.ceil() as usize + 1
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_403_stops_the_chosen_streams_within_one_interval() {
     let (backend, url) = HookServer::start().await;
@@ -240,6 +256,8 @@ async fn a_403_stops_the_chosen_streams_within_one_interval() {
 
     backend.set("bad", Answer::Forbid("banned"));
     let changed = Instant::now();
+    // Every call from here on is answered 403.
+    let from = backend.seen("StreamKeepAliveEvent").len();
     assert!(until(WAIT, || bad.iter().all(|id| r.get(*id).is_none())).await);
     let took = changed.elapsed();
     eprintln!("403 took effect in {took:?} (interval {interval} ms)");
@@ -247,6 +265,14 @@ async fn a_403_stops_the_chosen_streams_within_one_interval() {
         took <= Duration::from_millis(interval + 100),
         "took {took:?}"
     );
+    // Whatever the timing: each stream went at the first 403 it got, not a later one.
+    for id in &bad {
+        assert!(
+            keepalives_of(&backend, *id, from) <= 1,
+            "{id} was asked {} times after the change",
+            keepalives_of(&backend, *id, from)
+        );
+    }
     assert!(
         good.iter().all(|id| r.get(*id).is_some()),
         "the others keep going"
@@ -298,7 +324,7 @@ fn server_enabled(server: &InProcessServer) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusing_players_only_keeps_the_publisher_as_the_model_script_does() {
-    let (_backend, url) = HookServer::start().await;
+    let (backend, url) = HookServer::start().await;
     let apps = format!(
         "[apps.defaultApp]\nurl = \"{url}\"\n[apps.defaultApp.methods.StreamKeepAliveEvent]\n"
     );
@@ -306,7 +332,12 @@ async fn refusing_players_only_keeps_the_publisher_as_the_model_script_does() {
     let r = server.registry.clone();
     let ids = add(&r, "players-only", "defaultApp", 3);
     assert!(until(WAIT, || ids[1..].iter().all(|id| r.get(*id).is_none())).await);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The publisher is asked again, twice, after its players went.
+    let from = backend.seen("StreamKeepAliveEvent").len();
+    assert!(
+        until(WAIT, || keepalives_of(&backend, ids[0], from) >= 2).await,
+        "the publisher's verdicts go on"
+    );
     assert!(r.get(ids[0]).is_some(), "the publisher is kept");
     server.shutdown().await;
 }
@@ -415,24 +446,45 @@ async fn failing_back_ends_follow_rest_on_error_and_do_not_delay_other_apps() {
         .collect();
     assert_eq!(reasons.len(), fail_ids.len() / 2, "{reasons:?}");
 
-    // Meanwhile the healthy app got its verdicts on time: about one per stream per interval.
+    // Meanwhile the healthy app got its verdicts on time: about one per stream per interval,
+    // counted over the time that really passed (a loaded machine may sleep longer), while the
+    // LOG apps' back ends went on failing.
+    let failed = |view: &Value| {
+        view["verdicts"]["hook"]["results"]["failed"]
+            .as_u64()
+            .unwrap()
+    };
+    let failed_before = failed(&server.get("/rest-api/keepalive").await);
     let healthy_start = healthy.seen("StreamKeepAliveEvent").len();
-    tokio::time::sleep(Duration::from_millis(2000)).await;
-    let healthy_verdicts = healthy.seen("StreamKeepAliveEvent").len() - healthy_start;
+    let window = Instant::now();
+    tokio::time::sleep(Duration::from_millis(5 * 400)).await;
+    let seen = healthy.seen("StreamKeepAliveEvent");
+    let elapsed = window.elapsed();
+    let healthy_verdicts = seen.len() - healthy_start;
+    let per_stream = verdicts_in(elapsed, 400);
+    let streams = by_app["healthy"].len();
     assert!(
-        (20..=30).contains(&healthy_verdicts),
-        "healthy app: {healthy_verdicts} verdicts in 5 intervals for 5 streams"
+        (per_stream.start() * streams..=per_stream.end() * streams).contains(&healthy_verdicts),
+        "healthy app: {healthy_verdicts} verdicts in {elapsed:?} (interval 400 ms) for {streams} streams"
     );
+    for id in &by_app["healthy"] {
+        let asked = seen[healthy_start..]
+            .iter()
+            .filter(|b| b["mediaSessionId"] == id.to_string().as_str())
+            .count();
+        assert!(
+            per_stream.contains(&asked),
+            "healthy stream {id}: {asked} verdicts in {elapsed:?}, expected {per_stream:?}"
+        );
+    }
 
-    let view: Value = server
-        .http_client
-        .get(server.url("/rest-api/keepalive"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let view = server.get("/rest-api/keepalive").await;
+    let log_streams = log_ids.len() as u64;
+    assert!(
+        failed(&view) >= failed_before + log_streams,
+        "the LOG apps' back ends kept failing meanwhile: {failed_before} -> {}",
+        failed(&view)
+    );
     let errors: BTreeSet<String> = view["hooks"]
         .as_array()
         .unwrap()
@@ -482,11 +534,14 @@ async fn batched_keepalive_is_one_request_per_app_per_interval() {
     assert!(until(WAIT, || doomed.iter().all(|id| r.get(*id).is_none())).await);
     assert!(keep.iter().all(|id| r.get(*id).is_some()));
     let before = backend.seen("StreamKeepAliveBatchEvent").len();
+    let window = Instant::now();
     tokio::time::sleep(Duration::from_millis(5 * interval)).await;
     let batches = backend.seen("StreamKeepAliveBatchEvent");
+    let elapsed = window.elapsed();
+    // One batch per interval of the time that really passed.
     assert!(
-        (4..=6).contains(&(batches.len() - before)),
-        "{} batches in 5 intervals",
+        verdicts_in(elapsed, interval).contains(&(batches.len() - before)),
+        "{} batches in {elapsed:?} (interval {interval} ms)",
         batches.len() - before
     );
     let last = batches.last().unwrap();
@@ -600,7 +655,17 @@ async fn admission_hooks_and_status_events_with_real_clients() {
         last["info"],
         "Stopped by server: keep-alive: your time is up"
     );
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The publisher's verdicts go on: twice more after its player was stopped.
+    let from = backend.seen("StreamKeepAliveEvent").len();
+    let publisher_id: uuid::Uuid = id.parse().unwrap();
+    assert!(
+        until(WAIT, || keepalives_of(&backend, publisher_id, from) >= 2).await,
+        "the publisher is asked again"
+    );
+    assert!(
+        server.registry.get(publisher_id).is_some(),
+        "the publisher was kept"
+    );
     assert!(publisher.ended.borrow().is_none(), "the publisher was kept");
     publisher.hang_up().await.unwrap();
 

@@ -113,32 +113,56 @@ fn shipped_policies_do_what_their_headers_say() {
     };
     assert_eq!((play(99), play(100)), (json!(200), json!(403)));
 
-    // Open for the current hour only, then closed for it.
-    let hour = (sluice::registry::now_ms() / 3_600_000) % 24;
-    let open = variant(
-        dir.path(),
-        "allowed_hours.lua",
-        "local FROM_HOUR = 8\nlocal TO_HOUR = 22",
-        &format!("local FROM_HOUR = {hour}\nlocal TO_HOUR = {}", hour + 1),
+    // Open for the current hour only; closed for the next one; closed for the one that has
+    // just ended (TO excluded). Hours wrap at midnight (23 → 0: the window spans midnight).
+    // The plugin reads the clock at each call, so the hour is read before and after the
+    // calls, and they are made again if an hour began in between (they take milliseconds).
+    let hour_now = || (sluice::registry::now_ms() / 3_600_000) % 24;
+    let hours = |from: u64, to: u64| {
+        let path = variant(
+            dir.path(),
+            "allowed_hours.lua",
+            "local FROM_HOUR = 8\nlocal TO_HOUR = 22",
+            &format!("local FROM_HOUR = {from}\nlocal TO_HOUR = {to}"),
+        );
+        ka(&path, json!({}))
+    };
+    let (hour, open, closed, ended) = (0..3)
+        .find_map(|_| {
+            let hour = hour_now();
+            let open = hours(hour, (hour + 1) % 24);
+            let closed = hours((hour + 1) % 24, (hour + 2) % 24);
+            let ended = hours((hour + 23) % 24, hour);
+            (hour_now() == hour).then_some((hour, open, closed, ended))
+        })
+        .expect("three tries in a row each crossed an hour: the clock is jumping");
+    assert_eq!(
+        open["code"],
+        200,
+        "open {hour}-{} at {hour} h: {open}",
+        (hour + 1) % 24
     );
-    assert_eq!(ka(&open, json!({}))["code"], 200);
-    let closed = variant(
-        dir.path(),
-        "allowed_hours.lua",
-        "local FROM_HOUR = 8\nlocal TO_HOUR = 22",
-        &format!(
-            "local FROM_HOUR = {}\nlocal TO_HOUR = {}",
-            (hour + 1) % 24,
-            (hour + 2) % 24
-        ),
-    );
-    let answer = ka(&closed, json!({}));
-    assert_eq!(answer["code"], 403);
+    let answer = closed;
+    assert_eq!(answer["code"], 403, "{answer}");
     assert!(
         answer["reason"]
             .as_str()
             .unwrap()
             .starts_with("streaming is open")
+    );
+    assert_eq!(
+        answer["reason"],
+        format!(
+            "streaming is open {:02}:00-{:02}:00 UTC (now {hour:02} h)",
+            (hour + 1) % 24,
+            (hour + 2) % 24
+        )
+    );
+    assert_eq!(
+        ended["code"],
+        403,
+        "open {}-{hour} (TO excluded) at {hour} h: {ended}",
+        (hour + 23) % 24
     );
 }
 
@@ -242,7 +266,15 @@ async fn hot_edits_change_verdicts_drop_nothing_and_a_broken_edit_keeps_the_old_
     }
     let plugin = server.dir.path().join("plugins/policy.lua");
     assert_eq!(plugins_view(&server).await[0]["version"], 1);
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Two rounds of verdicts (each stream is asked once per interval), all of them answered.
+    let calls = |status: &Value| status["calls"].as_u64().unwrap();
+    let from = calls(&server.plugin_status("defaultApp").await);
+    let status = server
+        .wait_plugin("defaultApp", WAIT, "two rounds of verdicts", |s| {
+            calls(s) >= from + 2 * 20
+        })
+        .await;
+    assert_eq!(status["errors"], 0, "{status}");
     assert_eq!(r.len(), 20, "keep-all keeps all");
 
     // A syntax error: the old version stays, the error is shown, nothing is dropped.
@@ -269,7 +301,21 @@ async fn hot_edits_change_verdicts_drop_nothing_and_a_broken_edit_keeps_the_old_
             .contains("policy.lua"),
         "{view}"
     );
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The old version goes on answering: two more rounds of its verdicts.
+    let from = calls(&view[0]);
+    let status = server
+        .wait_plugin(
+            "defaultApp",
+            WAIT,
+            "two rounds of verdicts after the broken edit",
+            |s| calls(s) >= from + 2 * 20,
+        )
+        .await;
+    assert_eq!(
+        (&status["version"], &status["errors"]),
+        (&json!(1), &json!(0)),
+        "{status}"
+    );
     assert_eq!(r.len(), 20, "the broken edit changed no verdict");
 
     // The real edit: players go within one interval (plus the reload); publishers stay.
@@ -338,7 +384,19 @@ async fn runaway_plugins_are_cut_off_and_the_server_keeps_serving() {
     let (status, _) = server.post("/rest-api/stream/find_all", json!({})).await;
     assert_eq!(status, 200);
     assert!(started.elapsed() < Duration::from_millis(500));
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The verdicts ran: the looping plugin failed for its only stream more times in a row
+    // than FAIL allows (so the second failure was applied before the third call), and the
+    // globals plugin answered its only stream as many times.
+    server
+        .wait_plugin("loopLog", WAIT, "3 failed verdicts", |s| {
+            s["errors"].as_u64().unwrap() >= 3
+        })
+        .await;
+    server
+        .wait_plugin("globals", WAIT, "3 verdicts", |s| {
+            s["calls"].as_u64().unwrap() >= 3
+        })
+        .await;
     assert!(
         r.get(survivor).is_some(),
         "LOG: kept despite failing verdicts"

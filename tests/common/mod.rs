@@ -271,6 +271,41 @@ impl InProcessServer {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// The app's plugin as `GET /rest-api/plugins` shows it (`calls`, `errors`, `version`, …).
+    pub async fn plugin_status(&self, app: &str) -> Value {
+        let view = self.get("/rest-api/plugins").await;
+        view.as_array()
+            .expect("a list of plugins")
+            .iter()
+            .find(|p| p["appKey"] == app)
+            .cloned()
+            .unwrap_or_else(|| panic!("no plugin for {app}: {view}"))
+    }
+
+    /// Waits, at most `timeout`, until the app's plugin status satisfies `done` (say, `calls`
+    /// has grown by one round of verdicts); returns that status, or panics saying `what`
+    /// did not happen. A test that then finds a stream still there knows verdicts ran.
+    pub async fn wait_plugin(
+        &self,
+        app: &str,
+        timeout: Duration,
+        what: &str,
+        mut done: impl FnMut(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.plugin_status(app).await;
+            if done(&status) {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{app}: {what} within {timeout:?}: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn shutdown(mut self) {
         if let Some(server) = self.server.take() {
             server.shutdown().await;
