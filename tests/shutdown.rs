@@ -103,13 +103,13 @@ async fn sigterm_under_twenty_streams_tells_every_client_why_and_flushes_the_hoo
         told += 1;
     }
     assert_eq!(told, 20);
-    let seen = seen.lock().unwrap();
-    let finals: Vec<&Value> = seen
+    let seen = seen.lock().unwrap().clone();
+    let finals = seen
         .iter()
         .filter(|b| b["final"] == true)
         .filter(|b| b["info"].as_str().unwrap_or("").contains("Server shutdown"))
-        .collect();
-    assert_eq!(finals.len(), 20, "final status events delivered: {seen:?}");
+        .count();
+    assert_eq!(finals, 20, "final status events delivered: {seen:?}");
     eprintln!("shutdown under 20 streams took {took:?}");
     for session in &sessions {
         session.close().await;

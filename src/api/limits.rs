@@ -52,7 +52,12 @@ impl OfferLimiter {
             }
         };
         let limiter = &in_force.limiter;
-        if self.checks.fetch_add(1, Ordering::Relaxed) % 256 == 0 && limiter.len() > PRUNE_ABOVE {
+        if self
+            .checks
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(256)
+            && limiter.len() > PRUNE_ABOVE
+        {
             limiter.retain_recent();
         }
         limiter
