@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{InProcessServer, LOOPBACK, read_status_events, until};
+use common::{InProcessServer, read_status_events, until};
 use serde_json::{Value, json};
 use sluice::client::{Client, SyntheticMedia};
 use sluice::policy::{AdmissionRequest, OfflineCall, StreamView, test_offline};
@@ -166,26 +166,6 @@ fn shipped_policies_do_what_their_headers_say() {
     );
 }
 
-async fn plugin_server(
-    interval_ms: u64,
-    apps: &str,
-    plugins: &[(&str, &str)],
-    extra: &str,
-) -> InProcessServer {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("plugins")).unwrap();
-    for (name, source) in plugins {
-        std::fs::write(dir.path().join("plugins").join(name), source).unwrap();
-    }
-    std::fs::write(
-        dir.path().join("server.properties"),
-        format!("{LOOPBACK}keep_alive_streaming_sessions_enabled=true\nstreaming_sessions_keep_alive_interval={interval_ms}\n{extra}"),
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("apps.toml"), apps).unwrap();
-    InProcessServer::start_in(dir).await
-}
-
 async fn plugins_view(server: &InProcessServer) -> Value {
     server
         .http_client
@@ -202,7 +182,7 @@ async fn plugins_view(server: &InProcessServer) -> Value {
 async fn a_plugin_stops_real_players_after_their_time() {
     let limited = shipped("viewing_time_limit.lua")
         .replace("local LIMIT_MS = 3600000", "local LIMIT_MS = 1500");
-    let server = plugin_server(
+    let server = InProcessServer::with_plugins(
         300,
         "[apps.defaultApp]\nplugin = \"limit.lua\"\n",
         &[("limit.lua", &limited)],
@@ -242,7 +222,7 @@ async fn a_plugin_stops_real_players_after_their_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_edits_change_verdicts_drop_nothing_and_a_broken_edit_keeps_the_old_version() {
     let keep_all = "local M = {}\nfunction M.on_keepalive(s) return 200 end\nreturn M\n";
-    let server = plugin_server(
+    let server = InProcessServer::with_plugins(
         300,
         "[apps.defaultApp]\nplugin = \"policy.lua\"\n",
         &[("policy.lua", keep_all)],
@@ -343,7 +323,7 @@ async fn runaway_plugins_are_cut_off_and_the_server_keeps_serving() {
     let apps = "[apps.loopLog]\nplugin = \"loop.lua\"\n[apps.loopLog.methods.StreamKeepAliveEvent]\nrestOnError = \"LOG\"\n\
                 [apps.bombFail]\nplugin = \"bomb.lua\"\n\
                 [apps.globals]\nplugin = \"globals.lua\"\n";
-    let server = plugin_server(
+    let server = InProcessServer::with_plugins(
         300,
         apps,
         &[("loop.lua", looping), ("bomb.lua", bomb), ("globals.lua", globals)],
@@ -460,7 +440,7 @@ return M
     let apps = format!(
         "[apps.defaultApp]\nplugin = \"policy.lua\"\nurl = \"{url}\"\n[apps.defaultApp.methods.StreamKeepAliveEvent]\n"
     );
-    let server = plugin_server(300, &apps, &[("policy.lua", policy)], "").await;
+    let server = InProcessServer::with_plugins(300, &apps, &[("policy.lua", policy)], "").await;
     let r = server.registry.clone();
     for name in ["lobby-1", "lobby-2", "stage"] {
         r.register_synthetic(NewStream::publisher(name, "defaultApp"))

@@ -6,34 +6,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{InProcessServer, LOOPBACK, until};
-use serde_json::Value;
+use common::{InProcessServer, until};
 use sluice::registry::NewStream;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-async fn server_with_plugins(apps: &str, plugins: &[(&str, &str)], extra: &str) -> InProcessServer {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("plugins")).unwrap();
-    for (name, source) in plugins {
-        std::fs::write(dir.path().join("plugins").join(name), source).unwrap();
-    }
-    std::fs::write(
-        dir.path().join("server.properties"),
-        format!("{LOOPBACK}keep_alive_streaming_sessions_enabled=true\n{extra}"),
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("apps.toml"), apps).unwrap();
-    InProcessServer::start_in(dir).await
-}
-
-/// One app's entry of `GET /rest-api/plugins`.
-async fn plugin_of(server: &InProcessServer, app: &str) -> Value {
-    let view = server.get("/rest-api/plugins").await;
-    view.as_array()
-        .and_then(|apps| apps.iter().find(|p| p["appKey"] == app).cloned())
-        .unwrap_or_else(|| panic!("no plugin of {app} in {view}"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coroutine_loops_and_bombs_are_cut_off_while_other_apps_get_verdicts_on_time() {
@@ -45,7 +21,8 @@ async fn coroutine_loops_and_bombs_are_cut_off_while_other_apps_get_verdicts_on_
                 [apps.coCaught]\nplugin = \"caught.lua\"\n[apps.coCaught.methods.StreamKeepAliveEvent]\nrestOnError = \"LOG\"\n\
                 [apps.coBomb]\nplugin = \"bomb.lua\"\n\
                 [apps.timely]\nplugin = \"timely.lua\"\n";
-    let server = server_with_plugins(
+    let server = InProcessServer::with_plugins(
+        300,
         apps,
         &[
             ("loop.lua", looping),
@@ -53,7 +30,7 @@ async fn coroutine_loops_and_bombs_are_cut_off_while_other_apps_get_verdicts_on_
             ("bomb.lua", bomb),
             ("timely.lua", timely),
         ],
-        "streaming_sessions_keep_alive_interval=300\nstreaming_sessions_keep_alive_app_keys=coLoop,coCaught,coBomb,timely\nkeep_alive_failures_to_stop=2\nplugin_instruction_budget=100000\nplugin_memory_limit=8388608\n",
+        "streaming_sessions_keep_alive_app_keys=coLoop,coCaught,coBomb,timely\nkeep_alive_failures_to_stop=2\nplugin_instruction_budget=100000\nplugin_memory_limit=8388608\n",
     )
     .await;
     let r = server.registry.clone();
@@ -90,16 +67,14 @@ async fn coroutine_loops_and_bombs_are_cut_off_while_other_apps_get_verdicts_on_
         "the coroutine memory bomb fails its verdicts (FAIL: stopped after two)"
     );
     for app in ["coLoop", "coCaught"] {
-        let mut plugin = plugin_of(&server, app).await;
-        let deadline = Instant::now() + WAIT;
-        while plugin["errors"].as_u64().unwrap_or(0) < 2 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            plugin = plugin_of(&server, app).await;
-        }
-        assert!(
-            plugin["errors"].as_u64().unwrap_or(0) >= 2,
-            "{app}: its calls return (as failures) instead of wedging its worker: {plugin}"
-        );
+        let plugin = server
+            .wait_plugin(
+                app,
+                WAIT,
+                "its calls return (as failures) instead of wedging its worker",
+                |p| p["errors"].as_u64().unwrap_or(0) >= 2,
+            )
+            .await;
         assert!(
             plugin["lastError"]
                 .as_str()
@@ -124,10 +99,11 @@ async fn coroutine_loops_and_bombs_are_cut_off_while_other_apps_get_verdicts_on_
 async fn a_worker_stuck_in_c_code_is_replaced_and_verdicts_resume() {
     let stuck = "local M = {}\nfunction M.on_keepalive(s)\n  if shared.incr('calls', 1) == 1 then files.lines('fifo') end\n  return 403, 'from a fresh worker'\nend\nreturn M\n";
     let apps = "[apps.stuck]\nplugin = \"stuck.lua\"\n[apps.stuck.methods.StreamKeepAliveEvent]\nrestOnError = \"LOG\"\n";
-    let server = server_with_plugins(
+    let server = InProcessServer::with_plugins(
+        300,
         apps,
         &[("stuck.lua", stuck)],
-        "streaming_sessions_keep_alive_interval=300\nstreaming_sessions_keep_alive_app_keys=stuck\nplugin_call_timeout=200\n",
+        "streaming_sessions_keep_alive_app_keys=stuck\nplugin_call_timeout=200\n",
     )
     .await;
     let fifo = server.dir.path().join("plugins").join("fifo");
@@ -152,7 +128,7 @@ async fn a_worker_stuck_in_c_code_is_replaced_and_verdicts_resume() {
         .map(|t| t.reason)
         .unwrap_or_default();
     assert_eq!(reason, "from a fresh worker");
-    let plugin = plugin_of(&server, "stuck").await;
+    let plugin = server.plugin_status("stuck").await;
     assert!(plugin["timeouts"].as_u64().unwrap_or(0) >= 1, "{plugin}");
     assert_eq!(plugin["workersReplaced"], 1, "{plugin}");
     // While the worker was stuck, keep-alive kept no more than two batches in flight for it.
@@ -221,29 +197,19 @@ fn threads_named(prefix: &str) -> usize {
         .unwrap_or(0)
 }
 
-async fn wait_for_version(server: &InProcessServer, app: &str, version: u64) -> Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let plugin = plugin_of(server, app).await;
-        if plugin["version"].as_u64() >= Some(version) || Instant::now() > deadline {
-            return plugin;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloads_leave_one_worker_thread_and_a_looping_load_leaves_none() {
     let apps = "[apps.reloaded]\nplugin = \"r.lua\"\n";
     let source = |n: u32| {
         format!("local M = {{}}\nfunction M.on_keepalive(s) return 200 end -- v{n}\nreturn M\n")
     };
-    let server = server_with_plugins(apps, &[("r.lua", &source(1))], "").await;
+    let server = InProcessServer::with_plugins(10_000, apps, &[("r.lua", &source(1))], "").await;
     let file = server.dir.path().join("plugins").join("r.lua");
     for n in 2..=11 {
         std::fs::write(&file, source(n)).unwrap();
-        let plugin = wait_for_version(&server, "reloaded", n as u64).await;
-        assert_eq!(plugin["version"], n, "{plugin}");
+        server
+            .wait_plugin("reloaded", WAIT, "reloaded", |p| p["version"] == n)
+            .await;
     }
     // A top level that loops in a coroutine does not load, and its thread ends.
     std::fs::write(
@@ -251,12 +217,11 @@ async fn reloads_leave_one_worker_thread_and_a_looping_load_leaves_none() {
         "coroutine.wrap(function() while true do end end)()\nreturn {}\n",
     )
     .unwrap();
-    let deadline = Instant::now() + WAIT;
-    let mut plugin = plugin_of(&server, "reloaded").await;
-    while plugin["reloadFailures"] != 1 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        plugin = plugin_of(&server, "reloaded").await;
-    }
+    let plugin = server
+        .wait_plugin("reloaded", WAIT, "the looping load fails", |p| {
+            p["reloadFailures"] == 1
+        })
+        .await;
     assert!(
         plugin["lastError"]
             .as_str()
@@ -284,17 +249,18 @@ async fn a_slow_load_holds_up_neither_status_reads_nor_other_apps_verdicts() {
     };
     let timely = "local M = {}\nfunction M.on_keepalive(s) return 403, 'on time' end\nreturn M\n";
     let apps = "[apps.slow]\nplugin = \"slow.lua\"\n[apps.timely]\nplugin = \"timely.lua\"\n";
-    let server = server_with_plugins(
+    let server = InProcessServer::with_plugins(
+        300,
         apps,
         &[("slow.lua", &slow(1)), ("timely.lua", timely)],
-        "streaming_sessions_keep_alive_interval=200\nstreaming_sessions_keep_alive_app_keys=timely\nplugin_instruction_budget=1000000000\n",
+        "streaming_sessions_keep_alive_app_keys=timely\nplugin_instruction_budget=1000000000\n",
     )
     .await;
     std::fs::write(server.dir.path().join("plugins").join("slow.lua"), slow(2)).unwrap();
     // The reload is under way (it takes 1.5 s); reads and other apps' verdicts go on.
     tokio::time::sleep(Duration::from_millis(400)).await;
     let started = Instant::now();
-    let plugin = plugin_of(&server, "slow").await;
+    let plugin = server.plugin_status("slow").await;
     assert!(
         started.elapsed() < Duration::from_millis(300),
         "GET /rest-api/plugins waited {:?} for a load",
@@ -313,6 +279,10 @@ async fn a_slow_load_holds_up_neither_status_reads_nor_other_apps_verdicts() {
         "a verdict of another app waited {:?}",
         started.elapsed()
     );
-    assert_eq!(wait_for_version(&server, "slow", 2).await["version"], 2);
+    server
+        .wait_plugin("slow", WAIT, "the slow version loads", |p| {
+            p["version"] == 2
+        })
+        .await;
     server.shutdown().await;
 }

@@ -213,3 +213,60 @@ fn run_job(sandbox: &Sandbox, job: Job, progress: &Progress, epoch: Instant) {
     }
     progress.call_began.store(0, Ordering::Release);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::NewStream;
+
+    #[test]
+    fn a_full_queue_refuses_at_once_and_a_blocked_worker_is_found_stuck() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let spec = WorkerSpec {
+            app: "app".into(),
+            label: "blocked.lua".into(),
+            source: "local M = {} function M.on_stop(s, why) if shared.incr('n', 1) == 1 then files.lines('fifo') end end return M".into(),
+            limits: Limits {
+                call_timeout: Duration::from_millis(50),
+                ..Limits::default()
+            },
+            store: Arc::default(),
+            registry: Weak::new(),
+            plugin_dir: dir.path().to_path_buf(),
+        };
+        let (worker, entries) = Worker::start(&spec).unwrap();
+        assert!(entries.on_stop);
+        let record = StreamRecord::preview(NewStream::publisher("cam", "app"), "n");
+        let stopped = || Job::Stopped(record.clone(), String::new());
+        // The first job blocks the worker in a read; the queue then fills, and one more is
+        // refused at once.
+        worker.send(stopped()).unwrap();
+        let mut accepted = 1;
+        let started = Instant::now();
+        let refused = loop {
+            match worker.send(stopped()) {
+                Ok(()) => accepted += 1,
+                Err(e) => break e,
+            }
+            assert!(accepted <= JOB_QUEUE + 1, "the queue is bounded");
+        };
+        assert_eq!(refused, PolicyError::Busy(JOB_QUEUE));
+        // The queue holds JOB_QUEUE jobs, plus the one the worker took, if it took it yet.
+        assert!(accepted >= JOB_QUEUE, "{accepted}");
+        assert!(started.elapsed() < Duration::from_secs(1), "never waits");
+        assert!(!worker.is_stuck() || started.elapsed() > Duration::from_millis(550));
+        std::thread::sleep(Duration::from_millis(600));
+        assert!(worker.is_stuck(), "busy past its deadline and the grace");
+        // Unblocking lets the thread drain its queue and end with its sender.
+        std::fs::write(&fifo, b"").unwrap();
+        drop(worker);
+    }
+}

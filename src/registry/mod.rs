@@ -830,7 +830,7 @@ mod tests {
                 },
                 serde_json::Value::Null,
                 Some(HoldSpec {
-                    filter: HoldFilter::of(&StreamFilter::default(), std::slice::from_ref(&a)),
+                    filter: HoldFilter::one(&a),
                     ms: 60_000,
                     until_admitted: false,
                 }),

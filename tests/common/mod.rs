@@ -217,6 +217,28 @@ impl InProcessServer {
         Self::start_in(dir).await
     }
 
+    /// A server with keep-alive on every `interval_ms`, these apps and plugin files, and
+    /// `extra` properties.
+    pub async fn with_plugins(
+        interval_ms: u64,
+        apps: &str,
+        plugins: &[(&str, &str)],
+        extra: &str,
+    ) -> InProcessServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir(dir.path().join("plugins")).expect("plugin dir");
+        for (name, source) in plugins {
+            std::fs::write(dir.path().join("plugins").join(name), source).expect("plugin");
+        }
+        std::fs::write(
+            dir.path().join("server.properties"),
+            format!("{LOOPBACK}keep_alive_streaming_sessions_enabled=true\nstreaming_sessions_keep_alive_interval={interval_ms}\n{extra}"),
+        )
+        .expect("properties");
+        std::fs::write(dir.path().join("apps.toml"), apps).expect("apps");
+        Self::start_in(dir).await
+    }
+
     pub async fn start_in(dir: tempfile::TempDir) -> InProcessServer {
         let server = sluice::start(sluice::ServerOptions {
             config_dir: Some(dir.path().to_path_buf()),
