@@ -205,7 +205,8 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
             .with_context(|| format!("cannot listen for HTTP on {bind}"))?;
         listener.set_nonblocking(true)?;
         http_addr = Some(listener.local_addr()?);
-        let handle = stop_on();
+        // `RunningServer::shutdown` stops it gracefully.
+        let handle = axum_server::Handle::new();
         listener_handles.push(handle.clone());
         let mut server = axum_server::from_tcp(listener)?.handle(handle);
         limit_connections(server.http_builder(), &settings);
@@ -239,7 +240,8 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
                 flush.clone(),
             ));
         }
-        let handle = stop_on();
+        // `RunningServer::shutdown` stops it gracefully.
+        let handle = axum_server::Handle::new();
         listener_handles.push(handle.clone());
         let mut server = axum_server::from_tcp_rustls(listener, tls)?.handle(handle);
         limit_connections(server.http_builder(), &settings);
@@ -307,11 +309,6 @@ async fn reload_certificate(
             }
         }
     }
-}
-
-/// A listener's handle: [`RunningServer::shutdown`] stops it gracefully.
-fn stop_on() -> axum_server::Handle<SocketAddr> {
-    axum_server::Handle::new()
 }
 
 /// Limits every connection: headers within `http_header_timeout` (slow-loris clients are

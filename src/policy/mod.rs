@@ -451,7 +451,7 @@ impl PolicyHost {
         );
         let plugin = plugin.clone();
         let app = app.to_string();
-        let status = self.status_handle();
+        let status = self.status.clone();
         self.tasks.spawn_blocking(move || {
             match Worker::start(&plugin.spec) {
                 Ok((worker, _)) => {
@@ -468,10 +468,6 @@ impl PolicyHost {
             }
             plugin.replacing.store(false, Ordering::Release);
         });
-    }
-
-    fn status_handle(&self) -> Arc<Mutex<BTreeMap<String, PluginStatus>>> {
-        self.status.clone()
     }
 
     /// Keep-alive verdicts for streams of one app, in order. The records move into the

@@ -517,6 +517,9 @@ end
 -- Finalizers run with hooks off, so a looping one could never be cut off: none are allowed.
 local raw_setmetatable, raw_rawget = setmetatable, rawget
 setmetatable = function(t, mt)
+  if type(t) ~= "table" then
+    raw_error("bad argument #1 to 'setmetatable' (table expected, got " .. type(t) .. ")", 2)
+  end
   if type(mt) == "table" and raw_rawget(mt, "__gc") ~= nil then
     raw_error("__gc finalizers are not allowed in plugins", 2)
   end

@@ -22,8 +22,10 @@ pub struct TestServer {
 /// every ordinary teardown).
 pub const QUIET_LOG: &str = "warn,webrtc=error,webrtc_ice=error,webrtc_srtp=error,webrtc_dtls=error,webrtc_mdns=error,webrtc_sctp=error,interceptor=error";
 
-/// Settings every test server gets: media and ICE on loopback only, OS-chosen ports.
-pub const LOOPBACK: &str = "ice_loopback_only=true\nmedia_port_from=0\nmedia_port_to=0\n";
+/// Settings every test server gets: media and ICE on loopback only, OS-chosen ports, and no
+/// offer rate per address (every test client is 127.0.0.1; `tests/races.rs` sets one).
+pub const LOOPBACK: &str =
+    "ice_loopback_only=true\nmedia_port_from=0\nmedia_port_to=0\noffer_rate_per_address=0\n";
 
 impl TestServer {
     /// Starts a server whose `server.properties` is `LOOPBACK` plus `extra`.
