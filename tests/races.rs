@@ -118,26 +118,61 @@ async fn post_offer(http: &reqwest::Client, url: &str, sdp: &str) -> (u16, Value
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hold_racing_fifty_plays_admits_none() {
-    // playStream answers after 800 ms: the offers are past the handler's hold check and in
-    // admission when the hold comes.
+/// A server whose web back end answers the admission hook `method` after 800 ms: offers are
+/// past the handler's hold check and in admission when a hold comes.
+async fn server_with_slow_admission(method: &str) -> (InProcessServer, Backend) {
     let back = backend(0, |_| Duration::from_millis(800)).await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("server.properties"),
-        format!("{LOOPBACK}offer_rate_per_address=0\nrest_hook_timeout=5000\n"),
+        format!("{LOOPBACK}rest_hook_timeout=5000\n"),
     )
     .unwrap();
     std::fs::write(
         dir.path().join("apps.toml"),
         format!(
-            "[apps.defaultApp]\nurl = \"{}\"\n[apps.defaultApp.methods.playStream]\n",
+            "[apps.defaultApp]\nurl = \"{}\"\n[apps.defaultApp.methods.{method}]\n",
             back.url
         ),
     )
     .unwrap();
-    let server = InProcessServer::start_in(dir).await;
+    (InProcessServer::start_in(dir).await, back)
+}
+
+/// Posts `offer` to `url` 50 times at once; once all 50 are in their admission hook (the
+/// back end has seen `before + 50` calls), terminates with `terminate` (which asks for a
+/// hold); then every one of the 50 must have been refused by that hold.
+async fn fifty_offers_race_a_hold(
+    server: &InProcessServer,
+    back: &Backend,
+    url: &str,
+    offer: &str,
+    terminate: Value,
+) {
+    let before = back.calls.load(Ordering::SeqCst);
+    let mut offers = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let http = server.http_client.clone();
+        let (url, offer) = (server.url(url), offer.to_string());
+        offers.spawn(async move { post_offer(&http, &url, &offer).await });
+    }
+    assert!(until(WAIT, || back.calls.load(Ordering::SeqCst) >= before + 50).await);
+    let (status, answer) = server.post("/rest-api/stream/terminate", terminate).await;
+    assert_eq!(status, 200, "{answer}");
+    let hold_id = answer["holdId"].as_u64().expect("a hold");
+    let mut refused = 0;
+    while let Some(result) = offers.join_next().await {
+        let (status, body) = result.unwrap();
+        assert_eq!(status, 403, "an offer admitted past the hold: {body}");
+        assert_eq!(body["holdId"], hold_id, "{body}");
+        refused += 1;
+    }
+    assert_eq!(refused, 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_racing_fifty_plays_admits_none() {
+    let (server, back) = server_with_slow_admission("playStream").await;
     let client = Client::new().unwrap();
     let publisher = client
         .publish(&server.url("/whip/cam"), SyntheticMedia::default())
@@ -146,30 +181,14 @@ async fn a_hold_racing_fifty_plays_admits_none() {
     let first = client.play(&server.url("/whep/cam")).await.unwrap();
     assert!(first.wait_packets(5, WAIT).await);
     let offer = recvonly_offer(&client).await;
-    let mut plays = tokio::task::JoinSet::new();
-    for _ in 0..50 {
-        let http = server.http_client.clone();
-        let url = server.url("/whep/cam");
-        let offer = offer.clone();
-        plays.spawn(async move { post_offer(&http, &url, &offer).await });
-    }
-    // Every play is in its admission hook now.
-    assert!(until(WAIT, || back.calls.load(Ordering::SeqCst) >= 51).await);
-    let (status, answer) = server
-        .post(
-            "/rest-api/stream/terminate",
-            json!({"name": "cam", "published": false, "holdMs": 60000, "reason": "players out"}),
-        )
-        .await;
-    assert_eq!(status, 200, "{answer}");
-    let mut refused = 0;
-    while let Some(result) = plays.join_next().await {
-        let (status, body) = result.unwrap();
-        assert_eq!(status, 403, "a play admitted past the hold: {body}");
-        assert!(body["holdId"].is_u64(), "{body}");
-        refused += 1;
-    }
-    assert_eq!(refused, 50);
+    fifty_offers_race_a_hold(
+        &server,
+        &back,
+        "/whep/cam",
+        &offer,
+        json!({"name": "cam", "published": false, "holdMs": 60000, "reason": "players out"}),
+    )
+    .await;
     let players: Vec<_> = server
         .registry
         .find_by_name("cam")
@@ -178,6 +197,30 @@ async fn a_hold_racing_fifty_plays_admits_none() {
         .collect();
     assert!(players.is_empty(), "{players:?}");
     publisher.close().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_racing_fifty_publishes_of_the_held_name_admits_none() {
+    let (server, back) = server_with_slow_admission("publishStream").await;
+    let client = Client::new().unwrap();
+    let other = client
+        .publish(&server.url("/whip/other"), SyntheticMedia::default())
+        .await
+        .unwrap();
+    let offer = client.sample_offer().await.unwrap();
+    // Every publish to the app is held: the 50 publishes of "held" were already in their
+    // admission hook when the hold came.
+    fifty_offers_race_a_hold(
+        &server,
+        &back,
+        "/whip/held",
+        &offer,
+        json!({"appKey": "defaultApp", "published": true, "holdMs": 60000, "reason": "publishing paused"}),
+    )
+    .await;
+    assert!(server.registry.find_by_name("held").is_empty());
+    other.close().await;
     server.shutdown().await;
 }
 
