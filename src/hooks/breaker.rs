@@ -339,14 +339,18 @@ mod tests {
         assert_eq!((view.opens, view.closes, view.refused), (1, 1, 2));
     }
 
-    #[test]
-    fn a_failed_probe_opens_again_for_a_whole_cooldown() {
-        let b = Breakers::default();
-        let t0 = Instant::now();
+    /// Opens the breaker with three failures at `t0`; returns when its probe is due.
+    fn opened(b: &Breakers, t0: Instant) -> Instant {
         for _ in 0..3 {
             b.record("app", false, false, LIMITS, t0);
         }
-        let t5 = t0 + LIMITS.cooldown;
+        t0 + LIMITS.cooldown
+    }
+
+    #[test]
+    fn a_failed_probe_opens_again_for_a_whole_cooldown() {
+        let b = Breakers::default();
+        let t5 = opened(&b, Instant::now());
         assert_eq!(call(&b, t5), Pass::Call { probe: true });
         let reopened = b.record("app", false, true, LIMITS, t5).unwrap();
         assert_eq!(reopened.to, BreakerState::Open);
@@ -360,11 +364,7 @@ mod tests {
     #[test]
     fn a_probe_dropped_mid_call_hands_the_probe_back() {
         let b = Breakers::default();
-        let t0 = Instant::now();
-        for _ in 0..3 {
-            b.record("app", false, false, LIMITS, t0);
-        }
-        let t5 = t0 + LIMITS.cooldown;
+        let t5 = opened(&b, Instant::now());
         assert_eq!(call(&b, t5), Pass::Call { probe: true });
         drop(b.guard("app", true, LIMITS));
         assert_eq!(
