@@ -71,17 +71,20 @@ impl HoldFilter {
     }
 
     pub fn matches(&self, name: &str, published: bool, app_key: &str) -> bool {
-        self.name.as_deref().is_none_or(|n| n == name)
-            && self.published.is_none_or(|p| p == published)
-            && self.app_key.as_deref().is_none_or(|a| a == app_key)
-            && self.streams.as_ref().is_none_or(|streams| {
-                // A lookup, not a scan: a hold may name thousands of streams.
-                streams.contains(&HeldStream {
-                    name: name.to_string(),
-                    published,
-                    app_key: app_key.to_string(),
-                })
-            })
+        self.covers(&HeldStream {
+            name: name.to_string(),
+            published,
+            app_key: app_key.to_string(),
+        })
+    }
+
+    /// Whether the hold refuses `stream`; the key is built once per check, not per hold.
+    fn covers(&self, stream: &HeldStream) -> bool {
+        self.name.as_deref().is_none_or(|n| n == stream.name)
+            && self.published.is_none_or(|p| p == stream.published)
+            && self.app_key.as_deref().is_none_or(|a| a == stream.app_key)
+            // A lookup, not a scan: a hold may name thousands of streams.
+            && self.streams.as_ref().is_none_or(|streams| streams.contains(stream))
     }
 }
 
@@ -148,9 +151,17 @@ impl HoldTable {
 
     /// The matching hold that lasts longest, if any.
     pub fn find(&self, name: &str, published: bool, app_key: &str, now_ms: u64) -> Option<&Hold> {
+        if self.holds.is_empty() {
+            return None;
+        }
+        let stream = HeldStream {
+            name: name.to_string(),
+            published,
+            app_key: app_key.to_string(),
+        };
         self.holds
             .iter()
-            .filter(|h| h.until > now_ms && h.filter.matches(name, published, app_key))
+            .filter(|h| h.until > now_ms && h.filter.covers(&stream))
             .max_by_key(|h| h.until)
     }
 
