@@ -13,5 +13,6 @@ pub mod media;
 pub mod policy;
 pub mod registry;
 pub mod server;
+mod tls;
 
 pub use server::{RunningServer, ServerOptions, start};

@@ -39,6 +39,13 @@ enum Command {
         #[arg(long, value_name = "DIR", default_value = ".")]
         config: PathBuf,
     },
+    /// Print every server.properties key: default, when a change applies, what it does
+    /// (the README's table).
+    Settings {
+        /// As JSON instead of a Markdown table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Work with Lua plugins offline.
     Plugin {
         #[command(subcommand)]
@@ -148,6 +155,15 @@ async fn main() -> anyhow::Result<()> {
             server.run_until_signal().await
         }
         Command::Check { config } => check(&config),
+        Command::Settings { json } => {
+            let declarations = sluice::config::Settings::declarations();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&declarations)?);
+            } else {
+                print!("{}", sluice::config::markdown(&declarations));
+            }
+            Ok(())
+        }
         Command::App { config, command } => app(&config, command),
         Command::Plugin { command } => plugin(command),
     }
@@ -214,6 +230,15 @@ fn check(dir: &std::path::Path) -> anyhow::Result<()> {
         dir.display(),
         config.apps.apps.len()
     );
+    // What differs from the defaults, and when each change applies.
+    let defaults = sluice::config::Settings::default().as_properties();
+    let set = config.settings.as_properties();
+    for declared in sluice::config::Settings::declarations() {
+        let value = &set[declared.key];
+        if defaults.get(declared.key) != Some(value) {
+            println!("  {} = {value} ({})", declared.key, declared.apply.as_str());
+        }
+    }
     Ok(())
 }
 

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum_server::tls_rustls::RustlsConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -227,13 +226,15 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
     });
     let mut https_addr = None;
     if let Some(bind) = https_bind {
-        let tls = tls_config(&settings).await?;
+        let tls = crate::tls::config(&settings).await?;
         let listener = std::net::TcpListener::bind(bind)
             .with_context(|| format!("cannot listen for HTTPS on {bind}"))?;
         listener.set_nonblocking(true)?;
         https_addr = Some(listener.local_addr()?);
-        if let (Some(cert), Some(key)) = (&settings.https_cert, &settings.https_key) {
-            tasks.spawn(reload_certificate(
+        if let (Some(cert), Some(key)) =
+            (&settings.rest_api_https_cert, &settings.rest_api_https_key)
+        {
+            tasks.spawn(crate::tls::reload_on_change(
                 tls.clone(),
                 cert.clone(),
                 key.clone(),
@@ -273,44 +274,6 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
     })
 }
 
-/// How often the certificate files are checked for a change.
-const CERTIFICATE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
-
-/// Picks up a changed certificate or key without restart. A file that does not load (half
-/// written, wrong key) keeps the last good certificate in force and is tried again on the
-/// next change.
-async fn reload_certificate(
-    tls: RustlsConfig,
-    cert: PathBuf,
-    key: PathBuf,
-    stop: CancellationToken,
-) {
-    let stamp = |path: &PathBuf| {
-        std::fs::metadata(path)
-            .ok()
-            .and_then(|m| Some((m.modified().ok()?, m.len())))
-    };
-    let mut last = (stamp(&cert), stamp(&key));
-    let mut tick = tokio::time::interval(CERTIFICATE_CHECK_INTERVAL);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let now = (stamp(&cert), stamp(&key));
-        if now == last {
-            continue;
-        }
-        last = now;
-        match tls.reload_from_pem_file(&cert, &key).await {
-            Ok(()) => tracing::info!(cert = %cert.display(), "TLS certificate reloaded"),
-            Err(e) => {
-                tracing::error!(cert = %cert.display(), error = %e, "TLS certificate not reloaded; the previous one stays in force")
-            }
-        }
-    }
-}
-
 /// Limits every connection: headers within `http_header_timeout` (slow-loris clients are
 /// cut off), and at most 64 KiB of request head (`431` beyond).
 fn limit_connections(
@@ -325,32 +288,3 @@ fn limit_connections(
 
 /// The largest request line plus headers read.
 const MAX_REQUEST_HEAD: usize = 64 * 1024;
-
-/// The certificate named in the settings, or a self-signed one for `localhost`.
-async fn tls_config(settings: &Settings) -> anyhow::Result<RustlsConfig> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    match (&settings.https_cert, &settings.https_key) {
-        (Some(cert), Some(key)) => {
-            RustlsConfig::from_pem_file(cert, key)
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot use TLS certificate {} / key {}",
-                        cert.display(),
-                        key.display()
-                    )
-                })
-        }
-        _ => {
-            let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-            let generated = rcgen::generate_simple_self_signed(names)
-                .context("cannot generate a self-signed certificate")?;
-            RustlsConfig::from_pem(
-                generated.cert.pem().into_bytes(),
-                generated.signing_key.serialize_pem().into_bytes(),
-            )
-            .await
-            .context("cannot use the self-signed certificate")
-        }
-    }
-}

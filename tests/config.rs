@@ -202,7 +202,10 @@ async fn restart_keys_are_reported_and_keep_their_value() {
     let file = server.dir.path().join("server.properties");
     std::fs::write(
         &file,
-        format!("{}node_id=renamed\nmax_sdp_size=1000\n", properties(3000)),
+        format!(
+            "{}node_id=renamed\nmax_sdp_size=1000\nhttp_header_timeout=500\nplugin_dir=elsewhere\n",
+            properties(3000)
+        ),
     )
     .unwrap();
     expect_interval(&server, 3000, "hot key").await;
@@ -217,7 +220,26 @@ async fn restart_keys_are_reported_and_keep_their_value() {
         .iter()
         .map(|p| p["key"].as_str().unwrap())
         .collect();
-    assert_eq!(pending, vec!["node_id", "max_sdp_size"]);
+    assert_eq!(
+        pending,
+        vec![
+            "node_id",
+            "max_sdp_size",
+            "http_header_timeout",
+            "plugin_dir"
+        ]
+    );
+    assert_eq!(
+        c["settings"]["http_header_timeout"], "10000",
+        "a restart-only key is shown with the value in force, not the edit"
+    );
+    assert!(
+        c["settings"]["plugin_dir"]
+            .as_str()
+            .unwrap()
+            .ends_with("plugins"),
+        "{c}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,10 +10,21 @@ mod store;
 pub mod watch;
 
 pub use apps::{AppConfig, Apps, MethodConfig};
-pub use settings::{MediaPorts, RESTART_KEYS, Settings};
+pub use settings::{Apply, Declaration, MediaPorts, Settings, markdown};
 pub use store::{ConfigStore, FileVersion, PendingRestart, ReloadError, ReloadStatus};
 
 use std::path::{Path, PathBuf};
+
+/// The SHA-256 of a file's content, in hex: stable across runs and versions, so the hash an
+/// operator sees in `/rest-api/config` or `/rest-api/plugins` can be compared with
+/// `sha256sum` of the file.
+pub fn content_hash(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 
 /// A configuration file that could not be used. The last good configuration stays in force.
 #[derive(Debug, thiserror::Error)]

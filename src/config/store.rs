@@ -4,7 +4,6 @@
 //! waiting for a restart).
 
 use std::collections::BTreeMap;
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -13,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
-use super::{Config, ConfigError, RESTART_KEYS};
+use super::{Config, ConfigError, Settings};
 use crate::registry::now_ms;
 
 /// One configuration file as it was when its version was put in force.
@@ -23,7 +22,7 @@ pub struct FileVersion {
     /// Whether the file exists (an absent file at start means defaults).
     pub present: bool,
     pub bytes: u64,
-    /// A hash of the content, to tell versions apart.
+    /// The SHA-256 of the content (as `sha256sum` prints it).
     pub hash: String,
 }
 
@@ -163,12 +162,13 @@ impl ConfigStore {
         let mut config = Config::load(dir)?;
         let pending = self.keep_restart_keys(&mut config);
         let previous = self.current.load();
+        let restart_keys = Settings::restart_keys();
         let changed: Vec<_> = diff(
             &previous.settings.as_properties(),
             &config.settings.as_properties(),
         )
         .into_iter()
-        .filter(|k| !RESTART_KEYS.contains(k))
+        .filter(|k| !restart_keys.contains(k))
         .collect();
         self.current.store(Arc::new(config));
         let mut status = self.lock();
@@ -184,27 +184,16 @@ impl ConfigStore {
         let running = &self.started_with.settings;
         let on_disk = config.settings.as_properties();
         let was = running.as_properties();
-        let pending: Vec<_> = RESTART_KEYS
-            .iter()
-            .filter(|k| was.get(*k) != on_disk.get(*k))
+        let pending: Vec<_> = Settings::restart_keys()
+            .into_iter()
+            .filter(|k| was.get(k) != on_disk.get(k))
             .map(|k| PendingRestart {
                 key: k.to_string(),
                 running: was.get(k).cloned().unwrap_or_default(),
                 on_disk: on_disk.get(k).cloned().unwrap_or_default(),
             })
             .collect();
-        let s = &mut config.settings;
-        s.rest_api_address = running.rest_api_address;
-        s.rest_api_port = running.rest_api_port;
-        s.rest_api_https_port = running.rest_api_https_port;
-        s.media_ports = running.media_ports;
-        s.media_public_ip = running.media_public_ip;
-        s.ice_include_loopback = running.ice_include_loopback;
-        s.ice_loopback_only = running.ice_loopback_only;
-        s.ice_disconnected_timeout = running.ice_disconnected_timeout;
-        s.ice_failed_timeout = running.ice_failed_timeout;
-        s.node_id = running.node_id.clone();
-        s.max_sdp_size = running.max_sdp_size;
+        config.settings.keep_restart_values(running);
         if !pending.is_empty() {
             tracing::warn!(keys = ?pending.iter().map(|p| &p.key).collect::<Vec<_>>(), "changed keys take effect at the next restart");
         }
@@ -237,15 +226,11 @@ fn file_versions(dir: &Path) -> BTreeMap<String, FileVersion> {
         .map(|name| {
             let path: PathBuf = dir.join(name);
             let version = match std::fs::read(&path) {
-                Ok(bytes) => {
-                    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-                    bytes.hash(&mut hasher);
-                    FileVersion {
-                        present: true,
-                        bytes: bytes.len() as u64,
-                        hash: format!("{:016x}", hasher.finish()),
-                    }
-                }
+                Ok(bytes) => FileVersion {
+                    present: true,
+                    bytes: bytes.len() as u64,
+                    hash: super::content_hash(&bytes),
+                },
                 Err(_) => FileVersion {
                     present: false,
                     bytes: 0,

@@ -49,7 +49,7 @@ pub async fn build(settings: &Settings) -> Result<Engine, MediaError> {
         s.set_nat_1to1_ips(vec![ip.to_string()], RTCIceCandidateType::Srflx);
     }
     let mut mux_addr = None;
-    match settings.media_ports {
+    match settings.media_ports() {
         MediaPorts::Mux(port) => {
             let bind = if settings.ice_loopback_only {
                 std::net::SocketAddr::from(([127, 0, 0, 1], port))

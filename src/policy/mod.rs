@@ -78,7 +78,7 @@ struct Plugin {
     spec: WorkerSpec,
     entries: EntryPoints,
     version: u64,
-    hash: u64,
+    hash: String,
     /// Set while a replacement worker is being started.
     replacing: AtomicBool,
 }
@@ -130,7 +130,7 @@ const LOGGED_ERRORS: usize = 1000;
 enum Step {
     Keep(Arc<Plugin>),
     /// Load this, as this version, of this hash.
-    Load(WorkerSpec, u64, u64),
+    Load(WorkerSpec, u64, String),
     Missing(String),
 }
 
@@ -247,7 +247,7 @@ impl PolicyHost {
                     entry.loaded = true;
                     entry.version = plugin.version;
                     entry.loaded_at = Some(now_ms());
-                    entry.hash = format!("{:016x}", plugin.hash);
+                    entry.hash = plugin.hash.clone();
                     entry.entry_points = plugin.entries.clone();
                     entry.reloads += 1;
                     entry.last_error = None;
@@ -570,11 +570,8 @@ impl PolicyHost {
     }
 }
 
-fn hash_of(text: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    text.hash(&mut hasher);
-    hasher.finish()
+fn hash_of(text: &str) -> String {
+    crate::config::content_hash(text.as_bytes())
 }
 
 #[cfg(test)]

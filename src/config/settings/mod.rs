@@ -1,0 +1,362 @@
+//! `server.properties`: Java properties syntax, parsed by the `java-properties` crate, into
+//! one typed [`Settings`] with defaults. Every key is declared once, in the table below: its
+//! type, default, when a change applies, and one line of doc. Parsing, `GET /rest-api/config`,
+//! restart-key handling, `sluice check`, `sluice settings` and the README's table all come
+//! from that table.
+
+mod kinds;
+mod table;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use java_properties::{LineContent, PropertiesIter};
+
+use super::ConfigError;
+use kinds::{
+    Address, Count, Directory, Flag, Kind, List, ListenerPort, Millis, OptionalAddress,
+    OptionalPath, OptionalPort, Port, Text,
+};
+use table::declare_settings;
+pub use table::{Apply, Declaration, markdown};
+
+/// Where media flows: one UDP port shared by every session, or a port per session from a range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaPorts {
+    /// One socket for all sessions (`media_udp_mux_port`); `0` lets the OS choose it.
+    Mux(u16),
+    /// A socket per session from `media_port_from..=media_port_to`; `0..=0` lets the OS choose.
+    Range(u16, u16),
+}
+
+declare_settings! {
+    rest_api_address: IpAddr = IpAddr::from([0, 0, 0, 0]), Address, Restart,
+        "address the HTTP and HTTPS listeners bind";
+    rest_api_port: Option<u16> = Some(8081), ListenerPort, Restart,
+        "HTTP port; `0` or empty turns it off";
+    rest_api_https_port: Option<u16> = Some(8444), ListenerPort, Restart,
+        "HTTPS port; `0` or empty turns it off";
+    rest_api_https_cert: Option<PathBuf> = None, OptionalPath, Restart,
+        "PEM certificate (relative to the file), set together with the key; a self-signed one for `localhost` when absent. The file's content is reloaded when it changes";
+    rest_api_https_key: Option<PathBuf> = None, OptionalPath, Restart,
+        "PEM private key of that certificate; its content is reloaded when it changes";
+    rest_api_tokens: Vec<String> = Vec::new(), List { secret: true }, Hot,
+        "comma list of bearer tokens for `/rest-api/`; with none (and no file), `/rest-api/` answers loopback callers only";
+    rest_api_tokens_file: Option<PathBuf> = None, OptionalPath, Hot,
+        "more tokens, one per line (`#` comments), re-read on change";
+    media_port_from: u16 = 31001, Port, Restart,
+        "first UDP port for media, one socket per session; `0` with `media_port_to=0` lets the OS choose";
+    media_port_to: u16 = 32000, Port, Restart,
+        "last UDP port for media";
+    media_udp_mux_port: Option<u16> = None, OptionalPort, Restart,
+        "when set, all media on this one UDP port (`0` lets the OS choose) instead of a port per session";
+    media_public_ip: Option<IpAddr> = None, OptionalAddress, Restart,
+        "an address announced as an extra (server-reflexive) ICE candidate, for clients beyond NAT";
+    ice_include_loopback: bool = true, Flag, Restart,
+        "offer `127.0.0.1` candidates, for clients on the same host";
+    ice_loopback_only: bool = false, Flag, Restart,
+        "gather on loopback only (single-host set-ups, tests)";
+    ice_disconnected_timeout: Duration = Duration::from_millis(4000), Millis { min: 500 }, Restart,
+        "how long a silent peer is left disconnected";
+    ice_failed_timeout: Duration = Duration::from_millis(8000), Millis { min: 500 }, Restart,
+        "how long a silent peer lives before its session is stopped; not below `ice_disconnected_timeout`";
+    node_id: String = "sluice".into(), Text, Restart,
+        "`nodeId` in stream records";
+    max_sdp_size: usize = 64 * 1024, Count { min: 1, what: "a number of bytes" }, Restart,
+        "bytes; a larger WHIP/WHEP body gets `413`";
+    http_header_timeout: Duration = Duration::from_millis(10_000), Millis { min: 100 }, Restart,
+        "a client must send its request headers within this time, or its connection is closed (slow-loris); request heads over 64 KiB get `431`";
+    http_request_timeout: Duration = Duration::from_millis(30_000), Millis { min: 100 }, Hot,
+        "a request body must arrive within this time (`408` otherwise); read before any handler runs, so none is cut off half-way";
+    player_wait_for_publisher: Duration = Duration::from_millis(5000), Millis { min: 0 }, Hot,
+        "how long a WHEP request waits for a publisher's first media";
+    plugin_dir: PathBuf = PathBuf::from("plugins"), Directory, Restart,
+        "where Lua plugins live, relative to the config directory; the plugins in it are re-read when they change";
+    rest_hook_timeout: Duration = Duration::from_millis(3000), Millis { min: 10 }, Hot,
+        "how long one REST hook call may take";
+    rest_hook_max_in_flight: usize = 64, Count { min: 1, what: "a count from 1" }, Hot,
+        "REST hook calls in flight per app at most";
+    keep_alive_failures_to_stop: u32 = 3, Count { min: 1, what: "a count from 1" }, Hot,
+        "with `restOnError = FAIL`, failed verdicts in a row before a stop";
+    rest_hook_breaker_failures: u32 = 5, Count { min: 0, what: "a count (0 turns the breaker off)" }, Hot,
+        "failed calls in a row to an app's web server before its circuit opens; `0` turns the breaker off";
+    rest_hook_breaker_cooldown: Duration = Duration::from_millis(5000), Millis { min: 100 }, Hot,
+        "how long an open circuit waits before one probe call";
+    plugin_memory_limit: usize = 16 * 1024 * 1024, Count { min: 1024 * 1024, what: "a number of bytes" }, NextLoad,
+        "bytes per plugin state, at least 1 MiB";
+    plugin_instruction_budget: u64 = 1_000_000, Count { min: 10_000, what: "a number of instructions" }, NextLoad,
+        "Lua instructions per call, all its coroutines together";
+    plugin_call_timeout: Duration = Duration::from_millis(1000), Millis { min: 10 }, NextLoad,
+        "wall-clock time one plugin call may take; a worker stuck past it is replaced";
+    max_sessions: usize = 10_000, Count { min: 0, what: "a count (0 for no limit)" }, Hot,
+        "live streams (publishers and players) at most; one more offer gets `503` with `Retry-After`; `0` for no limit";
+    offer_rate_per_address: u32 = 50, Count { min: 0, what: "a number of offers per second (0 turns the limit off)" }, Hot,
+        "WHIP/WHEP offers per second from one client address (bursts of twice that); more get `429` with `Retry-After`; `0` turns it off";
+    shutdown_timeout: Duration = Duration::from_millis(10_000), Millis { min: 100 }, Hot,
+        "on SIGTERM/SIGINT: how long ending every stream and delivering the last status events may take";
+    keep_alive_streaming_sessions_enabled: bool = false, Flag, Hot,
+        "keep-alive verdicts on or off";
+    streaming_sessions_keep_alive_interval: Duration = Duration::from_millis(10_000), Millis { min: 100 }, Hot,
+        "each stream gets a verdict this often";
+    streaming_sessions_keep_alive_app_keys: Vec<String> = vec!["defaultApp".into()], List { secret: false }, Hot,
+        "comma list of the apps whose streams get verdicts";
+}
+
+/// The values of one file, by key, with the line each was on.
+struct Reader<'a> {
+    file: &'a Path,
+    base: PathBuf,
+    values: HashMap<String, (usize, String)>,
+}
+
+impl Reader<'_> {
+    fn error(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        let line = self.values.get(key).map(|(l, _)| *l).unwrap_or(0);
+        ConfigError::Value {
+            file: self.file.to_path_buf(),
+            line,
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn read<K: Kind>(
+        &self,
+        key: &str,
+        kind: &K,
+        default: K::Value,
+    ) -> Result<K::Value, ConfigError> {
+        let Some((_, raw)) = self.values.get(key) else {
+            return Ok(default);
+        };
+        match kind.parse(raw.trim(), &self.base) {
+            Ok(value) => Ok(value.unwrap_or(default)),
+            Err(message) => Err(self.error(key, message)),
+        }
+    }
+}
+
+impl Settings {
+    /// Where media flows, from `media_udp_mux_port` or the port range.
+    pub fn media_ports(&self) -> MediaPorts {
+        match self.media_udp_mux_port {
+            Some(port) => MediaPorts::Mux(port),
+            None => MediaPorts::Range(self.media_port_from, self.media_port_to),
+        }
+    }
+
+    /// The keys whose changes wait for a restart.
+    pub fn restart_keys() -> Vec<&'static str> {
+        Settings::declarations()
+            .into_iter()
+            .filter(|d| d.apply == Apply::Restart)
+            .map(|d| d.key)
+            .collect()
+    }
+
+    /// Parses the text of a `server.properties` file. `file` is used in error messages and
+    /// to resolve relative paths. An unknown key is an error: a typo must not silently leave
+    /// a default in force.
+    pub fn parse(file: &Path, text: &str) -> Result<Settings, ConfigError> {
+        let mut values = HashMap::new();
+        for line in PropertiesIter::new(text.as_bytes()) {
+            let line = line.map_err(|e| ConfigError::Syntax {
+                file: file.to_path_buf(),
+                line: e.line_number().unwrap_or(0),
+                message: e.to_string(),
+            })?;
+            let number = line.line_number();
+            if let LineContent::KVPair(key, value) = line.consume_content() {
+                if !Settings::is_known(&key) {
+                    return Err(ConfigError::Value {
+                        file: file.to_path_buf(),
+                        line: number,
+                        key: key.escape_debug().to_string(),
+                        message: "unknown key (`sluice settings` lists the keys Sluice reads)"
+                            .into(),
+                    });
+                }
+                values.insert(key, (number, value));
+            }
+        }
+        let reader = Reader {
+            file,
+            base: file.parent().map(Path::to_path_buf).unwrap_or_default(),
+            values,
+        };
+        let settings = Settings::read_declared(&reader)?;
+        settings.validate(&reader)?;
+        Ok(settings)
+    }
+
+    /// The rules between keys.
+    fn validate(&self, reader: &Reader) -> Result<(), ConfigError> {
+        if self.media_udp_mux_port.is_none() && self.media_port_to < self.media_port_from {
+            return Err(reader.error(
+                "media_port_to",
+                format!(
+                    "{} is below media_port_from ({})",
+                    self.media_port_to, self.media_port_from
+                ),
+            ));
+        }
+        if self.rest_api_https_cert.is_some() != self.rest_api_https_key.is_some() {
+            let key = if self.rest_api_https_cert.is_some() {
+                "rest_api_https_key"
+            } else {
+                "rest_api_https_cert"
+            };
+            return Err(reader.error(
+                key,
+                "rest_api_https_cert and rest_api_https_key must be set together",
+            ));
+        }
+        if self.ice_failed_timeout < self.ice_disconnected_timeout {
+            return Err(reader.error(
+                "ice_failed_timeout",
+                "must not be below ice_disconnected_timeout",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Settings, ConfigError> {
+        Settings::parse(Path::new("/etc/sluice/server.properties"), text)
+    }
+
+    #[test]
+    fn properties_syntax_with_comments_continuations_and_escapes() {
+        let s = parse(
+            "# comment\n! also a comment\nrest_api_port = 9000\nstreaming_sessions_keep_alive_app_keys=defaultApp,\\\n    liveApp\nnode_id=a\\u0062c\n",
+        )
+        .unwrap();
+        assert_eq!(s.rest_api_port, Some(9000));
+        assert_eq!(
+            s.streaming_sessions_keep_alive_app_keys,
+            vec!["defaultApp", "liveApp"]
+        );
+        assert_eq!(s.node_id, "abc");
+    }
+
+    #[test]
+    fn zero_or_empty_turns_a_listener_off() {
+        let s = parse("rest_api_port=0\nrest_api_https_port=\n").unwrap();
+        assert_eq!(s.rest_api_port, None);
+        assert_eq!(s.rest_api_https_port, None);
+    }
+
+    #[test]
+    fn errors_name_line_key_and_what_is_allowed() {
+        let err = parse("\n\nrest_api_https_port=eighty\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "/etc/sluice/server.properties:3: rest_api_https_port: 'eighty' is not a port number (1-65535, or 0/empty for off)"
+        );
+        let err = parse("rest_api_prot=1\n").unwrap_err().to_string();
+        assert!(err.contains(":1: rest_api_prot: unknown key"), "{err}");
+        let err = parse("media_port_from=5000\nmedia_port_to=4000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(":2: media_port_to"), "{err}");
+        assert!(parse("rest_api_https_cert=a.pem\n").is_err());
+    }
+
+    #[test]
+    fn media_ports_mux_or_range() {
+        assert_eq!(
+            parse("media_udp_mux_port=0").unwrap().media_ports(),
+            MediaPorts::Mux(0)
+        );
+        assert_eq!(
+            parse("media_port_from=40000\nmedia_port_to=40100")
+                .unwrap()
+                .media_ports(),
+            MediaPorts::Range(40000, 40100)
+        );
+    }
+
+    #[test]
+    fn relative_tls_paths_are_relative_to_the_file() {
+        let s =
+            parse("rest_api_https_cert=tls/cert.pem\nrest_api_https_key=/abs/key.pem\n").unwrap();
+        assert_eq!(
+            s.rest_api_https_cert.unwrap(),
+            PathBuf::from("/etc/sluice/tls/cert.pem")
+        );
+        assert_eq!(s.rest_api_https_key.unwrap(), PathBuf::from("/abs/key.pem"));
+    }
+
+    #[test]
+    fn every_default_reads_back_as_itself() {
+        for d in Settings::declarations() {
+            let text = format!("{}={}\n", d.key, d.default.replace('\\', "\\\\"));
+            // A file with no directory: relative paths stay as written.
+            let parsed = Settings::parse(Path::new("server.properties"), &text)
+                .unwrap_or_else(|e| panic!("{}: {e}", d.key));
+            assert_eq!(
+                parsed.as_properties()[d.key],
+                Settings::default().as_properties()[d.key],
+                "{}",
+                d.key
+            );
+        }
+    }
+
+    #[test]
+    fn the_view_and_the_declarations_name_the_same_keys() {
+        let declared: Vec<_> = Settings::declarations().iter().map(|d| d.key).collect();
+        let mut sorted = declared.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), declared.len(), "a key is declared twice");
+        let shown: Vec<_> = Settings::default().as_properties().into_keys().collect();
+        assert_eq!(shown, sorted);
+        assert!(declared.iter().all(|k| Settings::is_known(k)));
+        assert!(!Settings::is_known("rest_api_prot"));
+    }
+
+    #[test]
+    fn restart_keys_keep_their_running_values() {
+        let running = Settings::default();
+        let mut edited = parse(
+            "http_header_timeout=500\nplugin_dir=/elsewhere\nrest_api_https_cert=c.pem\nrest_api_https_key=k.pem\nmax_sessions=3\n",
+        )
+        .unwrap();
+        edited.keep_restart_values(&running);
+        assert_eq!(edited.http_header_timeout, running.http_header_timeout);
+        assert_eq!(edited.plugin_dir, running.plugin_dir);
+        assert_eq!(edited.rest_api_https_cert, None);
+        assert_eq!(edited.max_sessions, 3, "a hot key takes its new value");
+        for key in ["http_header_timeout", "plugin_dir", "rest_api_https_cert"] {
+            assert!(Settings::restart_keys().contains(&key), "{key}");
+        }
+    }
+
+    /// The README's table is generated from the declarations: a key added without its doc
+    /// row, or a row left for a key that is gone, fails here.
+    #[test]
+    fn the_readme_table_is_the_declared_table() {
+        let readme = include_str!("../../../README.md");
+        let begin = "<!-- settings:begin (generated by `sluice settings`) -->\n";
+        let end = "<!-- settings:end -->";
+        let start = readme.find(begin).expect("README has the settings markers") + begin.len();
+        let stop = readme[start..]
+            .find(end)
+            .expect("README has the end marker")
+            + start;
+        assert_eq!(
+            readme[start..stop],
+            markdown(&Settings::declarations()),
+            "the README's settings table is out of step: paste the output of `cargo run -- settings`"
+        );
+    }
+}
