@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sluice::registry::{NewStream, Registry, RequestKind, StreamRequest};
+use sluice::api::requests::{RequestKind, StreamRequest};
+use sluice::registry::{NewStream, Registry};
 
 const LARGE: usize = 100_000;
 const SMALL: usize = 100;

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod hooks;
 pub mod keepalive;

@@ -21,10 +21,11 @@ use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{Value, json};
+use sluice::api::requests::{RequestKind, StreamRequest};
+use sluice::api::rest::ApiError;
 use sluice::config::{Apps, ConfigError, Settings};
 use sluice::media::MediaError;
 use sluice::policy::{OfflineCall, PolicyError, StreamView, test_offline};
-use sluice::registry::{FilterError, RequestKind, StreamRequest};
 
 fn cases() -> u32 {
     std::env::var("SLUICE_FUZZ_CASES")
@@ -148,7 +149,7 @@ fn check_rest_body(body: &Value) {
     }
 }
 
-/// The fields `StreamRequest::parse` reads (src/registry/filter.rs), for find and terminate.
+/// The fields `StreamRequest::parse` reads (src/api/requests.rs), for find and terminate.
 const FIND_FIELDS: &[&str] = &[
     "mediaSessionId",
     "mediaSessionIds",
@@ -164,7 +165,7 @@ const TERMINATE_ONLY_FIELDS: &[&str] = &["reason", "all", "holdMs", "holdUntilAd
 
 /// A refused find or terminate body: the error names a field the body has (an unknown one
 /// says so and lists the allowed ones), or it is one of the two refusals of a whole body.
-fn assert_names_what_is_wrong(body: &Value, kind: RequestKind, e: &FilterError) {
+fn assert_names_what_is_wrong(body: &Value, kind: RequestKind, e: &ApiError) {
     let message = &e.message;
     let Some(object) = body.as_object() else {
         assert_eq!(

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod limits;
 pub mod metrics;
 mod pages;
+pub mod requests;
 pub mod rest;
 mod whip;
 

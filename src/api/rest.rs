@@ -16,10 +16,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::AppState;
-use crate::registry::{
-    FilterError, Hold, HoldFilter, HoldSpec, RequestKind, StreamRecord, StreamRequest,
-    TerminationSource,
-};
+use super::requests::{ReleaseRequest, RequestKind, StreamRequest};
+use crate::registry::{Hold, HoldFilter, HoldSpec, StreamRecord, TerminationSource};
 
 /// Request bodies larger than this get `413`.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -68,16 +66,6 @@ impl ApiError {
             status,
             message: message.into(),
             field: None,
-        }
-    }
-}
-
-impl From<FilterError> for ApiError {
-    fn from(e: FilterError) -> Self {
-        ApiError {
-            status: StatusCode::BAD_REQUEST,
-            message: e.message,
-            field: e.field,
         }
     }
 }
@@ -226,10 +214,6 @@ async fn terminate(
     let termination_id = if request.dry_run {
         None
     } else {
-        let mut filter = body;
-        if let Some(object) = filter.as_object_mut() {
-            object.remove("reason");
-        }
         let source = TerminationSource::Rest {
             remote_address: peer.to_string(),
         };
@@ -240,7 +224,7 @@ async fn terminate(
         });
         let termination = state
             .registry
-            .terminate(&streams, &reason, source, filter, hold)
+            .terminate(&streams, &reason, source, request.filter.clone(), hold)
             .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
         held_until = termination.held_until;
         hold_id = termination.hold_id;
@@ -295,91 +279,7 @@ async fn release(
     Ok(Json(json!({ "released": released })).into_response())
 }
 
-/// Which holds a release lifts.
-#[derive(Debug, Default, PartialEq)]
-struct ReleaseRequest {
-    ids: Option<Vec<u64>>,
-    name: Option<String>,
-    published: Option<bool>,
-    app_key: Option<String>,
-    all: bool,
-}
-
 impl ReleaseRequest {
-    fn parse(body: &Value) -> Result<Self, ApiError> {
-        let field = |field: &str, message: &str| ApiError {
-            status: StatusCode::BAD_REQUEST,
-            message: message.to_string(),
-            field: Some(field.to_string()),
-        };
-        let Some(object) = body.as_object() else {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "the body must be a JSON object",
-            ));
-        };
-        let mut request = ReleaseRequest::default();
-        for (key, value) in object {
-            match key.as_str() {
-                "holdId" => {
-                    let id = value
-                        .as_u64()
-                        .ok_or_else(|| field("holdId", "must be a hold id (a whole number)"))?;
-                    request.ids.get_or_insert_with(Vec::new).push(id);
-                }
-                "holdIds" => {
-                    let ids = value
-                        .as_array()
-                        .and_then(|a| a.iter().map(Value::as_u64).collect::<Option<Vec<_>>>())
-                        .ok_or_else(|| field("holdIds", "must be an array of hold ids"))?;
-                    request.ids.get_or_insert_with(Vec::new).extend(ids);
-                }
-                "name" | "appKey" => {
-                    let text = value
-                        .as_str()
-                        .ok_or_else(|| field(key, "must be a string"))?
-                        .to_string();
-                    if key == "name" {
-                        request.name = Some(text);
-                    } else {
-                        request.app_key = Some(text);
-                    }
-                }
-                "published" => {
-                    request.published = Some(
-                        value
-                            .as_bool()
-                            .ok_or_else(|| field(key, "must be true or false"))?,
-                    )
-                }
-                "all" => {
-                    request.all = value
-                        .as_bool()
-                        .ok_or_else(|| field(key, "must be true or false"))?
-                }
-                other => {
-                    return Err(field(
-                        other,
-                        &format!(
-                            "unknown field '{other}'; allowed: holdId, holdIds, name, published, appKey, all"
-                        ),
-                    ));
-                }
-            }
-        }
-        let filtered = request.ids.is_some()
-            || request.name.is_some()
-            || request.published.is_some()
-            || request.app_key.is_some();
-        if request.all == filtered {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "name the holds to release (holdId, holdIds, name, published, appKey) or give \"all\": true, not both",
-            ));
-        }
-        Ok(request)
-    }
-
     fn matches(&self, hold: &Hold) -> bool {
         if self.all {
             return true;

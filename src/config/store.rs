@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 
 use super::{Config, ConfigError, Settings};
-use crate::registry::now_ms;
+use crate::clock::now_ms;
 
 /// One configuration file as it was when its version was put in force.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -27,7 +27,9 @@ use uuid::Uuid;
 use crate::config::{AppConfig, ConfigStore, MethodConfig};
 use crate::hooks::{self, HookClient};
 use crate::policy::{PluginVerdict, PolicyHost};
-use crate::registry::{HoldFilter, HoldSpec, Registry, StreamRecord, TerminationSource};
+use crate::registry::{
+    HoldFilter, HoldSpec, Registry, StreamFilter, StreamRecord, TerminationSource,
+};
 
 pub const KEEPALIVE_METHOD: &str = "StreamKeepAliveEvent";
 pub const BATCH_METHOD: &str = "StreamKeepAliveBatchEvent";
@@ -522,7 +524,10 @@ impl KeepAlive {
             by: source.as_str().to_string(),
             method: method.to_string(),
         };
-        let filter = json!({"mediaSessionId": id});
+        let filter = StreamFilter {
+            media_session_ids: Some([id].into()),
+            ..StreamFilter::default()
+        };
         let streams = [current];
         if let Err(e) =
             self.registry

@@ -68,8 +68,8 @@ pub struct Termination {
     pub time: u64,
     pub source: TerminationSource,
     pub reason: String,
-    /// The filter as the request gave it.
-    pub filter: serde_json::Value,
+    /// The filter that selected the streams (empty for `"all": true`).
+    pub filter: super::StreamFilter,
     pub streams: Vec<TerminatedStream>,
     /// The hold this termination put in place, if it asked for one.
     #[serde(skip_serializing_if = "Option::is_none")]

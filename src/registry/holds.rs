@@ -196,7 +196,7 @@ impl HoldTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::{NewStream, RequestKind, StreamRequest};
+    use crate::registry::NewStream;
     use serde_json::json;
 
     fn record(name: &str, published: bool, app: &str) -> StreamRecord {
@@ -208,10 +208,18 @@ mod tests {
         StreamRecord::preview(new, "n")
     }
 
+    /// A filter as a REST body spells it (only the fields these tests use).
     fn filter(body: serde_json::Value) -> StreamFilter {
-        StreamRequest::parse(&body, RequestKind::Find)
-            .unwrap()
-            .filter
+        let text = |key: &str| body.get(key).and_then(|v| v.as_str()).map(String::from);
+        StreamFilter {
+            name: text("name"),
+            app_key: text("appKey"),
+            published: body.get("published").and_then(|v| v.as_bool()),
+            media_session_ids: text("mediaSessionId")
+                .and_then(|id| id.parse().ok())
+                .map(|id| [id].into()),
+            ..StreamFilter::default()
+        }
     }
 
     #[test]

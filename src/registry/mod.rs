@@ -13,17 +13,18 @@ mod record;
 mod timeline;
 
 pub use audit::{TerminatedStream, Termination, TerminationSource};
-pub use filter::{FilterError, PluginFilter, RequestKind, StreamFilter, StreamRequest};
+pub use filter::{PluginFilter, StreamFilter};
 pub use holds::{HeldStream, Hold, HoldFilter, HoldSpec, MAX_HOLD_MS, MAX_HOLDS, TooManyHolds};
 pub use record::{
     Bearer, Hint, MediaKind, NewStream, Status, StatusEvent, StopReason, StreamRecord,
 };
 pub use timeline::Timeline;
 
+pub use crate::clock::now_ms;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{broadcast, mpsc, watch};
 use uuid::Uuid;
@@ -508,7 +509,7 @@ impl Registry {
         streams: &[StreamRecord],
         reason: &str,
         source: TerminationSource,
-        filter: serde_json::Value,
+        filter: StreamFilter,
         hold: Option<HoldSpec>,
     ) -> Result<Termination, TooManyHolds> {
         let now = now_ms();
@@ -568,7 +569,7 @@ impl Registry {
             termination = termination.id,
             source = ?termination.source,
             reason = %termination.reason,
-            filter = %termination.filter,
+            filter = ?termination.filter,
             streams = termination.streams.len(),
             hold_until = termination.held_until,
             "terminating streams"
@@ -727,13 +728,6 @@ impl StopHandle for SyntheticHandle {
             registry.finish(*id, &reason);
         }
     }
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -91,7 +91,7 @@ fn draining_holds_and_the_limit_refuse_at_registration() {
             TerminationSource::Rest {
                 remote_address: String::new(),
             },
-            serde_json::Value::Null,
+            StreamFilter::default(),
             Some(HoldSpec {
                 filter: HoldFilter::one(&a),
                 ms: 60_000,

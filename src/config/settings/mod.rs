@@ -174,8 +174,7 @@ impl Settings {
                         file: file.to_path_buf(),
                         line: number,
                         key: key.escape_debug().to_string(),
-                        message: "unknown key (`sluice settings` lists the keys Sluice reads)"
-                            .into(),
+                        message: "unknown key (see the README for the keys Sluice reads)".into(),
                     });
                 }
                 values.insert(key, (number, value));
