@@ -154,14 +154,9 @@ pub async fn require_token(
         )
         .into_response();
     }
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+    let presented = bearer_token(request.headers());
     match presented {
-        Some(token) if state.tokens.accepts(&config.settings, token) => next.run(request).await,
+        Some(token) if state.tokens.accepts(&config.settings, &token) => next.run(request).await,
         _ => {
             let mut response =
                 ApiError::new(StatusCode::UNAUTHORIZED, "missing or invalid bearer token")
@@ -172,6 +167,15 @@ pub async fn require_token(
             response
         }
     }
+}
+
+/// The token of an `Authorization: Bearer …` header (the scheme in any case), read by the
+/// `headers` crate's typed header.
+pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<String> {
+    use axum_extra::headers::{Authorization, HeaderMapExt, authorization::Bearer};
+    headers
+        .typed_get::<Authorization<Bearer>>()
+        .map(|auth| auth.token().trim().to_string())
 }
 
 #[cfg(test)]
@@ -225,6 +229,21 @@ mod tests {
             "2001:db8::1",
         ] {
             assert!(!open_api_allows(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case() {
+        let mut headers = axum::http::HeaderMap::new();
+        for (value, token) in [
+            ("Bearer abc", Some("abc")),
+            ("bearer abc", Some("abc")),
+            ("BEARER abc", Some("abc")),
+            ("Basic abc", None),
+            ("Bearer", None),
+        ] {
+            headers.insert(header::AUTHORIZATION, HeaderValue::from_static(value));
+            assert_eq!(bearer_token(&headers).as_deref(), token, "{value}");
         }
     }
 }

@@ -378,11 +378,7 @@ fn read_request(
             format!("unknown app '{app_key}'"),
         ));
     }
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_string());
+    let bearer = super::auth::bearer_token(headers);
     Ok(OfferRequest {
         media_session_id: uuid::Uuid::new_v4(),
         name,

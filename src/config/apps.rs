@@ -117,13 +117,24 @@ impl Apps {
                     format!("app name '{name}': use letters, digits, '-', '_', '.'"),
                 ));
             }
-            if let Some(url) = &app.url
-                && !(url.starts_with("http://") || url.starts_with("https://"))
-            {
-                return Err((
-                    url.clone(),
-                    format!("apps.{name}.url '{url}' must be an http:// or https:// URL"),
-                ));
+            if let Some(url) = &app.url {
+                let parsed = url::Url::parse(url);
+                let usable = parsed.as_ref().is_ok_and(|u| {
+                    matches!(u.scheme(), "http" | "https")
+                        && u.host_str().is_some_and(|h| !h.is_empty())
+                });
+                if !usable {
+                    let why = match parsed {
+                        Err(e) => format!(" ({e})"),
+                        Ok(_) => String::new(),
+                    };
+                    return Err((
+                        url.clone(),
+                        format!(
+                            "apps.{name}.url '{url}' must be an http:// or https:// URL with a host{why}"
+                        ),
+                    ));
+                }
             }
             if let Some(plugin) = &app.plugin {
                 let path = Path::new(plugin);
@@ -262,6 +273,9 @@ restExclude = "sdp, info"
     fn values_are_checked() {
         let cases = [
             ("[apps.a]\nurl = \"ftp://x\"\n", "apps.toml:2:"),
+            ("[apps.a]\nurl = \"http://\"\n", "apps.toml:2:"),
+            ("[apps.a]\nurl = \"https://[::1/api\"\n", "apps.toml:2:"),
+            ("[apps.a]\nurl = \"http://host:99999/\"\n", "apps.toml:2:"),
             ("[apps.a]\nplugin = \"../etc/passwd\"\n", "apps.toml:2:"),
             ("[apps.a.methods.keepAlive]\n", "apps.toml:1:"),
             (

@@ -198,13 +198,23 @@ pub fn apply_to_dir(dir: &Path, edit: &AppEdit) -> Result<Apps, EditError> {
         Err(source) => return Err(EditError::Io { file, source }),
     };
     let new_text = apply(&file, &text, edit)?;
-    let temporary = dir.join(".apps.toml.sluice-edit");
     let io = |source| EditError::Io {
         file: file.clone(),
         source,
     };
-    std::fs::write(&temporary, &new_text).map_err(io)?;
-    std::fs::rename(&temporary, &file).map_err(io)?;
+    // Written beside the file, then renamed over it: the watcher sees one complete version.
+    let mut temporary = tempfile::Builder::new()
+        .prefix(".apps.toml.")
+        .suffix(".sluice-edit")
+        .tempfile_in(dir)
+        .map_err(io)?;
+    // A temporary file is private (0600); the edited file keeps the mode it had.
+    let mode = std::fs::metadata(&file)
+        .map(|m| m.permissions())
+        .unwrap_or_else(|_| std::os::unix::fs::PermissionsExt::from_mode(0o644));
+    temporary.as_file().set_permissions(mode).map_err(io)?;
+    std::io::Write::write_all(&mut temporary, new_text.as_bytes()).map_err(io)?;
+    temporary.persist(&file).map_err(|e| io(e.error))?;
     Ok(Apps::parse(&file, &new_text)?)
 }
 
