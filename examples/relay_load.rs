@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use sluice::client::{Client, SyntheticMedia};
+use sluice_client::{Client, SyntheticMedia};
 
 struct Args {
     url: String,

@@ -1,11 +1,10 @@
 //! Sluice: a WebRTC media server (WHIP in, WHEP out) whose streams live only as long as
-//! policy allows. See `DESIGN.md` in the shared folder and the README.
+//! policy allows. `ARCHITECTURE.md` maps the modules; the README says how to run it.
 //!
 //! Modules by capability; dependencies point one way (`api` and `media` use `registry` and
 //! `config`; `registry` knows nothing of WebRTC).
 
 pub mod api;
-pub mod client;
 pub mod clock;
 pub mod config;
 pub mod hooks;

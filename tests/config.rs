@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{LOOPBACK, TestServer};
 use serde_json::Value;
-use sluice::client::{Client, SyntheticMedia};
+use sluice_client::{Client, SyntheticMedia};
 
 const WAIT: Duration = Duration::from_secs(5);
 const KEY: &str = "streaming_sessions_keep_alive_interval";

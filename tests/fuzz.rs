@@ -659,7 +659,7 @@ fn sdp_lines() -> impl Strategy<Value = String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdp_offers_parse_or_fail_cleanly_and_a_server_answers_each_with_4xx_or_201() {
-    let offer = sluice::client::Client::new()
+    let offer = sluice_client::Client::new()
         .unwrap()
         .sample_offer()
         .await

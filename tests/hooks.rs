@@ -15,8 +15,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use common::{InProcessServer, LOOPBACK, read_status_events, until};
 use serde_json::{Value, json};
-use sluice::client::{Client, SyntheticMedia};
 use sluice::registry::{NewStream, Registry};
+use sluice_client::{Client, SyntheticMedia};
 
 const WAIT: Duration = Duration::from_secs(10);
 

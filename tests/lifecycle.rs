@@ -16,7 +16,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use common::{InProcessServer, LOOPBACK, read_status_events, until};
 use serde_json::{Value, json};
-use sluice::client::{Client, ClientSession, SyntheticMedia};
+use sluice_client::{Client, ClientSession, SyntheticMedia};
 
 const WAIT: Duration = Duration::from_secs(10);
 

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{TestServer, read_status_events};
-use sluice::client::{Client, SyntheticMedia};
+use sluice_client::{Client, SyntheticMedia};
 
 const WAIT: Duration = Duration::from_secs(10);
 

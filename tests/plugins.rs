@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use common::{InProcessServer, read_status_events, until};
 use serde_json::{Value, json};
-use sluice::client::{Client, SyntheticMedia};
 use sluice::policy::{AdmissionRequest, OfflineCall, StreamView, test_offline};
 use sluice::registry::NewStream;
+use sluice_client::{Client, SyntheticMedia};
 
 const WAIT: Duration = Duration::from_secs(10);
 

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::{InProcessServer, LOOPBACK, until};
 use serde_json::{Value, json};
-use sluice::client::{Client, SyntheticMedia};
 use sluice::hooks::{BreakerLimits, CallLimits, HookClient};
+use sluice_client::{Client, SyntheticMedia};
 
 const WAIT: Duration = Duration::from_secs(10);
 

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use common::{InProcessServer, TestServer, read_status_events};
 use serde_json::{Value, json};
-use sluice::client::{Client, SyntheticMedia};
 use sluice::registry::{NewStream, Status};
+use sluice_client::{Client, SyntheticMedia};
 
 const WAIT: Duration = Duration::from_secs(10);
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{LOOPBACK, QUIET_LOG, TestServer, until};
 use serde_json::json;
-use sluice::client::{Client, SyntheticMedia};
+use sluice_client::{Client, SyntheticMedia};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(10);

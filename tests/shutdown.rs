@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{LOOPBACK, TestServer, read_status_events};
 use serde_json::{Value, json};
-use sluice::client::{Client, SyntheticMedia};
+use sluice_client::{Client, SyntheticMedia};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_twenty_streams_tells_every_client_why_and_flushes_the_hooks() {

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use common::{InProcessServer, LOOPBACK, TestServer, until};
 use serde_json::json;
-use sluice::client::{Client, SyntheticMedia};
 use sluice::registry::{NewStream, StopReason};
+use sluice_client::{Client, SyntheticMedia};
 
 const WAIT: Duration = Duration::from_secs(15);
 
