@@ -274,6 +274,12 @@ async fn the_spec_matches_the_running_server() {
             "application/json",
             String::new(),
         ),
+        (
+            "GET",
+            "/rest-api/plugins",
+            "application/json",
+            String::new(),
+        ),
     ];
     let mut served = std::collections::BTreeSet::new();
     for (method, path, content_type, body) in requests {
@@ -318,7 +324,24 @@ async fn the_spec_matches_the_running_server() {
             .unwrap_or_else(|e| panic!("{what}: {e}\n{answer}"));
     }
     for (path, operations) in spec["paths"].as_object().unwrap() {
-        for method in operations.as_object().unwrap().keys() {
+        for (method, operation) in operations.as_object().unwrap() {
+            // Media, SSE and page routes are exercised by the tests that name them.
+            if let Some(by) = operation["x-sluice-exercised-by"].as_str() {
+                let test = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(by);
+                let source = std::fs::read_to_string(&test).unwrap_or_default();
+                let stem = path.split('{').next().unwrap_or(path);
+                let last = path
+                    .rsplit('/')
+                    .next()
+                    .filter(|l| !l.is_empty() && !l.starts_with('{'));
+                assert!(
+                    source.contains(stem)
+                        || last.is_some_and(|l| source.contains(l))
+                        || (path == "/" && source.contains(".html")),
+                    "{method} {path}: {by} does not exercise it"
+                );
+                continue;
+            }
             assert!(
                 served.contains(&format!("{method} {path}")),
                 "{method} {path} is documented but not exercised"
@@ -362,4 +385,62 @@ async fn the_spec_accepts_exactly_the_bodies_the_server_accepts() {
         );
     }
     server.shutdown().await;
+}
+
+/// Every route path the router declares (`.route("…"` in `src/`), read from the source so
+/// that a new route cannot be added without this test seeing it.
+fn declared_routes() -> Vec<String> {
+    let mut routes = Vec::new();
+    let mut dirs = vec![std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src"
+    ))];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let source = std::fs::read_to_string(&path).unwrap();
+            for (at, _) in source.match_indices(".route(") {
+                let rest = source[at + ".route(".len()..].trim_start();
+                let Some(literal) = rest.strip_prefix('"') else {
+                    continue;
+                };
+                let end = literal.find('"').unwrap();
+                routes.push(literal[..end].to_string());
+            }
+        }
+    }
+    routes.sort();
+    routes.dedup();
+    routes
+}
+
+#[test]
+fn every_route_the_server_has_is_in_the_spec() {
+    let spec = spec();
+    let paths = spec["paths"].as_object().unwrap();
+    let also: Vec<&str> = paths
+        .values()
+        .flat_map(|ops| ops.as_object().unwrap().values())
+        .flat_map(|op| op["x-sluice-also"].as_array().into_iter().flatten())
+        .filter_map(Value::as_str)
+        .collect();
+    let routes = declared_routes();
+    assert!(routes.len() >= 20, "the scan finds the routes: {routes:?}");
+    for route in routes {
+        // The catch-all that answers unknown REST paths with a JSON 404.
+        if route == "/rest-api/{*rest}" {
+            continue;
+        }
+        assert!(
+            paths.contains_key(&route) || also.contains(&route.as_str()),
+            "{route} is served but not in openapi.yaml"
+        );
+    }
 }
