@@ -13,6 +13,7 @@ pub mod media;
 pub mod policy;
 pub mod registry;
 pub mod server;
+pub mod sessions;
 mod tls;
 
 pub use server::{RunningServer, ServerOptions, start};

@@ -186,7 +186,13 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
         hooks: hooks.clone(),
         keepalive: keepalive.clone(),
         policy: policy.clone(),
-        offers: Arc::default(),
+        sessions: crate::sessions::Sessions::new(
+            media.clone(),
+            registry.clone(),
+            config.clone(),
+            hooks.clone(),
+            policy.clone(),
+        ),
     };
     let hooks_client = hooks;
     let router = api::router(state);

@@ -2,7 +2,6 @@
 //! event streams, the example pages, and `/rest-api/`. One router, served on HTTP and HTTPS.
 
 pub mod auth;
-pub mod limits;
 pub mod metrics;
 mod pages;
 pub mod requests;
@@ -23,7 +22,7 @@ use uuid::Uuid;
 
 use crate::config::ConfigStore;
 use crate::media::Media;
-use crate::registry::{Registry, StatusEvent, StopReason, Timeline};
+use crate::registry::{Registry, StatusEvent, Timeline};
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -35,7 +34,8 @@ pub struct AppState {
     pub hooks: crate::hooks::HookClient,
     pub keepalive: Arc<crate::keepalive::KeepAlive>,
     pub policy: Arc<crate::policy::PolicyHost>,
-    pub offers: Arc<limits::OfferLimiter>,
+    /// The one path from an offer to a stream (WHIP and WHEP go through it).
+    pub sessions: Arc<crate::sessions::Sessions>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -151,7 +151,7 @@ async fn delete_session(State(state): State<AppState>, Path(raw): Path<String>) 
         Ok(id) => id,
         Err(e) => return e.into_response(),
     };
-    if state.registry.stop(id, StopReason::ClientLeft) {
+    if state.sessions.close(id) {
         StatusCode::OK.into_response()
     } else {
         TextError::new(StatusCode::NOT_FOUND, format!("no session '{id}'")).into_response()

@@ -1,6 +1,7 @@
-//! `POST /whip/{name}` (RFC 9725 ingest) and `POST /whep/{name}` (playback): request
-//! checks, then the media layer, then a `201` with the answer, `Location` and the status
-//! stream's `Link`.
+//! `POST /whip/{name}` (RFC 9725 ingest) and `POST /whep/{name}` (playback): the HTTP
+//! adapter of the session service. It reads the HTTP request into an
+//! [`Offer`](crate::sessions::Offer), and turns the answer into a `201` with `Location` and
+//! the status stream's `Link`, or a refusal into its HTTP status.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,14 +14,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 
 use super::{AppState, TextError};
-use crate::hooks::admission::{self, Admission};
-use crate::media::{MediaError, OfferRequest, resource_path};
-use crate::policy::{AdmissionRequest, Code};
-use crate::registry::{Bearer, Hint, Hold, NewStream, RegistryError, StreamRecord};
+use crate::media::{MediaError, resource_path};
+use crate::registry::{Hint, Hold, RegistryError};
+use crate::sessions::{Offer, Refusal, Role};
 
 /// The `rel` of the status stream link, as the WHEP server-sent-events extension names it.
 const SSE_REL: &str = "urn:ietf:params:whep:ext:core:server-sent-events";
-const MAX_NAME_LEN: usize = 256;
 
 pub fn routes(max_sdp: usize) -> Router<AppState> {
     Router::new()
@@ -66,168 +65,79 @@ async fn offer(
     body: Bytes,
     direction: Direction,
 ) -> Response {
-    let rate = state.config.load().settings.offer_rate_per_address;
-    if let Err(wait) = state.offers.check(peer.ip(), rate) {
-        tracing::info!(remote = %peer, "offer refused: over offer_rate_per_address");
-        let hint = Hint::Retry {
-            retry_after_ms: wait.as_millis() as u64,
-        };
-        let body = serde_json::json!({
-            "error": format!("too many offers from {}: at most {rate} per second", peer.ip()),
-            "hint": hint,
-        });
-        return with_retry_after(
-            (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response(),
-            hint,
-        );
-    }
-    let request = match read_request(&state, peer, name, query.as_deref(), &headers, &body) {
-        Ok(request) => request,
+    let role = match direction {
+        Direction::Publish => Role::Publish,
+        Direction::Play => Role::Play,
+    };
+    let offer = match read_offer(role, peer, name, query.as_deref(), &headers, &body) {
+        Ok(offer) => offer,
         Err(e) => return e.into_response(),
     };
-    let publish = matches!(direction, Direction::Publish);
-    let hold = state
-        .registry
-        .held(&request.name, publish, &request.app_key);
-    // A hold until admitted defers to the app's admission policy, if it has one.
-    let defer_to_policy = hold.as_ref().is_some_and(|h| {
-        h.until_admitted && has_admission_policy(&state, &request.app_key, publish)
-    });
-    if let Some(hold) = hold.as_ref().filter(|_| !defer_to_policy) {
-        tracing::info!(name = %request.name, app = %request.app_key, publish, hold = hold.hold_id, "request refused by a hold");
-        return held(hold);
+    match state.sessions.open(offer).await {
+        Ok(answer) => created(answer.id, answer.sdp),
+        Err(refusal) => refused(refusal),
     }
-    if let Err(e) = state.media.precheck(&request, publish) {
-        return media_error(e);
-    }
-    let mut request = request;
-    match admit(&state, &request, publish).await {
-        Admission::Admit { custom } => {
-            if let Some(custom) = custom {
-                request.custom = custom;
-            }
-            if let Some(hold) = hold.as_ref().filter(|_| defer_to_policy) {
-                let id = hold.hold_id;
-                state.registry.release(|h| h.hold_id == id);
-                tracing::info!(name = %request.name, app = %request.app_key, hold = id, "hold lifted: the admission policy admits again");
-            }
+}
+
+/// `201` with the SDP answer, the session's `Location` and the `Link` to its status events.
+fn created(id: uuid::Uuid, sdp: String) -> Response {
+    let location = resource_path(id);
+    let link = format!("<{location}/events>; rel=\"{SSE_REL}\"; events=\"status\"");
+    let mut response = (StatusCode::CREATED, sdp).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/sdp"),
+    );
+    for (key, value) in [
+        (header::LOCATION, location),
+        (header::LINK, link),
+        (
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            "Location, Link, Retry-After".to_string(),
+        ),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            h.insert(key, value);
         }
-        Admission::Reject {
+    }
+    response
+}
+
+/// A refusal of the session service, as WHIP/WHEP clients expect it.
+fn refused(why: Refusal) -> Response {
+    match why {
+        Refusal::TooManyOffers {
+            rate,
+            retry_after,
+            from,
+        } => {
+            let hint = Hint::Retry {
+                retry_after_ms: retry_after.as_millis() as u64,
+            };
+            let body = serde_json::json!({
+                "error": format!("too many offers from {from}: at most {rate} per second"),
+                "hint": hint,
+            });
+            with_retry_after(
+                (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response(),
+                hint,
+            )
+        }
+        Refusal::BadName(message) => {
+            TextError::new(StatusCode::BAD_REQUEST, message).into_response()
+        }
+        Refusal::UnknownApp(app) => {
+            TextError::new(StatusCode::BAD_REQUEST, format!("unknown app '{app}'")).into_response()
+        }
+        Refusal::Held(hold) => held(&hold),
+        Refusal::Rejected {
             status,
             reason,
             answer,
-        } => {
-            tracing::info!(name = %request.name, app = %request.app_key, publish, %reason, "request refused by admission");
-            return refusal(status, reason, answer);
-        }
+        } => refusal(status, reason, answer),
+        Refusal::Media(e) => media_error(e),
     }
-    let (name, app) = (request.name.clone(), request.app_key.clone());
-    let answer = match direction {
-        Direction::Publish => state.media.publish(request).await,
-        Direction::Play => state.media.play(request).await,
-    };
-    match answer {
-        Ok(answer) => {
-            let location = resource_path(answer.id);
-            let link = format!("<{location}/events>; rel=\"{SSE_REL}\"; events=\"status\"");
-            tracing::info!(
-                stream = %answer.id, %name, app = %app,
-                published = matches!(direction, Direction::Publish),
-                remote = %peer, "session created"
-            );
-            let mut response = (StatusCode::CREATED, answer.sdp).into_response();
-            let h = response.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/sdp"),
-            );
-            for (key, value) in [
-                (header::LOCATION, location),
-                (header::LINK, link),
-                (
-                    header::ACCESS_CONTROL_EXPOSE_HEADERS,
-                    "Location, Link, Retry-After".to_string(),
-                ),
-            ] {
-                if let Ok(value) = HeaderValue::from_str(&value) {
-                    h.insert(key, value);
-                }
-            }
-            response
-        }
-        Err(e) => media_error(e),
-    }
-}
-
-/// Whether a plugin or a REST hook of the app decides on new publishes (or plays).
-fn has_admission_policy(state: &AppState, app: &str, publish: bool) -> bool {
-    let method = admission::method(publish);
-    state.policy.decides_admission(app, publish)
-        || state
-            .config
-            .load()
-            .apps
-            .get(app)
-            .is_some_and(|a| a.url.is_some() && a.methods.contains_key(method))
-}
-
-/// The web server's word on a new stream (its `publishStream` / `playStream` hook).
-async fn admit(state: &AppState, request: &OfferRequest, publish: bool) -> Admission {
-    let mut new = if publish {
-        NewStream::publisher(&request.name, &request.app_key)
-    } else {
-        NewStream::player(&request.name, &request.app_key)
-    };
-    new.media_session_id = Some(request.media_session_id);
-    new.session_id = resource_path(request.media_session_id);
-    new.remote_address = request.remote_address.clone();
-    new.custom = request.custom.clone();
-    new.bearer = request.bearer.clone();
-    let record = StreamRecord::preview(new, state.registry.node_id());
-    let config = state.config.load();
-    let policy_request = AdmissionRequest {
-        token: request.bearer.expose().map(String::from),
-        query: request.custom.clone(),
-        remote_address: request.remote_address.clone(),
-    };
-    // The app's plugin first; if it admits or has no opinion, the web server's hook.
-    match state.policy.admit(&record, policy_request).await {
-        Some(Ok(Code::Held(reason, _))) => {
-            return Admission::Reject {
-                status: 403,
-                reason: reason.unwrap_or_else(|| "refused by policy (403)".into()),
-                answer: None,
-            };
-        }
-        Some(Ok(Code::Code(code, reason))) if !(200..300).contains(&code) => {
-            return Admission::Reject {
-                status: if (400..500).contains(&code) {
-                    code
-                } else {
-                    403
-                },
-                reason: reason.unwrap_or_else(|| format!("refused by policy ({code})")),
-                answer: None,
-            };
-        }
-        Some(Err(e)) => {
-            let method = admission::method(publish);
-            let fails = config
-                .apps
-                .get(&record.app_key)
-                .and_then(|a| a.methods.get(method))
-                .is_none_or(|m| m.fails_on_error());
-            if fails {
-                return Admission::Reject {
-                    status: 503,
-                    reason: format!("admission policy failed: {e}"),
-                    answer: None,
-                };
-            }
-        }
-        _ => {}
-    }
-    admission::admit(&state.hooks, &config, &record).await
 }
 
 /// How long a client refused because a policy could not be asked should wait.
@@ -329,15 +239,15 @@ fn media_error(e: MediaError) -> Response {
     response
 }
 
-/// Checks everything about the request that does not need media. `Err` is the response.
-fn read_request(
-    state: &AppState,
+/// Reads the HTTP side of an offer. `Err` is the response.
+fn read_offer(
+    role: Role,
     peer: SocketAddr,
     name: String,
     query: Option<&str>,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<OfferRequest, TextError> {
+) -> Result<Offer, TextError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -349,12 +259,6 @@ fn read_request(
             format!("Content-Type must be application/sdp, not '{content_type}'"),
         ));
     }
-    if name.is_empty() || name.len() > MAX_NAME_LEN || name.chars().any(char::is_control) {
-        return Err(TextError::new(
-            StatusCode::BAD_REQUEST,
-            format!("a stream name is 1 to {MAX_NAME_LEN} printable characters"),
-        ));
-    }
     let Ok(sdp) = std::str::from_utf8(body) else {
         return Err(TextError::new(
             StatusCode::BAD_REQUEST,
@@ -363,29 +267,23 @@ fn read_request(
     };
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
         .map_err(|e| TextError::new(StatusCode::BAD_REQUEST, format!("bad query string: {e}")))?;
-    let mut app_key = "defaultApp".to_string();
+    let mut app_key = None;
     let mut custom = BTreeMap::new();
     for (key, value) in pairs {
         if key == "app" {
-            app_key = value;
+            app_key = Some(value);
         } else {
             custom.insert(key, value);
         }
     }
-    if state.config.load().apps.get(&app_key).is_none() {
-        return Err(TextError::new(
-            StatusCode::BAD_REQUEST,
-            format!("unknown app '{app_key}'"),
-        ));
-    }
-    let bearer = super::auth::bearer_token(headers);
-    Ok(OfferRequest {
-        media_session_id: uuid::Uuid::new_v4(),
+    Ok(Offer {
+        role,
         name,
         app_key,
         sdp: sdp.to_string(),
-        custom,
-        bearer: Bearer::new(bearer),
+        query: custom,
+        token: super::auth::bearer_token(headers),
+        remote_ip: peer.ip(),
         remote_address: peer.to_string(),
     })
 }
