@@ -1,0 +1,150 @@
+//! Stopping from the server side: terminations with their audit record and optional hold,
+//! draining at shutdown, the holds in force and their release, and the hint a stopped client
+//! is given.
+
+use super::*;
+
+impl Registry {
+    /// Stops every stream in `streams` with `reason`, and records the termination in the
+    /// audit trail and the log. With `hold`, new streams that its filter matches are refused
+    /// for that many milliseconds; the hold is in place before the first stream stops, so a
+    /// client that reconnects at once is already refused. Returns the record.
+    pub fn terminate(
+        &self,
+        streams: &[StreamRecord],
+        reason: &str,
+        source: TerminationSource,
+        filter: StreamFilter,
+        hold: Option<HoldSpec>,
+    ) -> Result<Termination, TooManyHolds> {
+        let now = now_ms();
+        let hold = match hold {
+            Some(spec) => Some(self.lock_holds().add(
+                Hold {
+                    hold_id: 0,
+                    reason: reason.to_string(),
+                    created: now,
+                    until: now.saturating_add(spec.ms.min(MAX_HOLD_MS)),
+                    filter: spec.filter,
+                    until_admitted: spec.until_admitted,
+                    source: source.clone(),
+                    termination_id: None,
+                },
+                now,
+            )?),
+            None => None,
+        };
+        let termination = {
+            let mut audit = self.audit.lock().unwrap_or_else(|e| e.into_inner());
+            let termination = Termination {
+                id: audit.next_id(),
+                time: now,
+                source,
+                reason: reason.to_string(),
+                filter,
+                streams: streams.iter().map(TerminatedStream::from).collect(),
+                hold_id: hold.as_ref().map(|h| h.hold_id),
+                held_until: hold.as_ref().map(|h| h.until),
+            };
+            audit.push(termination.clone());
+            termination
+        };
+        if let Some(hold) = &hold {
+            self.lock_holds()
+                .set_termination(hold.hold_id, termination.id);
+        }
+        let source_kind = termination.source.kind();
+        {
+            let mut counts = self.lock_counts();
+            let entry = counts.terminations.entry(source_kind).or_default();
+            entry.0 += 1;
+            entry.1 += streams.len() as u64;
+        }
+        {
+            let mut table = self.write();
+            for record in streams {
+                if let Some(entry) = table.by_id.get_mut(&record.media_session_id) {
+                    entry
+                        .terminated_by
+                        .get_or_insert((termination.id, source_kind));
+                }
+            }
+        }
+        tracing::info!(
+            termination = termination.id,
+            source = ?termination.source,
+            reason = %termination.reason,
+            filter = ?termination.filter,
+            streams = termination.streams.len(),
+            hold_until = termination.held_until,
+            "terminating streams"
+        );
+        for record in streams {
+            self.stop(record.media_session_id, StopReason::server(reason));
+        }
+        Ok(termination)
+    }
+
+    /// Refuses every registration from now on (server shutdown).
+    pub fn drain(&self) {
+        // Taken under the write lock, so no registration is half-way past the check.
+        let _table = self.write();
+        self.draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The hold that refuses a new stream of this name, direction and app, if any.
+    pub fn held(&self, name: &str, published: bool, app_key: &str) -> Option<Hold> {
+        self.lock_holds()
+            .find(name, published, app_key, now_ms())
+            .cloned()
+    }
+
+    /// The holds in force.
+    pub fn holds(&self) -> Vec<Hold> {
+        self.lock_holds().list(now_ms())
+    }
+
+    /// Lifts the holds `pick` selects; returns them.
+    pub fn release(&self, pick: impl Fn(&Hold) -> bool) -> Vec<Hold> {
+        let released = self.lock_holds().release(now_ms(), pick);
+        for hold in &released {
+            tracing::info!(hold = hold.hold_id, reason = %hold.reason, "hold released");
+        }
+        released
+    }
+
+    /// What a stream that ends for `reason` should be told to do next.
+    pub(super) fn hint(&self, record: &StreamRecord, reason: &StopReason, now: u64) -> Hint {
+        let held = |published: bool| {
+            self.lock_holds()
+                .find(&record.name, published, &record.app_key, now)
+                .map(|h| h.remaining_ms(now))
+        };
+        let retry = |retry_after_ms| Hint::Retry { retry_after_ms };
+        match reason {
+            StopReason::ClientLeft => Hint::DoNotReconnect,
+            StopReason::Server(_) => held(record.published).map_or(Hint::DoNotReconnect, retry),
+            StopReason::PublisherStopped => retry(
+                held(false)
+                    .max(held(true))
+                    .unwrap_or(PUBLISHER_GONE_RETRY_MS),
+            ),
+            StopReason::ConnectionLost(_) => {
+                retry(held(record.published).unwrap_or(CONNECTION_LOST_RETRY_MS))
+            }
+        }
+    }
+
+    /// The recent terminations, oldest first.
+    pub fn terminations(&self) -> Vec<Termination> {
+        self.audit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .recent()
+    }
+}
