@@ -8,16 +8,18 @@
 //! cap on calls in flight (a full cap skips the verdict, never waits), so no verdict waits on
 //! another stream's slow answer and a slow app cannot delay another app.
 
+mod apply;
 mod stats;
 mod verdict;
+mod window;
 
 pub use stats::{KeepAliveStats, VerdictCounts};
 pub use verdict::{Verdict, batch_stops, verdict_of};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use window::{Window, app_slot};
 
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -79,73 +81,6 @@ pub struct KeepAlive {
 
 /// Keep-alive batches one app's plugin may have in flight at once.
 pub const PLUGIN_BATCHES_IN_FLIGHT: usize = 2;
-
-/// A stream's slot in the interval: where in each interval its verdict is due. Its
-/// [`phase`](crate::registry::phase) scaled to the interval, so that the streams due in a
-/// slice of the interval are one range of the registry's phase index.
-#[cfg(test)]
-fn slot(id: Uuid, interval_ms: u64) -> u64 {
-    ((crate::registry::phase(id) as u128 * interval_ms as u128) >> 64) as u64
-}
-
-/// The smallest phase whose slot is at least `position`; `None` past the last phase.
-fn phase_at(position: u64, interval_ms: u64) -> Option<u64> {
-    let scaled = ((position as u128) << 64).div_ceil(interval_ms as u128);
-    u64::try_from(scaled).ok()
-}
-
-fn app_slot(app: &str, interval_ms: u64) -> u64 {
-    let hash = app.bytes().fold(0xcbf29ce484222325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100000001b3)
-    });
-    hash % interval_ms
-}
-
-/// Positions `from` (exclusive) to `to` (inclusive) within an interval, wrapping.
-#[derive(Debug, Clone, Copy)]
-struct Window {
-    from: u64,
-    to: u64,
-    whole: bool,
-}
-
-impl Window {
-    /// The phases whose slots the window covers, as ranges of the registry's phase index.
-    fn phase_ranges(&self, interval_ms: u64) -> Vec<(Bound<u64>, Bound<u64>)> {
-        if self.whole {
-            return vec![(Bound::Unbounded, Bound::Unbounded)];
-        }
-        if self.from == self.to {
-            return Vec::new();
-        }
-        let lower = |position: u64| match phase_at(position, interval_ms) {
-            Some(p) => Bound::Included(p),
-            None => Bound::Excluded(u64::MAX),
-        };
-        let upper = |position: u64| match phase_at(position, interval_ms) {
-            Some(p) => Bound::Excluded(p),
-            None => Bound::Unbounded,
-        };
-        if self.from < self.to {
-            vec![(lower(self.from + 1), upper(self.to + 1))]
-        } else {
-            vec![
-                (lower(self.from + 1), Bound::Unbounded),
-                (Bound::Unbounded, upper(self.to + 1)),
-            ]
-        }
-    }
-
-    fn contains(&self, position: u64) -> bool {
-        if self.whole {
-            true
-        } else if self.from <= self.to {
-            position > self.from && position <= self.to
-        } else {
-            position > self.from || position <= self.to
-        }
-    }
-}
 
 impl KeepAlive {
     pub fn new(
@@ -456,166 +391,5 @@ impl KeepAlive {
                 }
             }
         });
-    }
-
-    /// Acts on a verdict: stop on `Stop`; on `Failed`, stop only under `restOnError = FAIL`
-    /// after `keep_alive_failures_to_stop` failures in a row.
-    fn apply(
-        &self,
-        id: Uuid,
-        app_key: &str,
-        verdict: Verdict,
-        source: Source,
-        method: &MethodConfig,
-        took: Duration,
-    ) {
-        let method_name = source.method();
-        match verdict {
-            Verdict::Keep => {
-                self.stats.count(source, "keep", took);
-                self.lock_failures().remove(&id);
-            }
-            Verdict::Stop(reason, hold) => {
-                self.stats.count(source, "stop", took);
-                self.lock_failures().remove(&id);
-                self.stop(id, app_key, &reason, source, method_name, hold);
-            }
-            Verdict::Failed(why) => {
-                self.stats.count(source, "failed", took);
-                if !method.fails_on_error() {
-                    return;
-                }
-                let limit = self.config.load().settings.keep_alive_failures_to_stop;
-                let failed = {
-                    let mut failures = self.lock_failures();
-                    let n = failures.entry(id).or_default();
-                    *n += 1;
-                    *n
-                };
-                if failed >= limit {
-                    self.lock_failures().remove(&id);
-                    let reason = format!("keep-alive failed {failed} times in a row ({why})");
-                    self.stop(id, app_key, &reason, source, method_name, None);
-                }
-            }
-        }
-    }
-
-    fn stop(
-        &self,
-        id: Uuid,
-        app_key: &str,
-        reason: &str,
-        source: Source,
-        method: &str,
-        hold_ms: Option<u64>,
-    ) {
-        // The stream may have ended while its verdict was out.
-        let Some(current) = self.registry.get(id) else {
-            return;
-        };
-        let hold = hold_ms.map(|ms| HoldSpec {
-            filter: HoldFilter::one(&current),
-            ms,
-            until_admitted: false,
-        });
-        let source = TerminationSource::KeepAlive {
-            app_key: app_key.to_string(),
-            by: source.as_str().to_string(),
-            method: method.to_string(),
-        };
-        let filter = StreamFilter {
-            media_session_ids: Some([id].into()),
-            ..StreamFilter::default()
-        };
-        let streams = [current];
-        if let Err(e) =
-            self.registry
-                .terminate(&streams, reason, source.clone(), filter.clone(), hold)
-        {
-            // The stop matters more than the hold.
-            tracing::warn!(stream = %id, error = %e, "keep-alive stop without its hold");
-            let _ = self
-                .registry
-                .terminate(&streams, reason, source, filter, None);
-        }
-    }
-
-    fn lock_failures(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, u32>> {
-        self.failures.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn phase_ranges_hold_exactly_the_slots_a_window_contains() {
-        use std::ops::RangeBounds;
-        for interval in [1u64, 7, 100, 1000, 10_000] {
-            let windows = [
-                Window {
-                    from: 0,
-                    to: interval - 1,
-                    whole: false,
-                },
-                Window {
-                    from: interval / 3,
-                    to: interval / 2,
-                    whole: false,
-                },
-                Window {
-                    from: interval - 1,
-                    to: 0,
-                    whole: false,
-                },
-                Window {
-                    from: interval / 2,
-                    to: interval / 3,
-                    whole: false,
-                },
-                Window {
-                    from: 0,
-                    to: 0,
-                    whole: true,
-                },
-            ];
-            for _ in 0..2000 {
-                let id = Uuid::new_v4();
-                let (position, p) = (slot(id, interval), crate::registry::phase(id));
-                assert!(position < interval);
-                for w in &windows {
-                    let in_ranges = w.phase_ranges(interval).iter().any(|r| r.contains(&p));
-                    assert_eq!(
-                        in_ranges,
-                        w.contains(position),
-                        "{w:?} interval {interval} slot {position}"
-                    );
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn windows_cover_each_slot_once_per_interval() {
-        let interval = 1000;
-        let mut seen = vec![0u32; interval as usize];
-        let mut then = 0u64;
-        for now in (7..=3 * interval).step_by(7) {
-            let w = Window {
-                from: then % interval,
-                to: now % interval,
-                whole: now - then >= interval,
-            };
-            for (position, count) in seen.iter_mut().enumerate() {
-                if w.contains(position as u64) {
-                    *count += 1;
-                }
-            }
-            then = now;
-        }
-        // Three intervals minus the first partial step: every slot is due 2 or 3 times.
-        assert!(seen.iter().all(|&n| (2..=3).contains(&n)), "{seen:?}");
     }
 }
