@@ -95,17 +95,18 @@ impl Apps {
     pub fn parse(file: &Path, text: &str) -> Result<Apps, ConfigError> {
         let apps: Apps = Self::parse_toml(file, text)?;
         apps.validate()
-            .map_err(|(line_hint, message)| ConfigError::Syntax {
+            .map_err(|(path, message)| ConfigError::Syntax {
                 file: file.to_path_buf(),
-                line: find_line(text, &line_hint),
+                line: line_of_key(text, &path),
                 message,
             })?;
         Ok(apps)
     }
 
     /// Checks what TOML cannot: names, URLs, plugin paths, method names and policy values.
-    /// `Err` holds a text to find the line by, and the message.
-    fn validate(&self) -> Result<(), (String, String)> {
+    /// `Err` holds the path of the bad key (to find its line by) and the message.
+    fn validate(&self) -> Result<(), (Vec<String>, String)> {
+        let at = |parts: &[&str]| -> Vec<String> { parts.iter().map(|p| p.to_string()).collect() };
         for (name, app) in &self.apps {
             if name.is_empty()
                 || !name
@@ -113,7 +114,7 @@ impl Apps {
                     .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
             {
                 return Err((
-                    name.clone(),
+                    at(&["apps", name]),
                     format!("app name '{name}': use letters, digits, '-', '_', '.'"),
                 ));
             }
@@ -129,7 +130,7 @@ impl Apps {
                         Ok(_) => String::new(),
                     };
                     return Err((
-                        url.clone(),
+                        at(&["apps", name, "url"]),
                         format!(
                             "apps.{name}.url '{url}' must be an http:// or https:// URL with a host{why}"
                         ),
@@ -145,7 +146,7 @@ impl Apps {
                         .any(|c| !matches!(c, std::path::Component::Normal(_)))
                 {
                     return Err((
-                        plugin.clone(),
+                        at(&["apps", name, "plugin"]),
                         format!(
                             "apps.{name}.plugin '{plugin}' must be a file name under the plugin directory"
                         ),
@@ -155,7 +156,7 @@ impl Apps {
             for (method, config) in &app.methods {
                 if !HOOK_METHODS.contains(&method.as_str()) {
                     return Err((
-                        method.clone(),
+                        at(&["apps", name, "methods", method]),
                         format!(
                             "apps.{name}.methods.{method}: unknown method; one of {}",
                             HOOK_METHODS.join(", ")
@@ -168,7 +169,7 @@ impl Apps {
                     .find(|f| !OVERWRITABLE.contains(&f.as_str()))
                 {
                     return Err((
-                        field.clone(),
+                        at(&["apps", name, "methods", method, "restOverwrite"]),
                         format!(
                             "apps.{name}.methods.{method}.restOverwrite '{field}': one of {}",
                             OVERWRITABLE.join(", ")
@@ -183,7 +184,7 @@ impl Apps {
                         && !allowed.contains(&value.as_str())
                     {
                         return Err((
-                            value.clone(),
+                            at(&["apps", name, "methods", method, key]),
                             format!(
                                 "apps.{name}.methods.{method}.{key} '{value}': one of {}",
                                 allowed.join(", ")
@@ -198,16 +199,7 @@ impl Apps {
 
     fn parse_toml(file: &Path, text: &str) -> Result<Apps, ConfigError> {
         toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|span| {
-                    text.as_bytes()[..span.start.min(text.len())]
-                        .iter()
-                        .filter(|b| **b == b'\n')
-                        .count()
-                        + 1
-                })
-                .unwrap_or(0);
+            let line = e.span().map(|span| line_at(text, span.start)).unwrap_or(0);
             ConfigError::Syntax {
                 file: file.to_path_buf(),
                 line,
@@ -221,12 +213,31 @@ impl Apps {
     }
 }
 
-/// The first line holding `needle` (1-based), or 0.
-fn find_line(text: &str, needle: &str) -> usize {
-    text.lines()
-        .position(|l| l.contains(needle))
-        .map(|i| i + 1)
-        .unwrap_or(0)
+/// The line (1-based) of the key at `path`, from `toml_edit`'s spans: the deepest part of the
+/// path that has a span (a value, or a table's header). 0 when none has.
+fn line_of_key(text: &str, path: &[String]) -> usize {
+    let Ok(document) = toml_edit::ImDocument::parse(text) else {
+        return 0;
+    };
+    let mut item = document.as_item();
+    let mut span = None;
+    for key in path {
+        let Some(next) = item.get(key.as_str()) else {
+            break;
+        };
+        item = next;
+        span = item.span().or(span);
+    }
+    span.map(|span| line_at(text, span.start)).unwrap_or(0)
+}
+
+/// The line (1-based) of a byte offset.
+fn line_at(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
 }
 
 #[cfg(test)]
@@ -274,6 +285,15 @@ restExclude = "sdp, info"
         let cases = [
             ("[apps.a]\nurl = \"ftp://x\"\n", "apps.toml:2:"),
             ("[apps.a]\nurl = \"http://\"\n", "apps.toml:2:"),
+            // The line of the key, not the first line that mentions its value.
+            (
+                "# the old hook was ftp://x\n[apps.a]\nurl = \"ftp://x\"\n",
+                "apps.toml:3:",
+            ),
+            (
+                "[apps.b]\nplugin = \"p.lua\"\n[apps.a]\nplugin = \"../p.lua\"\n",
+                "apps.toml:4:",
+            ),
             ("[apps.a]\nurl = \"https://[::1/api\"\n", "apps.toml:2:"),
             ("[apps.a]\nurl = \"http://host:99999/\"\n", "apps.toml:2:"),
             ("[apps.a]\nplugin = \"../etc/passwd\"\n", "apps.toml:2:"),
