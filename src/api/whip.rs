@@ -28,12 +28,6 @@ pub fn routes(max_sdp: usize) -> Router<AppState> {
         .layer(DefaultBodyLimit::max(max_sdp))
 }
 
-#[derive(Clone, Copy)]
-enum Direction {
-    Publish,
-    Play,
-}
-
 async fn publish(
     state: State<AppState>,
     peer: ConnectInfo<SocketAddr>,
@@ -42,7 +36,7 @@ async fn publish(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    offer(state, peer, name, query, headers, body, Direction::Publish).await
+    offer(state, peer, name, query, headers, body, Role::Publish).await
 }
 
 async fn play(
@@ -53,7 +47,7 @@ async fn play(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    offer(state, peer, name, query, headers, body, Direction::Play).await
+    offer(state, peer, name, query, headers, body, Role::Play).await
 }
 
 async fn offer(
@@ -63,12 +57,8 @@ async fn offer(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Bytes,
-    direction: Direction,
+    role: Role,
 ) -> Response {
-    let role = match direction {
-        Direction::Publish => Role::Publish,
-        Direction::Play => Role::Play,
-    };
     let offer = match read_offer(role, peer, name, query.as_deref(), &headers, &body) {
         Ok(offer) => offer,
         Err(e) => return e.into_response(),

@@ -80,11 +80,11 @@ impl From<MediaError> for Refusal {
 
 /// The session service: one per server, shared by every adapter.
 pub struct Sessions {
-    pub media: Arc<Media>,
-    pub registry: Arc<Registry>,
-    pub config: Arc<ConfigStore>,
-    pub hooks: HookClient,
-    pub policy: Arc<PolicyHost>,
+    media: Arc<Media>,
+    registry: Arc<Registry>,
+    config: Arc<ConfigStore>,
+    hooks: HookClient,
+    policy: Arc<PolicyHost>,
     offers: limits::OfferLimiter,
 }
 

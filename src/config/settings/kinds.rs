@@ -34,18 +34,18 @@ impl Kind for Address {
     }
 }
 
-/// An IP address, or nothing when empty.
-pub struct OptionalAddress;
-impl Kind for OptionalAddress {
-    type Value = Option<IpAddr>;
-    fn parse(&self, raw: &str, base: &Path) -> Result<Option<Option<IpAddr>>, String> {
+/// Any kind, or nothing when the value is empty.
+pub struct Optional<K>(pub K);
+impl<K: Kind> Kind for Optional<K> {
+    type Value = Option<K::Value>;
+    fn parse(&self, raw: &str, base: &Path) -> Result<Option<Option<K::Value>>, String> {
         if raw.is_empty() {
             return Ok(Some(None));
         }
-        Ok(Address.parse(raw, base)?.map(Some))
+        Ok(self.0.parse(raw, base)?.map(Some))
     }
-    fn show(&self, value: &Option<IpAddr>) -> String {
-        value.map(|ip| ip.to_string()).unwrap_or_default()
+    fn show(&self, value: &Option<K::Value>) -> String {
+        value.as_ref().map(|v| self.0.show(v)).unwrap_or_default()
     }
 }
 
@@ -78,21 +78,6 @@ impl Kind for Port {
     }
     fn show(&self, value: &u16) -> String {
         value.to_string()
-    }
-}
-
-/// A UDP port (`0` lets the OS choose), or not set when empty.
-pub struct OptionalPort;
-impl Kind for OptionalPort {
-    type Value = Option<u16>;
-    fn parse(&self, raw: &str, base: &Path) -> Result<Option<Option<u16>>, String> {
-        if raw.is_empty() {
-            return Ok(Some(None));
-        }
-        Ok(Port.parse(raw, base)?.map(Some))
-    }
-    fn show(&self, value: &Option<u16>) -> String {
-        value.map(|p| p.to_string()).unwrap_or_default()
     }
 }
 
@@ -196,27 +181,9 @@ impl Kind for List {
     }
 }
 
-/// A path, relative to the file that names it; empty means none.
-pub struct OptionalPath;
-impl Kind for OptionalPath {
-    type Value = Option<PathBuf>;
-    fn parse(&self, raw: &str, base: &Path) -> Result<Option<Option<PathBuf>>, String> {
-        if raw.is_empty() {
-            return Ok(Some(None));
-        }
-        Ok(Some(Some(base.join(raw))))
-    }
-    fn show(&self, value: &Option<PathBuf>) -> String {
-        value
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default()
-    }
-}
-
-/// A directory, relative to the file that names it; empty means the default.
-pub struct Directory;
-impl Kind for Directory {
+/// A path, relative to the file that names it; empty means the default.
+pub struct FilePath;
+impl Kind for FilePath {
     type Value = PathBuf;
     fn parse(&self, raw: &str, base: &Path) -> Result<Option<PathBuf>, String> {
         Ok((!raw.is_empty()).then(|| base.join(raw)))

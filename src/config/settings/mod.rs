@@ -16,8 +16,7 @@ use java_properties::{LineContent, PropertiesIter};
 
 use super::ConfigError;
 use kinds::{
-    Address, Count, Directory, Flag, Kind, List, ListenerPort, Millis, OptionalAddress,
-    OptionalPath, OptionalPort, Port, Text,
+    Address, Count, FilePath, Flag, Kind, List, ListenerPort, Millis, Optional, Port, Text,
 };
 use table::declare_settings;
 pub use table::{Apply, Declaration, markdown};
@@ -38,21 +37,21 @@ declare_settings! {
         "HTTP port; `0` or empty turns it off";
     rest_api_https_port: Option<u16> = Some(8444), ListenerPort, Restart,
         "HTTPS port; `0` or empty turns it off";
-    rest_api_https_cert: Option<PathBuf> = None, OptionalPath, Restart,
+    rest_api_https_cert: Option<PathBuf> = None, Optional(FilePath), Restart,
         "PEM certificate (relative to the file), set together with the key; a self-signed one for `localhost` when absent. The file's content is reloaded when it changes";
-    rest_api_https_key: Option<PathBuf> = None, OptionalPath, Restart,
+    rest_api_https_key: Option<PathBuf> = None, Optional(FilePath), Restart,
         "PEM private key of that certificate; its content is reloaded when it changes";
     rest_api_tokens: Vec<String> = Vec::new(), List { secret: true }, Hot,
         "comma list of bearer tokens for `/rest-api/`; with none (and no file), `/rest-api/` answers loopback callers only";
-    rest_api_tokens_file: Option<PathBuf> = None, OptionalPath, Hot,
+    rest_api_tokens_file: Option<PathBuf> = None, Optional(FilePath), Hot,
         "more tokens, one per line (`#` comments), re-read on change";
     media_port_from: u16 = 31001, Port, Restart,
         "first UDP port for media, one socket per session; `0` with `media_port_to=0` lets the OS choose";
     media_port_to: u16 = 32000, Port, Restart,
         "last UDP port for media";
-    media_udp_mux_port: Option<u16> = None, OptionalPort, Restart,
+    media_udp_mux_port: Option<u16> = None, Optional(Port), Restart,
         "when set, all media on this one UDP port (`0` lets the OS choose) instead of a port per session";
-    media_public_ip: Option<IpAddr> = None, OptionalAddress, Restart,
+    media_public_ip: Option<IpAddr> = None, Optional(Address), Restart,
         "an address announced as an extra (server-reflexive) ICE candidate, for clients beyond NAT";
     ice_include_loopback: bool = true, Flag, Restart,
         "offer `127.0.0.1` candidates, for clients on the same host";
@@ -72,7 +71,7 @@ declare_settings! {
         "a request body must arrive within this time (`408` otherwise); read before any handler runs, so none is cut off half-way";
     player_wait_for_publisher: Duration = Duration::from_millis(5000), Millis { min: 0 }, Hot,
         "how long a WHEP request waits for a publisher's first media";
-    plugin_dir: PathBuf = PathBuf::from("plugins"), Directory, Restart,
+    plugin_dir: PathBuf = PathBuf::from("plugins"), FilePath, Restart,
         "where Lua plugins live, relative to the config directory; the plugins in it are re-read when they change";
     rest_hook_timeout: Duration = Duration::from_millis(3000), Millis { min: 10 }, Hot,
         "how long one REST hook call may take";
