@@ -76,14 +76,19 @@ pub fn spawn(
     stop: CancellationToken,
 ) -> (tokio::task::JoinHandle<()>, Touches) {
     let (touched_tx, touched) = watch::channel(0u64);
+    let Some(dir) = store.dir().map(Path::to_path_buf) else {
+        return (tokio::spawn(async {}), touched);
+    };
+    let mut dirs: Vec<PathBuf> = extra.into_iter().filter(|d| !d.starts_with(&dir)).collect();
+    dirs.insert(0, dir);
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    // Watching starts before this returns, so that a server that says it is ready sees
+    // every later edit.
+    let mut watched = start_watching(&dirs, &events_tx);
+    // An edit made between the first read and the start of watching raised no event: read
+    // once more now that watching has begun (a no-op when nothing changed).
+    let _ = events_tx.send(());
     let handle = tokio::spawn(async move {
-        let Some(dir) = store.dir().map(Path::to_path_buf) else {
-            return;
-        };
-        let mut dirs: Vec<PathBuf> = extra.into_iter().filter(|d| !d.starts_with(&dir)).collect();
-        dirs.insert(0, dir);
-        let (events_tx, mut events) = mpsc::unbounded_channel();
-        let mut watched = start_watching(&dirs, &events_tx);
         let mut check = tokio::time::interval(IDENTITY_CHECK);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -105,4 +110,37 @@ pub fn spawn(
         }
     });
     (handle, touched)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn interval(store: &ConfigStore) -> u128 {
+        store
+            .load()
+            .settings
+            .streaming_sessions_keep_alive_interval
+            .as_millis()
+    }
+
+    #[tokio::test]
+    async fn an_edit_made_before_watching_began_is_not_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("server.properties");
+        std::fs::write(&file, "streaming_sessions_keep_alive_interval=5000\n").unwrap();
+        let store = ConfigStore::open(Some(dir.path())).unwrap();
+        // Between the server's first read and its watcher starting, the file changes.
+        std::fs::write(&file, "streaming_sessions_keep_alive_interval=2000\n").unwrap();
+        let stop = CancellationToken::new();
+        let (handle, mut touches) = spawn(store.clone(), Vec::new(), stop.clone());
+        let touched = tokio::time::timeout(Duration::from_secs(2), touches.changed()).await;
+        assert!(
+            matches!(touched, Ok(Ok(()))),
+            "the watcher never read the files"
+        );
+        assert_eq!(interval(&store), 2000, "the edit was lost");
+        stop.cancel();
+        handle.await.unwrap();
+    }
 }
