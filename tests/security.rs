@@ -177,21 +177,50 @@ async fn oversized_requests_are_refused() {
     if let Ok(response) = outcome {
         assert!(response.status().is_client_error(), "{}", response.status());
     }
-    // Bodies over the limits: 413 for REST and for SDP.
-    for (path, content_type) in [
-        ("/rest-api/stream/find", "application/json"),
-        ("/whip/cam", "application/sdp"),
+    // Bodies over the limits: 413 for REST (in JSON) and for SDP (in text), whether the
+    // length is declared up front or the body just keeps coming in chunks.
+    for (path, content_type, answered_in) in [
+        (
+            "/rest-api/stream/find",
+            "application/json",
+            "application/json",
+        ),
+        ("/whip/cam", "application/sdp", "text/plain"),
     ] {
-        let status = server
+        let response = server
             .http_client
             .post(server.url(path))
             .header("content-type", content_type)
             .body(vec![b' '; 200 * 1024])
             .send()
             .await
-            .unwrap()
-            .status();
-        assert_eq!(status, 413, "{path}");
+            .unwrap();
+        assert_eq!(response.status(), 413, "{path}");
+        let answer_type = response.headers()["content-type"].to_str().unwrap();
+        assert!(
+            answer_type.starts_with(answered_in),
+            "{path}: {answer_type}"
+        );
+
+        let mut chunked = tokio::net::TcpStream::connect(server.http).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        chunked.write_all(head.as_bytes()).await.unwrap();
+        let chunk = format!("4000\r\n{}\r\n", " ".repeat(0x4000));
+        for _ in 0..16 {
+            if chunked.write_all(chunk.as_bytes()).await.is_err() {
+                break;
+            }
+        }
+        let (answer, _) = read_until_closed(&mut chunked, Duration::from_secs(5)).await;
+        assert!(answer.starts_with("HTTP/1.1 413"), "{path}: {answer}");
+        assert!(
+            answer
+                .to_ascii_lowercase()
+                .contains(&format!("content-type: {answered_in}")),
+            "{path}: {answer}"
+        );
     }
     // The server is still fine.
     let status = server

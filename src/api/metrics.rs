@@ -6,11 +6,11 @@
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 
 use super::AppState;
-use crate::hooks::{LATENCY_BUCKETS, Latency};
+use crate::hooks::Latency;
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -42,23 +42,7 @@ fn encode_sample(mut encoder: MetricEncoder, sample: &Sample) -> Result<(), std:
     match sample {
         Sample::Counter(v) => encoder.encode_counter::<NoLabelSet, _, u64>(v, None),
         Sample::Gauge(v) => encoder.encode_gauge(v),
-        Sample::Histogram(latency) => {
-            // Ours are cumulative per bound; the encoder wants each bucket's own count.
-            let mut buckets = Vec::with_capacity(LATENCY_BUCKETS.len() + 1);
-            let mut below = 0;
-            for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-                let cumulative = latency.latency_buckets.get(i).copied().unwrap_or(0);
-                buckets.push((*bound, cumulative.saturating_sub(below)));
-                below = cumulative;
-            }
-            buckets.push((f64::INFINITY, latency.latency_count.saturating_sub(below)));
-            encoder.encode_histogram::<NoLabelSet>(
-                latency.latency_seconds_sum,
-                latency.latency_count,
-                &buckets,
-                None,
-            )
-        }
+        Sample::Histogram(latency) => latency.histogram.encode(encoder),
     }
 }
 

@@ -1,4 +1,5 @@
-//! The HTTP face of the server: the router and its middleware (body read in time). The
+//! The HTTP face of the server: the router and its middleware (body limits, body read in
+//! time). The
 //! rooms: WHIP/WHEP (`whip`), session resources and their status events (`session`), REST
 //! find/terminate/holds (`rest`, bodies in `requests`), views of the server (`status`),
 //! auth, metrics and the example pages. One router, served on HTTP and HTTPS.
@@ -15,10 +16,11 @@ mod whip;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::config::ConfigStore;
 use crate::media::Media;
@@ -63,60 +65,106 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::require_token,
         ));
+    let rest_api = with_body_rules(rest_api, &state, rest::MAX_BODY)
+        // tower-http answers a declared length over the limit itself, in plain text; the
+        // REST API answers every error in JSON.
+        .layer(axum::middleware::map_response(rest_error_as_json));
     Router::new()
-        .merge(whip::routes(max_sdp))
-        .route(
-            "/session/{id}",
-            axum::routing::delete(session::delete_session),
-        )
-        .route("/session/{id}/events", get(session::session_events))
+        .merge(with_body_rules(whip::routes(), &state, max_sdp))
+        .merge(with_body_rules(
+            Router::new()
+                .route(
+                    "/session/{id}",
+                    axum::routing::delete(session::delete_session),
+                )
+                .route("/session/{id}/events", get(session::session_events))
+                .merge(pages::routes()),
+            &state,
+            0,
+        ))
         .merge(rest_api)
-        .merge(pages::routes())
+        .with_state(state)
+}
+
+/// Every route's body rules: at most `limit` bytes (`tower-http`'s limit: a declared
+/// `Content-Length` over it is refused before a byte is read, a body that grows past it is
+/// cut off), read in full within `http_request_timeout` before the handler runs.
+fn with_body_rules(routes: Router<AppState>, state: &AppState, limit: usize) -> Router<AppState> {
+    routes
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             read_body_in_time,
         ))
-        .with_state(state)
+        .layer(RequestBodyLimitLayer::new(limit))
+        // The limit above is the one in force; axum's own default would cap it at 2 MiB.
+        .layer(DefaultBodyLimit::disable())
+}
+
+async fn rest_error_as_json(response: Response) -> Response {
+    let plain = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/plain"));
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE && plain {
+        return rest::ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is over {} bytes", rest::MAX_BODY),
+        )
+        .into_response();
+    }
+    response
 }
 
 /// Reads each request's body within `http_request_timeout` before any handler runs, so a
 /// client that trickles its body (slow-loris) gets `408` and holds nothing, and no handler
-/// is ever cancelled half-way. Bodies over the largest limit of any route get `413`.
+/// is ever cancelled half-way. `tower-http`'s own body timeout restarts with every chunk, so
+/// a byte every so often would hold a request open for ever; this deadline is for the
+/// whole body.
 async fn read_body_in_time(
     State(state): State<AppState>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let (limit, largest) = {
-        let settings = &state.config.load().settings;
-        (
-            settings.http_request_timeout,
-            settings.max_sdp_size.max(rest::MAX_BODY),
-        )
-    };
+    let deadline = state.config.load().settings.http_request_timeout;
     let (parts, body) = request.into_parts();
-    let (status, message) = match tokio::time::timeout(limit, axum::body::to_bytes(body, largest))
-        .await
-    {
-        Ok(Ok(bytes)) => {
-            let request = axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
-            return next.run(request).await;
-        }
-        Ok(Err(_)) => (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the body is over {largest} bytes"),
-        ),
-        Err(_) => (
-            StatusCode::REQUEST_TIMEOUT,
-            format!("the request was not received within {limit:?}"),
-        ),
-    };
+    let (status, message) =
+        match tokio::time::timeout(deadline, axum::body::to_bytes(body, usize::MAX)).await {
+            Ok(Ok(bytes)) => {
+                let request =
+                    axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
+                return next.run(request).await;
+            }
+            Ok(Err(e)) if over_the_limit(&e) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the body is over this resource's limit".to_string(),
+            ),
+            Ok(Err(e)) => (
+                StatusCode::BAD_REQUEST,
+                format!("the body could not be read: {e}"),
+            ),
+            Err(_) => (
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the request was not received within {deadline:?}"),
+            ),
+        };
     // Each part of the API answers errors in its own format.
     if parts.uri.path().starts_with("/rest-api/") {
         rest::ApiError::new(status, message).into_response()
     } else {
         TextError::new(status, message).into_response()
     }
+}
+
+/// Whether reading failed because the body grew past the limit layer's bound.
+fn over_the_limit(error: &axum::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// A short plain-text error, as WHIP/WHEP clients expect.

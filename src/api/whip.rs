@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, RawQuery, State};
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -21,11 +21,10 @@ use crate::sessions::{Offer, Refusal, Role};
 /// The `rel` of the status stream link, as the WHEP server-sent-events extension names it.
 const SSE_REL: &str = "urn:ietf:params:whep:ext:core:server-sent-events";
 
-pub fn routes(max_sdp: usize) -> Router<AppState> {
+pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/whip/{name}", post(publish))
         .route("/whep/{name}", post(play))
-        .layer(DefaultBodyLimit::max(max_sdp))
 }
 
 async fn publish(

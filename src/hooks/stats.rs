@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::histogram::Histogram;
 use serde::Serialize;
 
 use super::{HookAnswer, HookError};
@@ -17,14 +18,27 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 pub const LATENCY_BUCKETS: [f64; 10] =
     [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
 
-/// A latency histogram: sum and cumulative counts per bucket of [`LATENCY_BUCKETS`].
-#[derive(Debug, Clone, Default, Serialize)]
+/// A latency histogram. The buckets are `prometheus-client`'s own [`Histogram`], which
+/// `/metrics` encodes as it is; the JSON views show the sum and count, which that type does
+/// not give out.
+#[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Latency {
+    #[serde(skip)]
+    pub histogram: Histogram,
     pub latency_seconds_sum: f64,
     /// Every observation, including those above the largest bucket.
     pub latency_count: u64,
-    pub latency_buckets: Vec<u64>,
+}
+
+impl Default for Latency {
+    fn default() -> Self {
+        Latency {
+            histogram: Histogram::new(LATENCY_BUCKETS),
+            latency_seconds_sum: 0.0,
+            latency_count: 0,
+        }
+    }
 }
 
 impl Latency {
@@ -37,13 +51,8 @@ impl Latency {
         let seconds = took.as_secs_f64();
         self.latency_seconds_sum += seconds * n as f64;
         self.latency_count += n;
-        if self.latency_buckets.is_empty() {
-            self.latency_buckets = vec![0; LATENCY_BUCKETS.len()];
-        }
-        for (bucket, bound) in self.latency_buckets.iter_mut().zip(LATENCY_BUCKETS) {
-            if seconds <= bound {
-                *bucket += n;
-            }
+        for _ in 0..n {
+            self.histogram.observe(seconds);
         }
     }
 }
@@ -130,5 +139,39 @@ impl HookStats {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_buckets_are_cumulative_in_the_exposition() {
+        let mut latency = Latency::default();
+        latency.observe(Duration::from_millis(2));
+        latency.observe_many(Duration::from_millis(30), 3);
+        latency.observe(Duration::from_secs(9));
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register("call_seconds", "test", latency.histogram.clone());
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for (le, n) in [
+            ("0.001", 0),
+            ("0.0025", 1),
+            ("0.025", 1),
+            ("0.05", 4),
+            ("5.0", 4),
+        ] {
+            let line = format!("call_seconds_bucket{{le=\"{le}\"}} {n}\n");
+            assert!(text.contains(&line), "no '{line}' in {text}");
+        }
+        assert!(
+            text.contains("call_seconds_bucket{le=\"+Inf\"} 5\n"),
+            "{text}"
+        );
+        assert!(text.contains("call_seconds_count 5\n"), "{text}");
+        assert_eq!(latency.latency_count, 5);
+        assert!((latency.latency_seconds_sum - 9.092).abs() < 1e-9);
     }
 }
