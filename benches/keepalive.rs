@@ -62,6 +62,8 @@ async fn run(
         config_dir: Some(dir.path().to_path_buf()),
         http_listen: Some("127.0.0.1:0".parse().expect("addr")),
         https_listen: None,
+        ws_listen: Some("127.0.0.1:0".parse().expect("addr")),
+        wss_listen: Some("127.0.0.1:0".parse().expect("addr")),
     })
     .await
     .expect("server");

@@ -14,6 +14,7 @@ pub mod policy;
 pub mod registry;
 pub mod server;
 pub mod sessions;
+pub mod signalling;
 mod tls;
 
 pub use server::{RunningServer, ServerOptions, start};

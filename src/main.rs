@@ -30,6 +30,12 @@ enum Command {
         /// Listen for HTTPS here instead of rest_api_address:rest_api_https_port.
         #[arg(long, value_name = "ADDR")]
         https: Option<SocketAddr>,
+        /// Listen for WCS WebSocket signalling here instead of rest_api_address:ws.port.
+        #[arg(long, value_name = "ADDR")]
+        ws: Option<SocketAddr>,
+        /// Listen for secure WCS WebSocket signalling here instead of rest_api_address:wss.port.
+        #[arg(long, value_name = "ADDR")]
+        wss: Option<SocketAddr>,
         /// Log JSON lines instead of human-readable text.
         #[arg(long)]
         log_json: bool,
@@ -118,6 +124,11 @@ enum AppCommand {
     },
 }
 
+/// A listener's address for the ready line, or `off`.
+fn shown(address: Option<std::net::SocketAddr>) -> String {
+    address.map_or_else(|| "off".into(), |a| a.to_string())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -126,6 +137,8 @@ async fn main() -> anyhow::Result<()> {
             config,
             http,
             https,
+            ws,
+            wss,
             log_json,
         } => {
             init_logging(log_json);
@@ -133,6 +146,8 @@ async fn main() -> anyhow::Result<()> {
                 config_dir: config,
                 http_listen: http,
                 https_listen: https,
+                ws_listen: ws,
+                wss_listen: wss,
             })
             .await?;
             if sluice::api::auth::Tokens::is_open(&server.config.load().settings) {
@@ -142,15 +157,11 @@ async fn main() -> anyhow::Result<()> {
             }
             // One line on stdout that scripts and tests can wait for; logs go to stderr.
             println!(
-                "sluice ready http={} https={}",
-                server
-                    .http_addr
-                    .map(|a| a.to_string())
-                    .unwrap_or_else(|| "off".into()),
-                server
-                    .https_addr
-                    .map(|a| a.to_string())
-                    .unwrap_or_else(|| "off".into()),
+                "sluice ready http={} https={} ws={} wss={}",
+                shown(server.http_addr),
+                shown(server.https_addr),
+                shown(server.ws_addr),
+                shown(server.wss_addr),
             );
             server.run_until_signal().await
         }

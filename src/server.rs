@@ -26,12 +26,17 @@ pub struct ServerOptions {
     pub config_dir: Option<PathBuf>,
     pub http_listen: Option<SocketAddr>,
     pub https_listen: Option<SocketAddr>,
+    /// WCS WebSocket signalling, plain and over TLS.
+    pub ws_listen: Option<SocketAddr>,
+    pub wss_listen: Option<SocketAddr>,
 }
 
 /// A started server: where it listens, and how to stop it.
 pub struct RunningServer {
     pub http_addr: Option<SocketAddr>,
     pub https_addr: Option<SocketAddr>,
+    pub ws_addr: Option<SocketAddr>,
+    pub wss_addr: Option<SocketAddr>,
     pub media_mux_addr: Option<SocketAddr>,
     pub registry: Arc<Registry>,
     pub config: Arc<ConfigStore>,
@@ -178,6 +183,13 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
         }
         let _ = watcher.await;
     });
+    let sessions = crate::sessions::Sessions::new(
+        media.clone(),
+        registry.clone(),
+        config.clone(),
+        hooks.clone(),
+        policy.clone(),
+    );
     let state = AppState {
         media: media.clone(),
         registry: registry.clone(),
@@ -186,13 +198,7 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
         hooks: hooks.clone(),
         keepalive: keepalive.clone(),
         policy: policy.clone(),
-        sessions: crate::sessions::Sessions::new(
-            media.clone(),
-            registry.clone(),
-            config.clone(),
-            hooks.clone(),
-            policy.clone(),
-        ),
+        sessions: sessions.clone(),
     };
     let hooks_client = hooks;
     let router = api::router(state);
@@ -230,13 +236,19 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
             .rest_api_https_port
             .map(|p| SocketAddr::new(settings.rest_api_address, p))
     });
-    let mut https_addr = None;
-    if let Some(bind) = https_bind {
+    let ws_bind = options.ws_listen.or_else(|| {
+        settings
+            .ws_port
+            .map(|p| SocketAddr::new(settings.rest_api_address, p))
+    });
+    let wss_bind = options.wss_listen.or_else(|| {
+        settings
+            .wss_port
+            .map(|p| SocketAddr::new(settings.rest_api_address, p))
+    });
+    // One certificate for HTTPS and WSS, reloaded together.
+    let tls = if https_bind.is_some() || wss_bind.is_some() {
         let tls = crate::tls::config(&settings).await?;
-        let listener = std::net::TcpListener::bind(bind)
-            .with_context(|| format!("cannot listen for HTTPS on {bind}"))?;
-        listener.set_nonblocking(true)?;
-        https_addr = Some(listener.local_addr()?);
         if let (Some(cert), Some(key)) =
             (&settings.rest_api_https_cert, &settings.rest_api_https_key)
         {
@@ -247,6 +259,16 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
                 flush.clone(),
             ));
         }
+        Some(tls)
+    } else {
+        None
+    };
+    let mut https_addr = None;
+    if let (Some(bind), Some(tls)) = (https_bind, tls.clone()) {
+        let listener = std::net::TcpListener::bind(bind)
+            .with_context(|| format!("cannot listen for HTTPS on {bind}"))?;
+        listener.set_nonblocking(true)?;
+        https_addr = Some(listener.local_addr()?);
         // `RunningServer::shutdown` stops it gracefully.
         let handle = axum_server::Handle::new();
         listener_handles.push(handle.clone());
@@ -260,10 +282,59 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
         });
     }
 
-    tracing::info!(http = ?http_addr, https = ?https_addr, media_mux = ?media.mux_addr(), "sluice is serving");
+    let signalling = Arc::new(crate::signalling::wcs::Context {
+        sessions: sessions.clone(),
+        registry: registry.clone(),
+        config: config.clone(),
+        tasks: tasks.clone(),
+        // Connections end after the streams have, so their final events reach the pages.
+        stop: flush.clone(),
+    });
+    let mut ws_addr = None;
+    if let Some(bind) = ws_bind {
+        let listener = std::net::TcpListener::bind(bind)
+            .with_context(|| format!("cannot listen for WebSocket signalling on {bind}"))?;
+        listener.set_nonblocking(true)?;
+        let local = listener.local_addr()?;
+        ws_addr = Some(local);
+        let handle = axum_server::Handle::new();
+        listener_handles.push(handle.clone());
+        let mut server = axum_server::from_tcp(listener)?.handle(handle);
+        limit_connections(server.http_builder(), &settings);
+        let app = crate::signalling::wcs::router(signalling.clone(), local)
+            .into_make_service_with_connect_info::<SocketAddr>();
+        listeners.spawn(async move {
+            if let Err(e) = server.serve(app).await {
+                tracing::error!(error = %e, "WebSocket signalling listener ended");
+            }
+        });
+    }
+    let mut wss_addr = None;
+    if let (Some(bind), Some(tls)) = (wss_bind, tls) {
+        let listener = std::net::TcpListener::bind(bind)
+            .with_context(|| format!("cannot listen for secure WebSocket signalling on {bind}"))?;
+        listener.set_nonblocking(true)?;
+        let local = listener.local_addr()?;
+        wss_addr = Some(local);
+        let handle = axum_server::Handle::new();
+        listener_handles.push(handle.clone());
+        let mut server = axum_server::from_tcp_rustls(listener, tls)?.handle(handle);
+        limit_connections(server.http_builder(), &settings);
+        let app = crate::signalling::wcs::router(signalling, local)
+            .into_make_service_with_connect_info::<SocketAddr>();
+        listeners.spawn(async move {
+            if let Err(e) = server.serve(app).await {
+                tracing::error!(error = %e, "secure WebSocket signalling listener ended");
+            }
+        });
+    }
+
+    tracing::info!(http = ?http_addr, https = ?https_addr, ws = ?ws_addr, wss = ?wss_addr, media_mux = ?media.mux_addr(), "sluice is serving");
     Ok(RunningServer {
         http_addr,
         https_addr,
+        ws_addr,
+        wss_addr,
         media_mux_addr: media.mux_addr(),
         registry,
         config,

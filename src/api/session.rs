@@ -2,8 +2,6 @@
 //! ends its session) and `GET /session/{id}/events` (its status as Server-Sent Events, the
 //! `Link` of the answer).
 
-use std::sync::Arc;
-
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -12,7 +10,7 @@ use futures::StreamExt;
 use uuid::Uuid;
 
 use super::{AppState, TextError};
-use crate::registry::{StatusEvent, Timeline};
+use crate::registry::follow;
 
 fn parse_session_id(raw: &str) -> Result<Uuid, TextError> {
     Uuid::parse_str(raw)
@@ -67,7 +65,7 @@ pub(super) async fn session_events(
                 .into_response();
         }
     };
-    let events = status_events(timeline, changes, after).map(|event| {
+    let events = follow(timeline, changes, after).map(|event| {
         Event::default()
             .event("status")
             .id(event.event_id.to_string())
@@ -76,49 +74,4 @@ pub(super) async fn session_events(
     Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response()
-}
-
-/// The events of `timeline` after `after`, then each new one as `changes` signals it,
-/// ending with the final event.
-fn status_events(
-    timeline: Arc<Timeline>,
-    changes: Option<tokio::sync::watch::Receiver<StatusEvent>>,
-    after: u64,
-) -> impl futures::Stream<Item = StatusEvent> {
-    struct Cursor {
-        timeline: Arc<Timeline>,
-        changes: Option<tokio::sync::watch::Receiver<StatusEvent>>,
-        after: u64,
-        ended: bool,
-    }
-    let cursor = Cursor {
-        timeline,
-        changes,
-        after,
-        ended: false,
-    };
-    futures::stream::unfold(cursor, |mut cursor| async move {
-        loop {
-            if cursor.ended {
-                return None;
-            }
-            let events = cursor.timeline.since(cursor.after);
-            if let Some(last) = events.last() {
-                cursor.after = last.event_id;
-                cursor.ended = last.status.is_final();
-                return Some((futures::stream::iter(events), cursor));
-            }
-            // Nothing new: wait for the next change. The timeline is appended before the
-            // change is signalled, and a closed channel means the final event is in.
-            match cursor.changes.as_mut() {
-                Some(changes) => {
-                    if changes.changed().await.is_err() {
-                        cursor.changes = None;
-                    }
-                }
-                None => return None,
-            }
-        }
-    })
-    .flatten()
 }

@@ -210,7 +210,9 @@ fn media_error(e: MediaError) -> Response {
     }
     let status = match &e {
         MediaError::BadOffer(_) | MediaError::NoMedia(_) => StatusCode::BAD_REQUEST,
-        MediaError::Registry(RegistryError::AlreadyPublishing(_)) => StatusCode::CONFLICT,
+        MediaError::Registry(RegistryError::AlreadyPublishing(_) | RegistryError::IdInUse(_)) => {
+            StatusCode::CONFLICT
+        }
         MediaError::Registry(RegistryError::NotPublishing(_)) => StatusCode::NOT_FOUND,
         MediaError::Registry(_) => StatusCode::SERVICE_UNAVAILABLE,
         MediaError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -274,5 +276,7 @@ fn read_offer(
         token: super::auth::bearer_token(headers),
         remote_ip: peer.ip(),
         remote_address: peer.to_string(),
+        media_session_id: None,
+        session_id: None,
     })
 }

@@ -69,6 +69,9 @@ pub struct OfferRequest {
     pub custom: BTreeMap<String, String>,
     pub bearer: Bearer,
     pub remote_address: String,
+    /// The record's `sessionId`: the signalling connection (WCS), or the session resource
+    /// (WHIP/WHEP) when `None`.
+    pub session_id: Option<String>,
 }
 
 /// The answer to a WHIP/WHEP offer: the new session's id and the SDP answer.
@@ -139,6 +142,9 @@ impl Media {
         if max > 0 && live >= max {
             return Err(RegistryError::Full(live).into());
         }
+        if self.registry.get(request.media_session_id).is_some() {
+            return Err(RegistryError::IdInUse(request.media_session_id).into());
+        }
         let summary = offer::inspect(&request.sdp)?;
         if publish {
             if summary.sending.is_empty() {
@@ -191,7 +197,10 @@ impl Media {
         };
         let mut new = NewStream::publisher(&request.name, &request.app_key);
         new.media_session_id = Some(id);
-        new.session_id = resource_path(id);
+        new.session_id = request
+            .session_id
+            .clone()
+            .unwrap_or_else(|| resource_path(id));
         new.remote_address = request.remote_address;
         new.media_kinds = kinds(&summary.sending);
         new.custom = request.custom;
@@ -258,7 +267,10 @@ impl Media {
         let mut new = NewStream::player(&request.name, &request.app_key);
         new.publisher_id = Some(publisher_id);
         new.media_session_id = Some(id);
-        new.session_id = resource_path(id);
+        new.session_id = request
+            .session_id
+            .clone()
+            .unwrap_or_else(|| resource_path(id));
         new.remote_address = request.remote_address;
         new.media_kinds = kinds(&senders.iter().map(|(r, _, _)| r.kind).collect::<Vec<_>>());
         new.custom = request.custom;

@@ -20,7 +20,7 @@ pub use holds::{HeldStream, Hold, HoldFilter, HoldSpec, MAX_HOLD_MS, MAX_HOLDS, 
 pub use record::{
     Bearer, Hint, MediaKind, NewStream, Status, StatusEvent, StopReason, StreamRecord,
 };
-pub use timeline::Timeline;
+pub use timeline::{Timeline, follow};
 
 pub use crate::clock::now_ms;
 
@@ -52,6 +52,9 @@ pub enum RegistryError {
     Draining,
     #[error("the server is full: {0} streams are live")]
     Full(usize),
+    /// A client-chosen id (WCS's `mediaSessionId`) that a live stream already has.
+    #[error("MediaSessionId is already in use")]
+    IdInUse(Uuid),
 }
 
 struct Entry {
@@ -107,24 +110,31 @@ fn stamp(
     record: &StreamRecord,
     seq: &mut u64,
     timeline: &Timeline,
-    hint: Option<Hint>,
+    ending: Option<(Hint, &StopReason)>,
 ) -> StatusEvent {
     *next_event_id += 1;
     *seq += 1;
     let mut event = StatusEvent::of(record, *next_event_id, *seq);
-    event.hint = hint;
+    if let Some((hint, reason)) = ending {
+        event.hint = Some(hint);
+        event.reason = reason.text().map(String::from);
+    }
     timeline.push(event.clone());
     event
 }
 
 impl Entry {
-    fn stamp(&mut self, next_event_id: &mut u64, hint: Option<Hint>) -> StatusEvent {
+    fn stamp(
+        &mut self,
+        next_event_id: &mut u64,
+        ending: Option<(Hint, &StopReason)>,
+    ) -> StatusEvent {
         stamp(
             next_event_id,
             &self.record,
             &mut self.seq,
             &self.timeline,
-            hint,
+            ending,
         )
     }
 }
@@ -210,6 +220,12 @@ impl Registry {
             && (publisher.is_none() || new.publisher_id.is_some_and(|p| Some(p) != publisher))
         {
             return Err(RegistryError::NotPublishing(new.name));
+        }
+        if let Some(id) = new
+            .media_session_id
+            .filter(|id| table.by_id.contains_key(id))
+        {
+            return Err(RegistryError::IdInUse(id));
         }
         let record = StreamRecord::new(new, &self.node_id, now_ms());
         let id = record.media_session_id;
@@ -331,7 +347,7 @@ impl Registry {
         entry.record.info = info;
         let now = now_ms();
         let hint = self.hint(&entry.record, reason, now);
-        let event = entry.stamp(&mut table.next_event_id, Some(hint));
+        let event = entry.stamp(&mut table.next_event_id, Some((hint, reason)));
         table.ended.insert(id, entry.timeline.clone(), now);
         let record = entry.record;
         let mut orphans = Vec::new();

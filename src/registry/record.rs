@@ -71,6 +71,14 @@ impl StopReason {
         StopReason::Server(reason.into())
     }
 
+    /// The reason as given, for a stop by the server or a lost connection.
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            StopReason::Server(why) | StopReason::ConnectionLost(why) => Some(why),
+            StopReason::ClientLeft | StopReason::PublisherStopped => None,
+        }
+    }
+
     /// A short label for logs and metrics.
     pub fn cause(&self) -> &'static str {
         match self {
@@ -256,6 +264,10 @@ pub struct StatusEvent {
     /// Only on a final event.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hint: Option<Hint>,
+    /// On a final event: the stop's own reason, as the server or the failure gave it
+    /// (without the `info` wording), for protocols that show it as it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl StatusEvent {
@@ -264,6 +276,7 @@ impl StatusEvent {
             event_id,
             seq,
             hint: None,
+            reason: None,
             media_session_id: record.media_session_id,
             name: record.name.clone(),
             app_key: record.app_key.clone(),

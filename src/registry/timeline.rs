@@ -1,10 +1,13 @@
 //! Each stream's status events in order, kept while it lives and for a while after it
 //! ends, so that a status stream can replay what a client missed (`Last-Event-ID`) and a
-//! client that reconnects after the end still learns how and why it ended.
+//! client that reconnects after the end still learns how and why it ended; [`follow`] reads
+//! one stream's events as they come, for every protocol that shows them.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
+use futures::StreamExt;
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::StatusEvent;
@@ -83,4 +86,49 @@ impl Ended {
     pub fn len(&self) -> usize {
         self.by_id.len()
     }
+}
+
+/// The events of `timeline` after `after`, then each new one as `changes` signals it,
+/// ending with the final event.
+pub fn follow(
+    timeline: Arc<Timeline>,
+    changes: Option<watch::Receiver<StatusEvent>>,
+    after: u64,
+) -> impl futures::Stream<Item = StatusEvent> {
+    struct Cursor {
+        timeline: Arc<Timeline>,
+        changes: Option<watch::Receiver<StatusEvent>>,
+        after: u64,
+        ended: bool,
+    }
+    let cursor = Cursor {
+        timeline,
+        changes,
+        after,
+        ended: false,
+    };
+    futures::stream::unfold(cursor, |mut cursor| async move {
+        loop {
+            if cursor.ended {
+                return None;
+            }
+            let events = cursor.timeline.since(cursor.after);
+            if let Some(last) = events.last() {
+                cursor.after = last.event_id;
+                cursor.ended = last.status.is_final();
+                return Some((futures::stream::iter(events), cursor));
+            }
+            // Nothing new: wait for the next change. The timeline is appended before the
+            // change is signalled, and a closed channel means the final event is in.
+            match cursor.changes.as_mut() {
+                Some(changes) => {
+                    if changes.changed().await.is_err() {
+                        cursor.changes = None;
+                    }
+                }
+                None => return None,
+            }
+        }
+    })
+    .flatten()
 }

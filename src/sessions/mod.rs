@@ -45,6 +45,12 @@ pub struct Offer {
     pub remote_ip: IpAddr,
     /// `ip:port`, as records and hooks show it.
     pub remote_address: String,
+    /// The stream's id when the protocol lets the client choose it (WCS's
+    /// `mediaSessionId`); a new one otherwise.
+    pub media_session_id: Option<Uuid>,
+    /// The signalling connection the stream belongs to (WCS's `sessionId`); `None` for
+    /// WHIP/WHEP, whose session is the stream's own resource.
+    pub session_id: Option<String>,
 }
 
 /// Why an offer did not become a stream. Each adapter says it in its own terms.
@@ -187,7 +193,8 @@ impl Sessions {
             return Err(Refusal::UnknownApp(app_key));
         }
         Ok(OfferRequest {
-            media_session_id: Uuid::new_v4(),
+            media_session_id: offer.media_session_id.unwrap_or_else(Uuid::new_v4),
+            session_id: offer.session_id,
             name,
             app_key,
             sdp: offer.sdp,
@@ -218,7 +225,10 @@ impl Sessions {
             NewStream::player(&request.name, &request.app_key)
         };
         new.media_session_id = Some(request.media_session_id);
-        new.session_id = resource_path(request.media_session_id);
+        new.session_id = request
+            .session_id
+            .clone()
+            .unwrap_or_else(|| resource_path(request.media_session_id));
         new.remote_address = request.remote_address.clone();
         new.custom = request.custom.clone();
         new.bearer = request.bearer.clone();

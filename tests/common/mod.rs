@@ -14,6 +14,9 @@ pub struct TestServer {
     child: Child,
     pub http: SocketAddr,
     pub https: Option<SocketAddr>,
+    /// WCS WebSocket signalling, plain and over TLS.
+    pub ws: Option<SocketAddr>,
+    pub wss: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     pub http_client: reqwest::Client,
 }
@@ -64,6 +67,10 @@ impl TestServer {
             .arg("--http")
             .arg("127.0.0.1:0")
             .arg("--https")
+            .arg("127.0.0.1:0")
+            .arg("--ws")
+            .arg("127.0.0.1:0")
+            .arg("--wss")
             .arg("127.0.0.1:0");
         match log {
             Some((filter, args)) => {
@@ -95,6 +102,8 @@ impl TestServer {
         };
         let http = field("http=").unwrap_or_else(|| panic!("no http address in '{ready}'"));
         let https = field("https=");
+        let ws = field("ws=");
+        let wss = field("wss=");
         let http_client = reqwest::Client::builder()
             .no_proxy()
             .danger_accept_invalid_certs(true)
@@ -106,6 +115,8 @@ impl TestServer {
             child,
             http,
             https,
+            ws,
+            wss,
             dir,
             http_client,
         }
@@ -246,6 +257,8 @@ impl InProcessServer {
             config_dir: Some(dir.path().to_path_buf()),
             http_listen: Some("127.0.0.1:0".parse().unwrap()),
             https_listen: Some("127.0.0.1:0".parse().unwrap()),
+            ws_listen: Some("127.0.0.1:0".parse().expect("addr")),
+            wss_listen: Some("127.0.0.1:0".parse().expect("addr")),
         })
         .await
         .expect("server starts");

@@ -1,7 +1,10 @@
 //! A WHIP/WHEP client on webrtc-rs, for the integration tests, the benchmarks and load
 //! generation: a publisher that sends synthetic VP8 and Opus RTP at a chosen bitrate, and a
 //! player that counts what arrives. Both stay on loopback and notice a server-side stop by
-//! the RTCP BYE the server sends before it closes.
+//! the RTCP BYE the server sends before it closes. `wcs` speaks WCS's WebSocket signalling
+//! instead of WHIP/WHEP, as the Flashphoner Web SDK does.
+
+pub mod wcs;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +44,9 @@ pub enum ClientError {
     WebRtc(#[from] webrtc::Error),
     #[error("{0}")]
     Protocol(String),
+    /// WCS signalling: the server failed the stream, with this `info`.
+    #[error("stream failed: {0}")]
+    StreamFailed(String),
 }
 
 impl ClientError {
@@ -139,6 +145,14 @@ impl Drop for ClientSession {
     }
 }
 
+/// How an offer reaches the server and its answer comes back.
+enum Exchange<'a> {
+    /// WHIP/WHEP: POST to this URL.
+    Http(&'a str),
+    /// WCS's WebSocket signalling.
+    Wcs(&'a wcs::WcsConnection, wcs::WcsStream),
+}
+
 /// Builds client peer connections that stay on loopback.
 pub struct Client {
     api: API,
@@ -194,6 +208,42 @@ impl Client {
     pub async fn publish(
         &self,
         whip_url: &str,
+        media: SyntheticMedia,
+    ) -> Result<ClientSession, ClientError> {
+        self.publish_via(Exchange::Http(whip_url), media).await
+    }
+
+    /// Publishes `name` over a WCS signalling connection, with a new `mediaSessionId`;
+    /// returns the session and that id.
+    pub async fn publish_wcs(
+        &self,
+        connection: &wcs::WcsConnection,
+        name: &str,
+        media: SyntheticMedia,
+    ) -> Result<(ClientSession, String), ClientError> {
+        let stream = wcs::WcsStream::new(name, true);
+        let id = stream.id.clone();
+        let session = self
+            .publish_via(Exchange::Wcs(connection, stream), media)
+            .await?;
+        Ok((session, id))
+    }
+
+    /// Plays `name` over a WCS signalling connection; returns the session and its id.
+    pub async fn play_wcs(
+        &self,
+        connection: &wcs::WcsConnection,
+        name: &str,
+    ) -> Result<(ClientSession, String), ClientError> {
+        let stream = wcs::WcsStream::new(name, false);
+        let id = stream.id.clone();
+        let session = self.play_via(Exchange::Wcs(connection, stream)).await?;
+        Ok((session, id))
+    }
+
+    async fn publish_via(
+        &self,
+        exchange: Exchange<'_>,
         media: SyntheticMedia,
     ) -> Result<ClientSession, ClientError> {
         let pc = Arc::new(
@@ -252,7 +302,7 @@ impl Client {
                 }
             });
         }
-        let links = self.signal(&pc, whip_url).await?;
+        let links = self.signal(&pc, exchange).await?;
         tokio::spawn(generate(
             video,
             media.audio.then_some(audio),
@@ -274,6 +324,10 @@ impl Client {
 
     /// Plays from `whep_url` (e.g. `http://127.0.0.1:8081/whep/cam`), counting packets.
     pub async fn play(&self, whep_url: &str) -> Result<ClientSession, ClientError> {
+        self.play_via(Exchange::Http(whep_url)).await
+    }
+
+    async fn play_via(&self, exchange: Exchange<'_>) -> Result<ClientSession, ClientError> {
         let pc = Arc::new(
             self.api
                 .new_peer_connection(RTCConfiguration::default())
@@ -341,7 +395,7 @@ impl Client {
             });
             Box::pin(async {})
         }));
-        let links = match self.signal(&pc, whep_url).await {
+        let links = match self.signal(&pc, exchange).await {
             Ok(links) => links,
             Err(e) => {
                 cancel.cancel();
@@ -400,7 +454,11 @@ impl Client {
         Ok(sdp)
     }
 
-    async fn signal(&self, pc: &RTCPeerConnection, url: &str) -> Result<SessionLinks, ClientError> {
+    async fn signal(
+        &self,
+        pc: &RTCPeerConnection,
+        exchange: Exchange<'_>,
+    ) -> Result<SessionLinks, ClientError> {
         let offer = pc.create_offer(None).await?;
         let mut gathered = pc.gathering_complete_promise().await;
         pc.set_local_description(offer).await?;
@@ -409,6 +467,18 @@ impl Client {
             .local_description()
             .await
             .ok_or_else(|| ClientError::Protocol("no local description".into()))?;
+        let url = match exchange {
+            Exchange::Http(url) => url,
+            Exchange::Wcs(connection, stream) => {
+                let answer = connection.offer(&stream, &local.sdp).await?;
+                pc.set_remote_description(RTCSessionDescription::answer(answer)?)
+                    .await?;
+                return Ok(SessionLinks {
+                    resource: String::new(),
+                    events: None,
+                });
+            }
+        };
         let response = self
             .http
             .post(url)

@@ -18,8 +18,8 @@ use super::ConfigError;
 use kinds::{
     Address, Count, FilePath, Flag, Kind, List, ListenerPort, Millis, Optional, Port, Text,
 };
-use table::declare_settings;
 pub use table::{Apply, Declaration, markdown};
+use table::{declare_settings, key_name};
 
 /// Where media flows: one UDP port shared by every session, or a port per session from a range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +45,14 @@ declare_settings! {
         "comma list of bearer tokens for `/rest-api/`; with none (and no file), `/rest-api/` answers loopback callers only";
     rest_api_tokens_file: Option<PathBuf> = None, Optional(FilePath), Hot,
         "more tokens, one per line (`#` comments), re-read on change";
+    ws_port as "ws.port": Option<u16> = Some(8080), ListenerPort, Restart,
+        "WCS WebSocket signalling port (plain `ws`), for pages built on the Flashphoner Web SDK; `0` turns it off";
+    wss_port as "wss.port": Option<u16> = Some(8443), ListenerPort, Restart,
+        "WCS WebSocket signalling port over TLS (`wss`), with the HTTPS certificate; `0` turns it off";
+    ws_ping_interval as "keep_alive.server_interval": Duration = Duration::from_millis(5000), Millis { min: 100 }, Hot,
+        "the server pings every WebSocket signalling connection this often";
+    ws_ping_probes as "keep_alive.probes": u32 = 10, Count { min: 1, what: "a count from 1" }, Hot,
+        "a WebSocket connection that leaves this many pings in a row unanswered is closed, and its streams end";
     media_port_from: u16 = 31001, Port, Restart,
         "first UDP port for media, one socket per session; `0` with `media_port_to=0` lets the OS choose";
     media_port_to: u16 = 32000, Port, Restart,

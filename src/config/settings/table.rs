@@ -59,9 +59,21 @@ pub fn markdown(declarations: &[Declaration]) -> String {
     table
 }
 
-/// Declares every setting: `key: Type = default, Kind, Apply, "doc";`.
+/// The key as `server.properties` spells it: the field's name, or the spelling given with
+/// `as` (WCS's keys with dots, such as `ws.port`).
+macro_rules! key_name {
+    ($key:ident) => {
+        stringify!($key)
+    };
+    ($key:ident $name:literal) => {
+        $name
+    };
+}
+
+/// Declares every setting: `key: Type = default, Kind, Apply, "doc";`, or
+/// `field as "spelled.key": …` where the key is not a Rust name.
 macro_rules! declare_settings {
-    ($( $key:ident : $ty:ty = $default:expr, $kind:expr, $apply:ident, $doc:literal; )*) => {
+    ($( $key:ident $(as $name:literal)? : $ty:ty = $default:expr, $kind:expr, $apply:ident, $doc:literal; )*) => {
         /// Typed server settings, one field per `server.properties` key.
         #[derive(Debug, Clone, PartialEq)]
         pub struct Settings {
@@ -80,7 +92,7 @@ macro_rules! declare_settings {
                 let d = Settings::default();
                 vec![$(
                     Declaration {
-                        key: stringify!($key),
+                        key: key_name!($key $($name)?),
                         default: Kind::show(&$kind, &d.$key),
                         unit: Kind::unit(&$kind),
                         apply: Apply::$apply,
@@ -91,18 +103,18 @@ macro_rules! declare_settings {
 
             /// Whether `key` is declared.
             pub fn is_known(key: &str) -> bool {
-                [$( stringify!($key), )*].contains(&key)
+                [$( key_name!($key $($name)?), )*].contains(&key)
             }
 
             fn read_declared(reader: &Reader) -> Result<Settings, ConfigError> {
                 let d = Settings::default();
-                Ok(Settings { $( $key: reader.read(stringify!($key), &$kind, d.$key)?, )* })
+                Ok(Settings { $( $key: reader.read(key_name!($key $($name)?), &$kind, d.$key)?, )* })
             }
 
             /// Every key with the value in force, as `server.properties` would spell it.
             /// Secret lists are shown as a count, never in clear.
             pub fn as_properties(&self) -> BTreeMap<&'static str, String> {
-                BTreeMap::from([$( (stringify!($key), Kind::show(&$kind, &self.$key)), )*])
+                BTreeMap::from([$( (key_name!($key $($name)?), Kind::show(&$kind, &self.$key)), )*])
             }
 
             /// Puts back the running value of every restart-only key.
@@ -113,4 +125,4 @@ macro_rules! declare_settings {
     };
 }
 
-pub(super) use declare_settings;
+pub(super) use {declare_settings, key_name};

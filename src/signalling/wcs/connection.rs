@@ -1,0 +1,342 @@
+//! One WCS signalling connection over its WebSocket: reads client messages, opens streams
+//! through the one session path, sends each stream's answer and status events, pings, and
+//! on close ends every stream it opened and waits for their tasks.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket};
+use futures::{SinkExt, StreamExt};
+use serde_json::{Map, Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use super::protocol::{self, ClientMessage, Connection, PingTick, StreamRequest};
+use crate::config::ConfigStore;
+use crate::registry::{Registry, Status, StopReason, follow};
+use crate::sessions::{Offer, Role, Sessions};
+
+/// What one connection's parts share.
+pub struct Context {
+    pub sessions: Arc<Sessions>,
+    pub registry: Arc<Registry>,
+    pub config: Arc<ConfigStore>,
+    /// The server's tasks: every connection is one of them.
+    pub tasks: TaskTracker,
+    /// Ends every connection (server shutdown).
+    pub stop: CancellationToken,
+}
+
+/// How long a stream's task may wait for its final event once its connection has closed.
+const FINAL_EVENT_WAIT: Duration = Duration::from_secs(10);
+
+/// What a stream's task hands back to its connection, in order.
+enum Outgoing {
+    Text(String),
+    /// The stream has ended or was refused; the connection forgets it.
+    Ended(Uuid),
+}
+
+/// Serves one connection until the client leaves, stops answering pings, or the server
+/// stops.
+pub async fn serve(socket: WebSocket, context: Arc<Context>, peer: SocketAddr, local: SocketAddr) {
+    let session_id = format!("/{peer}/{local}");
+    let mut connection = Connection::new(session_id.clone());
+    let (mut sink, mut frames) = socket.split();
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Outgoing>();
+    let streams = TaskTracker::new();
+    let closing = CancellationToken::new();
+    let interval = context.config.load().settings.ws_ping_interval;
+    let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tracing::info!(session = %session_id, "WebSocket signalling connection opened");
+    loop {
+        let reply = tokio::select! {
+            _ = context.stop.cancelled() => break,
+            frame = frames.next() => match frame {
+                Some(Ok(Message::Text(text))) => {
+                    connection.heard_from();
+                    match handle(&mut connection, &context, text.as_str(), peer, &out_tx, &streams, &closing) {
+                        Step::Reply(text) => Some(text),
+                        Step::Quiet => None,
+                        Step::Close(text) => {
+                            let _ = sink.send(Message::Text(text.into())).await;
+                            break;
+                        }
+                    }
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    if connection.first_unknown("binary frame") {
+                        tracing::info!(session = %session_id, "binary frames are ignored on WCS signalling");
+                    }
+                    None
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                    connection.heard_from();
+                    None
+                }
+                Some(Ok(Message::Close(_))) | None => break,
+                Some(Err(e)) => {
+                    tracing::info!(session = %session_id, error = %e, "WebSocket signalling connection broke");
+                    break;
+                }
+            },
+            outgoing = out_rx.recv() => match outgoing {
+                Some(Outgoing::Text(text)) => Some(text),
+                Some(Outgoing::Ended(id)) => {
+                    connection.ended(id);
+                    None
+                }
+                None => None,
+            },
+            _ = pings.tick() => {
+                let probes = context.config.load().settings.ws_ping_probes;
+                match connection.ping_tick(probes) {
+                    PingTick::Send => Some(protocol::ping()),
+                    PingTick::Close => {
+                        tracing::info!(session = %session_id, probes, "WebSocket signalling connection closed: pings unanswered");
+                        break;
+                    }
+                }
+            }
+        };
+        if let Some(text) = reply
+            && sink.send(Message::Text(text.into())).await.is_err()
+        {
+            break;
+        }
+    }
+    // The connection is gone: every stream it opened ends with it, and nothing of it stays.
+    closing.cancel();
+    for id in connection.stream_ids() {
+        context.registry.stop(id, StopReason::ClientLeft);
+    }
+    let _ = sink.close().await;
+    drop(out_rx);
+    streams.close();
+    streams.wait().await;
+    tracing::info!(session = %session_id, "WebSocket signalling connection closed");
+}
+
+enum Step {
+    Reply(String),
+    Quiet,
+    /// Send this, then close.
+    Close(String),
+}
+
+fn handle(
+    connection: &mut Connection,
+    context: &Arc<Context>,
+    text: &str,
+    peer: SocketAddr,
+    out: &mpsc::UnboundedSender<Outgoing>,
+    streams: &TaskTracker,
+    closing: &CancellationToken,
+) -> Step {
+    let message = match protocol::parse(text) {
+        Ok(message) => message,
+        Err(e) => return Step::Reply(protocol::fail("message", &e.0)),
+    };
+    match message {
+        ClientMessage::Connection {
+            app_key,
+            custom,
+            fields,
+        } => {
+            if connection.app_key.is_some() {
+                return Step::Reply(protocol::fail("connection", "already connected"));
+            }
+            let app_key = app_key.unwrap_or_else(|| "defaultApp".into());
+            if context.config.load().apps.get(&app_key).is_none() {
+                return Step::Close(protocol::fail(
+                    "ConnectionStatusEvent",
+                    &format!("unknown app '{app_key}'"),
+                ));
+            }
+            connection.custom = custom;
+            let reply = protocol::user_data(&connection.session_id, &app_key, &fields);
+            connection.app_key = Some(app_key);
+            Step::Reply(reply)
+        }
+        ClientMessage::Publish(request) => start(
+            connection,
+            context,
+            request,
+            Role::Publish,
+            peer,
+            out,
+            streams,
+            closing,
+        ),
+        ClientMessage::Play(request) => start(
+            connection,
+            context,
+            request,
+            Role::Play,
+            peer,
+            out,
+            streams,
+            closing,
+        ),
+        ClientMessage::Stop { client_id, message } => match connection.own(&client_id) {
+            Some(id) => {
+                // Not live yet (still opening): the SDK asks again until it is.
+                context.sessions.close(id);
+                Step::Quiet
+            }
+            None => Step::Reply(protocol::fail(
+                message,
+                &format!("no stream '{client_id}' on this connection"),
+            )),
+        },
+        ClientMessage::Ping => Step::Reply(protocol::pong()),
+        ClientMessage::Pong => Step::Quiet,
+        ClientMessage::Unknown(name) => {
+            if connection.first_unknown(&name) {
+                tracing::info!(session = %connection.session_id, message = %name, "WCS message not supported; ignored");
+            }
+            Step::Quiet
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn start(
+    connection: &mut Connection,
+    context: &Arc<Context>,
+    request: StreamRequest,
+    role: Role,
+    peer: SocketAddr,
+    out: &mpsc::UnboundedSender<Outgoing>,
+    streams: &TaskTracker,
+    closing: &CancellationToken,
+) -> Step {
+    let published = role == Role::Publish;
+    let id = match connection.begin(&request, published) {
+        Ok(id) => id,
+        // Not routed to the stream by `id`: that id may be another live stream's.
+        Err(refused) => {
+            let method = if published {
+                "publishStream"
+            } else {
+                "playStream"
+            };
+            return Step::Reply(protocol::fail(method, refused.info()));
+        }
+    };
+    let offer = Offer {
+        role,
+        name: request.name.clone(),
+        app_key: connection.app_key.clone(),
+        sdp: request.sdp.clone(),
+        query: connection
+            .custom
+            .iter()
+            .chain(request.custom.iter())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        token: None,
+        remote_ip: peer.ip(),
+        remote_address: peer.to_string(),
+        media_session_id: Some(id),
+        session_id: Some(connection.session_id.clone()),
+    };
+    let stream_fields = stream_object(context, connection, &request, published);
+    streams.spawn(run_stream(
+        context.clone(),
+        offer,
+        request,
+        stream_fields,
+        id,
+        out.clone(),
+        closing.clone(),
+    ));
+    Step::Quiet
+}
+
+/// The server's fields of a stream object, as WCS sends them.
+fn stream_object(
+    context: &Context,
+    connection: &Connection,
+    request: &StreamRequest,
+    published: bool,
+) -> Map<String, Value> {
+    let mut fields = Map::new();
+    fields.insert("nodeId".into(), json!(context.registry.node_id()));
+    fields.insert("appKey".into(), json!(connection.app_key));
+    fields.insert("sessionId".into(), json!(connection.session_id));
+    fields.insert("name".into(), json!(request.name));
+    fields.insert("published".into(), json!(published));
+    fields.insert("mediaProvider".into(), json!("WebRTC"));
+    fields.insert(
+        "mediaType".into(),
+        json!(if published { "publish" } else { "play" }),
+    );
+    fields.insert("audioState".into(), json!({"muted": false}));
+    fields.insert("videoState".into(), json!({"muted": false}));
+    fields
+}
+
+/// One stream of a connection: opens it, sends the answer, then every status until the
+/// final one. If the connection closes while the stream opens, the stream is ended.
+async fn run_stream(
+    context: Arc<Context>,
+    offer: Offer,
+    request: StreamRequest,
+    stream_fields: Map<String, Value>,
+    id: Uuid,
+    out: mpsc::UnboundedSender<Outgoing>,
+    closing: CancellationToken,
+) {
+    let client_id = request.client_id.clone();
+    let answer = match context.sessions.open(offer).await {
+        Ok(answer) => answer,
+        Err(refusal) => {
+            let info = super::refusal_info(&refusal);
+            let _ = out.send(Outgoing::Text(protocol::stream_refused(
+                &client_id,
+                &request.fields,
+                &info,
+            )));
+            let _ = out.send(Outgoing::Ended(id));
+            return;
+        }
+    };
+    if closing.is_cancelled() {
+        context.sessions.close(id);
+    }
+    let Some((timeline, changes)) = context.registry.timeline(answer.id) else {
+        let _ = out.send(Outgoing::Ended(id));
+        return;
+    };
+    let _ = out.send(Outgoing::Text(protocol::remote_sdp(
+        &client_id,
+        &answer.sdp,
+    )));
+    let events = follow(timeline, changes, 0);
+    futures::pin_mut!(events);
+    loop {
+        let next = tokio::select! {
+            event = events.next() => event,
+            _ = closing.cancelled(), if !closing.is_cancelled() => continue,
+            _ = tokio::time::sleep(FINAL_EVENT_WAIT), if closing.is_cancelled() => {
+                tracing::warn!(stream = %id, "no final event after the connection closed");
+                break;
+            }
+        };
+        let Some(event) = next else { break };
+        if event.status == Status::Pending || event.status == Status::New {
+            continue;
+        }
+        let text = protocol::status_event(&client_id, &request.fields, &stream_fields, &event);
+        let _ = out.send(Outgoing::Text(text));
+        if event.status.is_final() {
+            break;
+        }
+    }
+    let _ = out.send(Outgoing::Ended(id));
+}

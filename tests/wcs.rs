@@ -1,0 +1,364 @@
+//! WCS's WebSocket signalling against the running server, with a real WebRTC peer behind
+//! each stream: the SDK's message sequence, streams mixed with WHIP/WHEP, every stop shown
+//! with the model's `info`, REST over WebSocket streams, bad input, unanswered pings, and
+//! 50 connect/publish/play/stop/disconnect cycles that leave nothing behind.
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestServer;
+use serde_json::{Value, json};
+use sluice_client::wcs::WcsConnection;
+use sluice_client::{Client, ClientError, SyntheticMedia};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn ws_url(server: &TestServer) -> String {
+    format!("ws://{}", server.ws.expect("ws listener"))
+}
+
+async fn connect(server: &TestServer) -> WcsConnection {
+    WcsConnection::connect(&ws_url(server), "defaultApp", json!({}))
+        .await
+        .expect("connected")
+}
+
+async fn terminate(server: &TestServer, body: Value) -> (u16, Value) {
+    let response = server
+        .http_client
+        .post(server.url("/rest-api/stream/terminate"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdks_sequence_mixed_with_whip_and_whep() {
+    let server = TestServer::start("");
+    let client = Client::new().unwrap();
+    let publishing = connect(&server).await;
+    let user_data = publishing
+        .wait_for(WAIT, |m| m["message"] == "getUserData")
+        .await
+        .unwrap();
+    assert_eq!(user_data["data"][0]["status"], "ESTABLISHED", "{user_data}");
+    let (publisher, publisher_id) = client
+        .publish_wcs(&publishing, "cam", SyntheticMedia::default())
+        .await
+        .unwrap();
+    let status = publishing
+        .wait_status(&publisher_id, "PUBLISHING", WAIT)
+        .await
+        .expect("PUBLISHING");
+    assert_eq!(status["name"], "cam");
+    assert_eq!(status["appKey"], "defaultApp");
+    // An SDK publisher plays over WHEP.
+    let whep = client.play(&server.url("/whep/cam")).await.unwrap();
+    assert!(whep.wait_packets(10, WAIT).await, "no media over WHEP");
+    // And over the WebSocket, on another connection.
+    let playing = connect(&server).await;
+    let (player, player_id) = client.play_wcs(&playing, "cam").await.unwrap();
+    playing
+        .wait_status(&player_id, "PLAYING", WAIT)
+        .await
+        .expect("PLAYING");
+    assert!(player.wait_packets(10, WAIT).await, "no media over WCS");
+    // The same registry: REST finds the SDK's streams by the SDK's id, with their session.
+    let found = server
+        .http_client
+        .post(server.url("/rest-api/stream/find"))
+        .json(&json!({"mediaSessionId": player_id}))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(found[0]["name"], "cam", "{found}");
+    let session_id = found[0]["sessionId"].as_str().unwrap().to_string();
+    assert!(session_id.starts_with("/127.0.0.1:"), "{found}");
+
+    // A second stream with an id in use is refused with the model's text.
+    let sdp = client.sample_offer().await.unwrap();
+    playing
+        .send(
+            "playStream",
+            json!({"mediaSessionId": player_id, "name": "cam", "sdp": sdp}),
+        )
+        .unwrap();
+    let refused = playing
+        .wait_for(WAIT, |m| m["message"] == "fail")
+        .await
+        .unwrap();
+    assert_eq!(
+        refused["data"][0]["info"], "MediaSessionId is already in use",
+        "{refused}"
+    );
+    // Playing a name nobody publishes: FAILED, "Stream not found".
+    match client.play_wcs(&playing, "nobody").await {
+        Err(ClientError::StreamFailed(info)) => assert_eq!(info, "Stream not found"),
+        other => panic!("played nothing: {:?}", other.map(|(_, id)| id)),
+    }
+
+    // A terminate of the player shows its reason; the publisher's stop shows the model's text.
+    let (status, _) = terminate(
+        &server,
+        json!({"mediaSessionId": player_id, "reason": "seen enough"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let failed = playing
+        .wait_status(&player_id, "FAILED", WAIT)
+        .await
+        .unwrap();
+    assert_eq!(failed["info"], "seen enough", "{failed}");
+    player.close().await;
+    // Resume on the same connection with a new id.
+    let (again, again_id) = client.play_wcs(&playing, "cam").await.unwrap();
+    playing
+        .wait_status(&again_id, "PLAYING", WAIT)
+        .await
+        .unwrap();
+    let (status, _) = terminate(&server, json!({"mediaSessionId": publisher_id})).await;
+    assert_eq!(status, 200);
+    let publisher_failed = publishing
+        .wait_status(&publisher_id, "FAILED", WAIT)
+        .await
+        .unwrap();
+    assert_eq!(publisher_failed["info"], "Stopped by rest /terminate");
+    let orphan = playing
+        .wait_status(&again_id, "FAILED", WAIT)
+        .await
+        .unwrap();
+    assert_eq!(orphan["info"], "Stopped by publisher stop", "{orphan}");
+    assert!(
+        whep.wait_ended(WAIT).await.is_some(),
+        "the WHEP player is told"
+    );
+    again.close().await;
+    publisher.close().await;
+    whep.close().await;
+
+    // A WHIP publisher plays in the SDK's way; the client's own stops get their statuses.
+    let whip = client
+        .publish(&server.url("/whip/desk"), SyntheticMedia::default())
+        .await
+        .unwrap();
+    let (viewer, viewer_id) = client.play_wcs(&playing, "desk").await.unwrap();
+    assert!(viewer.wait_packets(10, WAIT).await, "no media from WHIP");
+    playing.stop(&viewer_id, false).unwrap();
+    playing
+        .wait_status(&viewer_id, "STOPPED", WAIT)
+        .await
+        .expect("STOPPED");
+    viewer.close().await;
+    let (own, own_id) = client
+        .publish_wcs(&publishing, "mine", SyntheticMedia::default())
+        .await
+        .unwrap();
+    publishing
+        .wait_status(&own_id, "PUBLISHING", WAIT)
+        .await
+        .unwrap();
+    publishing.stop(&own_id, true).unwrap();
+    publishing
+        .wait_status(&own_id, "UNPUBLISHED", WAIT)
+        .await
+        .expect("UNPUBLISHED");
+    own.close().await;
+    whip.hang_up().await.unwrap();
+    assert!(
+        server
+            .eventually(WAIT, || async { server.streams().await == 0 })
+            .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_socket_ends_its_streams_and_only_its_own() {
+    let server = TestServer::start("");
+    let client = Client::new().unwrap();
+    let first = connect(&server).await;
+    let (a, a_id) = client
+        .publish_wcs(&first, "a", SyntheticMedia::default())
+        .await
+        .unwrap();
+    first.wait_status(&a_id, "PUBLISHING", WAIT).await.unwrap();
+    let second = connect(&server).await;
+    let (b, b_id) = client
+        .publish_wcs(&second, "b", SyntheticMedia::default())
+        .await
+        .unwrap();
+    second.wait_status(&b_id, "PUBLISHING", WAIT).await.unwrap();
+    let (watcher, watcher_id) = client.play_wcs(&second, "a").await.unwrap();
+    second
+        .wait_status(&watcher_id, "PLAYING", WAIT)
+        .await
+        .unwrap();
+
+    // Another connection's stream cannot be stopped from here.
+    first.stop(&b_id, true).unwrap();
+    let refused = first
+        .wait_for(WAIT, |m| m["message"] == "fail")
+        .await
+        .unwrap();
+    assert!(
+        refused["data"][0]["info"]
+            .as_str()
+            .unwrap()
+            .contains("on this connection"),
+        "{refused}"
+    );
+    // Bad input gets a clear `fail` and changes nothing.
+    for text in [
+        "{".to_string(),
+        r#"{"message":"publishStream","data":[{"name":"x"}]}"#.to_string(),
+        r#"{"message":"playStream","data":"x"}"#.to_string(),
+        r#"{"message":"connection","data":[{}]}"#.to_string(),
+    ] {
+        first.send_text(text.clone()).unwrap();
+    }
+    first.send("whoKnows", json!({})).unwrap();
+    let mut failures = 0;
+    for _ in 0..100 {
+        let messages = first.messages().await;
+        failures = messages.iter().filter(|m| m["message"] == "fail").count();
+        if failures >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // One fail for the stop and each bad message; the unknown message is only logged.
+    assert_eq!(failures, 5, "{:?}", first.messages().await);
+    assert_eq!(server.streams().await, 3, "nothing was touched");
+
+    first.disconnect();
+    let ended = second
+        .wait_status(&watcher_id, "FAILED", WAIT)
+        .await
+        .unwrap();
+    assert_eq!(ended["info"], "Stopped by publisher stop");
+    assert!(
+        server
+            .eventually(WAIT, || async { server.streams().await == 1 })
+            .await,
+        "only the other connection's publisher is left"
+    );
+    a.close().await;
+    watcher.close().await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unanswered_pings_close_the_connection_and_end_its_streams() {
+    let server = TestServer::start("keep_alive.server_interval=200\nkeep_alive.probes=3\n");
+    let client = Client::new().unwrap();
+    let connection = connect(&server).await;
+    let ping = connection
+        .wait_for(WAIT, |m| m["message"] == "ping")
+        .await
+        .expect("the server pings");
+    assert!(ping["data"].is_array());
+    let (publisher, id) = client
+        .publish_wcs(&connection, "quiet", SyntheticMedia::default())
+        .await
+        .unwrap();
+    connection
+        .wait_status(&id, "PUBLISHING", WAIT)
+        .await
+        .unwrap();
+    // Answering, it stays open well past probes × interval.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(!connection.wait_closed(Duration::from_millis(10)).await);
+    connection.answer_pings(false);
+    assert!(
+        connection.wait_closed(Duration::from_secs(5)).await,
+        "not closed after unanswered pings"
+    );
+    assert!(
+        server
+            .eventually(WAIT, || async { server.streams().await == 0 })
+            .await
+    );
+    publisher.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_app_is_refused_and_the_connection_closed() {
+    let server = TestServer::start("");
+    match WcsConnection::connect(&ws_url(&server), "noSuchApp", json!({})).await {
+        Err(ClientError::StreamFailed(info)) => assert!(info.contains("noSuchApp"), "{info}"),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("an unknown app was taken"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_websocket_cycles_leave_nothing_behind() {
+    let server = TestServer::start("");
+    let client = Client::new().unwrap();
+    cycle(&server, &client, 0).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let baseline = server.runtime().await;
+    let (base_tasks, base_fds) = (
+        baseline["aliveTasks"].as_u64().unwrap(),
+        baseline["openFds"].as_u64().unwrap(),
+    );
+    for i in 1..=50 {
+        cycle(&server, &client, i).await;
+    }
+    let settled = server
+        .eventually(Duration::from_secs(15), || async {
+            let now = server.runtime().await;
+            now["streams"] == 0
+                && now["aliveTasks"].as_u64().unwrap() <= base_tasks
+                && now["openFds"].as_u64().unwrap() <= base_fds
+        })
+        .await;
+    let now = server.runtime().await;
+    assert!(settled, "baseline {baseline}, after 50 cycles {now}");
+}
+
+/// Connect, publish, play, stop (each side in turn), disconnect.
+async fn cycle(server: &TestServer, client: &Client, i: usize) {
+    let connection = connect(server).await;
+    let name = format!("loop{}", i % 3);
+    let (publisher, publisher_id) = client
+        .publish_wcs(&connection, &name, SyntheticMedia::default())
+        .await
+        .unwrap_or_else(|e| panic!("cycle {i}: publish: {e}"));
+    let (player, player_id) = client
+        .play_wcs(&connection, &name)
+        .await
+        .unwrap_or_else(|e| panic!("cycle {i}: play: {e}"));
+    assert!(player.wait_packets(5, WAIT).await, "cycle {i}: no media");
+    let live = server.runtime().await;
+    assert_eq!(live["streams"], 2, "cycle {i}: {live}");
+    if i.is_multiple_of(2) {
+        connection.stop(&player_id, false).unwrap();
+        connection
+            .wait_status(&player_id, "STOPPED", WAIT)
+            .await
+            .unwrap_or_else(|| panic!("cycle {i}: not STOPPED"));
+        connection.stop(&publisher_id, true).unwrap();
+        connection
+            .wait_status(&publisher_id, "UNPUBLISHED", WAIT)
+            .await
+            .unwrap_or_else(|| panic!("cycle {i}: not UNPUBLISHED"));
+    }
+    // Odd cycles just hang up with both streams live.
+    connection.disconnect();
+    assert!(connection.wait_closed(WAIT).await, "cycle {i}: not closed");
+    player.close().await;
+    publisher.close().await;
+    assert!(
+        server
+            .eventually(WAIT, || async { server.streams().await == 0 })
+            .await,
+        "cycle {i}: streams left"
+    );
+}
