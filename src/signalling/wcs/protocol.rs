@@ -218,16 +218,22 @@ pub fn stream_refused(client_id: &str, request: &Map<String, Value>, info: &str)
     frame("fail", json!([data]))
 }
 
+/// How keep-alive stops are worded in the registry and the audit trail.
+const KEEP_ALIVE_PREFIX: &str = "keep-alive: ";
+
 /// The `info` the model shows for a stream's status. A stop by the server shows its reason
 /// as it was given (a terminate without one shows the model's default text), with the
 /// retry hint of a hold; every other status keeps the registry's wording.
 pub fn info_of(event: &StatusEvent) -> String {
     match (&event.status, &event.reason) {
         (Status::Failed, Some(reason)) => {
+            // A keep-alive stop shows the web server's (or plugin's) own words: the
+            // `keep-alive: ` the audit trail puts before them is for operators.
+            let reason = reason.strip_prefix(KEEP_ALIVE_PREFIX).unwrap_or(reason);
             let mut info = if reason.is_empty() {
                 "Stopped by rest /terminate".to_string()
             } else {
-                reason.clone()
+                reason.to_string()
             };
             if let Some(Hint::Retry { retry_after_ms }) = event.hint {
                 info.push_str(&format!(
@@ -528,6 +534,13 @@ mod tests {
             }),
         );
         assert_eq!(info_of(&held), "maintenance; retry in 2 s");
+        let refused = event(
+            Status::Failed,
+            "Stopped by server: keep-alive: time is up",
+            Some("keep-alive: time is up"),
+            None,
+        );
+        assert_eq!(info_of(&refused), "time is up");
         let left = event(Status::Stopped, "Stopped by client", None, None);
         assert_eq!(info_of(&left), "Stopped by client");
     }
