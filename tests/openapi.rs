@@ -298,6 +298,8 @@ async fn the_spec_accepts_exactly_the_bodies_the_server_accepts() {
         json!({"published": "yes"}),
         json!({"status": "LIVE"}),
         json!({"mediaSessionId": "not-a-uuid"}),
+        json!({"mediaSessionId": "41c3f621-a847-4639"}),
+        json!({"mediaSessionId": ""}),
         json!({"name": "cam", "reason": "why", "dryRun": true}),
         json!({"all": true, "dryRun": true}),
         json!({"name": "cam", "holdMs": 1000, "dryRun": true}),

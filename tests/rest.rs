@@ -61,7 +61,14 @@ async fn filters_dry_runs_and_the_audit_trail_on_synthetic_streams() {
         "appKey",
         "sessionId",
         "createdDate",
+        "createDate",
         "nodeId",
+        "hasAudio",
+        "hasVideo",
+        "mediaProvider",
+        "mediaType",
+        "audioCodec",
+        "videoCodec",
     ] {
         assert!(
             all[0].get(field).is_some(),

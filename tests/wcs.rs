@@ -81,6 +81,25 @@ async fn the_sdks_sequence_mixed_with_whip_and_whep() {
     assert_eq!(found[0]["name"], "cam", "{found}");
     let session_id = found[0]["sessionId"].as_str().unwrap().to_string();
     assert!(session_id.starts_with("/127.0.0.1:"), "{found}");
+    // The model's stream object, with the model's names.
+    let stream = &found[0];
+    for (field, expected) in [
+        ("mediaProvider", json!("WebRTC")),
+        ("hasVideo", json!(true)),
+        ("hasAudio", json!(true)),
+        ("videoCodec", json!("VP8")),
+        ("audioCodec", json!("opus")),
+        ("mediaType", json!("play")),
+        ("record", json!(false)),
+        ("audioState", json!({"muted": false})),
+    ] {
+        assert_eq!(stream[field], expected, "{field}: {stream}");
+    }
+    assert!(stream["createDate"].as_u64().unwrap() > 0, "{stream}");
+    assert_eq!(stream["nodeId"], "sluice");
+    // An id that names nothing is not malformed: the model's own example gives 404.
+    let (status, _) = terminate(&server, json!({"mediaSessionId": "41c3f621-a847-4639"})).await;
+    assert_eq!(status, 404);
 
     // A second stream with an id in use is refused with the model's text.
     let sdp = client.sample_offer().await.unwrap();

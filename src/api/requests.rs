@@ -38,7 +38,7 @@ pub struct StreamRequest {
 
 /// The fields of find (and terminate), with what each must be.
 const FIND_FIELDS: &[(&str, &str)] = &[
-    ("mediaSessionId", "a mediaSessionId (a UUID string)"),
+    ("mediaSessionId", "a mediaSessionId (a non-empty string)"),
     ("mediaSessionIds", "an array of mediaSessionId strings"),
     ("name", "a string"),
     ("published", "true or false"),
@@ -64,8 +64,8 @@ const MAX_REASON_LEN: usize = 512;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct StreamBody {
-    media_session_id: Option<Uuid>,
-    media_session_ids: Option<BTreeSet<Uuid>>,
+    media_session_id: Option<String>,
+    media_session_ids: Option<BTreeSet<String>>,
     name: Option<String>,
     published: Option<bool>,
     status: Option<Status>,
@@ -125,6 +125,13 @@ fn read<T: DeserializeOwned>(
     })
 }
 
+fn stream_id(id: &str, field: &str) -> Result<Uuid, ApiError> {
+    if id.is_empty() {
+        return Err(bad(Some(field), "a mediaSessionId is a non-empty string"));
+    }
+    Ok(crate::registry::stream_id(id))
+}
+
 impl StreamRequest {
     /// Parses a find or terminate body. Every field is checked: an unknown one (a typo like
     /// `nmae`) is an error, never a silently wider filter.
@@ -141,8 +148,22 @@ impl StreamRequest {
             app_key: body.app_key,
             ..StreamFilter::default()
         };
+        // Ids are opaque strings, as WCS clients choose them: one that names no stream
+        // matches nothing (404), it is not malformed.
+        let one = body
+            .media_session_id
+            .map(|id| stream_id(&id, "mediaSessionId"))
+            .transpose()?;
+        let ids = body
+            .media_session_ids
+            .map(|ids| {
+                ids.iter()
+                    .map(|id| stream_id(id, "mediaSessionIds"))
+                    .collect::<Result<BTreeSet<Uuid>, ApiError>>()
+            })
+            .transpose()?;
         // Both given: a stream must be in both (AND), like every other pair of filters.
-        filter.media_session_ids = match (body.media_session_id, body.media_session_ids) {
+        filter.media_session_ids = match (one, ids) {
             (Some(one), Some(ids)) => Some(ids.into_iter().filter(|id| *id == one).collect()),
             (Some(one), None) => Some(BTreeSet::from([one])),
             (None, ids) => ids,
@@ -298,9 +319,10 @@ mod tests {
             (json!({"nmae": "s"}), Some("nmae")),
             (json!({"published": "yes"}), Some("published")),
             (json!({"status": "LIVE"}), Some("status")),
-            (json!({"mediaSessionId": "abc"}), Some("mediaSessionId")),
+            (json!({"mediaSessionId": ""}), Some("mediaSessionId")),
+            (json!({"mediaSessionId": 5}), Some("mediaSessionId")),
             (json!({"mediaSessionIds": "abc"}), Some("mediaSessionIds")),
-            (json!({"mediaSessionIds": ["abc"]}), Some("mediaSessionIds")),
+            (json!({"mediaSessionIds": [""]}), Some("mediaSessionIds")),
             (json!({"args": {}}), Some("args")),
             (json!({"filter": "f", "args": 3}), Some("args")),
             (json!({"name": 5}), Some("name")),

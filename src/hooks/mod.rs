@@ -88,23 +88,6 @@ pub fn stream_body(record: &StreamRecord, method: &MethodConfig) -> Value {
         Ok(Value::Object(o)) => o,
         _ => Map::new(),
     };
-    body.insert("mediaProvider".into(), Value::String("WebRTC".into()));
-    body.insert(
-        "hasAudio".into(),
-        Value::Bool(
-            record
-                .media_kinds
-                .contains(&crate::registry::MediaKind::Audio),
-        ),
-    );
-    body.insert(
-        "hasVideo".into(),
-        Value::Bool(
-            record
-                .media_kinds
-                .contains(&crate::registry::MediaKind::Video),
-        ),
-    );
     exclude(&mut body, &method.rest_exclude);
     Value::Object(body)
 }

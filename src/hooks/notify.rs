@@ -70,8 +70,10 @@ pub fn spawn(
             let mut body = json!({
                 "nodeId": registry.node_id(),
                 "appKey": event.app_key,
+                "sessionId": event.session_id,
                 "mediaSessionId": event.media_session_id,
                 "name": event.name,
+                "custom": event.custom,
                 "published": event.published,
                 "status": event.status,
                 "info": event.info,

@@ -204,6 +204,7 @@ impl Media {
         new.remote_address = request.remote_address;
         new.media_kinds = kinds(&summary.sending);
         new.custom = request.custom;
+        (new.audio_codec, new.video_codec) = offer::agreed_codecs(&answer);
         new.bearer = request.bearer;
         if let Err(e) = self.register(new, &control) {
             abandon(&pc, &tasks, &cancel).await;
@@ -274,6 +275,7 @@ impl Media {
         new.remote_address = request.remote_address;
         new.media_kinds = kinds(&senders.iter().map(|(r, _, _)| r.kind).collect::<Vec<_>>());
         new.custom = request.custom;
+        (new.audio_codec, new.video_codec) = offer::agreed_codecs(&answer);
         new.bearer = request.bearer;
         // The publisher may have ended while this player negotiated: its relay is dead, and
         // the registry refuses a player of a publisher that is not the one registered.

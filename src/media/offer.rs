@@ -68,9 +68,49 @@ pub fn inspect(sdp: &str) -> Result<OfferSummary, MediaError> {
     Ok(summary)
 }
 
+/// The codec each kind of media was agreed on, read from an answer: the first payload type
+/// of each live section, by its `rtpmap` name (`opus`, `VP8`, `H264`, …).
+pub fn agreed_codecs(answer: &str) -> (Option<String>, Option<String>) {
+    let Ok(parsed) = SessionDescription::unmarshal(&mut Cursor::new(answer.as_bytes())) else {
+        return (None, None);
+    };
+    let (mut audio, mut video) = (None, None);
+    for media in &parsed.media_descriptions {
+        if media.media_name.port.value == 0 {
+            continue;
+        }
+        let Some(first) = media.media_name.formats.first() else {
+            continue;
+        };
+        let codec = media.attributes.iter().find_map(|a| {
+            let value = a.value.as_deref().filter(|_| a.key == "rtpmap")?;
+            let (pt, rest) = value.split_once(' ')?;
+            (pt == first).then(|| rest.split('/').next().unwrap_or(rest).to_string())
+        });
+        match media.media_name.media.as_str() {
+            "audio" if audio.is_none() => audio = codec,
+            "video" if video.is_none() => video = codec,
+            _ => {}
+        }
+    }
+    (audio, video)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_agreed_codecs_are_read_from_an_answer() {
+        let answer = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\nc=IN IP4 0.0.0.0\r\na=rtpmap:111 opus/48000/2\r\na=rtpmap:0 PCMU/8000\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\nc=IN IP4 0.0.0.0\r\na=rtpmap:97 rtx/90000\r\na=rtpmap:96 VP8/90000\r\n";
+        assert_eq!(
+            agreed_codecs(answer),
+            (Some("opus".into()), Some("VP8".into()))
+        );
+        assert_eq!(agreed_codecs("not sdp"), (None, None));
+    }
 
     const HEAD: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n";
 

@@ -58,6 +58,8 @@ impl StreamView {
             media_kinds: self.media,
             custom: self.custom,
             bearer: crate::registry::Bearer::default(),
+            audio_codec: None,
+            video_codec: None,
         }
     }
 }
@@ -67,7 +69,7 @@ pub(super) fn record_of_event(event: &StatusEvent, node_id: &str) -> StreamRecor
     StreamRecord {
         node_id: node_id.to_string(),
         app_key: event.app_key.clone(),
-        session_id: String::new(),
+        session_id: event.session_id.clone(),
         media_session_id: event.media_session_id,
         name: event.name.clone(),
         published: event.published,
@@ -76,8 +78,10 @@ pub(super) fn record_of_event(event: &StatusEvent, node_id: &str) -> StreamRecor
         created_date: now_ms(),
         remote_address: String::new(),
         media_kinds: Vec::new(),
-        custom: BTreeMap::new(),
+        custom: event.custom.clone(),
         bearer: crate::registry::Bearer::default(),
+        audio_codec: None,
+        video_codec: None,
     }
 }
 

@@ -98,6 +98,14 @@ struct Table {
 
 /// Where a stream falls in any periodic interval, as a fraction of 2^64: uniform over the
 /// streams (it mixes the random bits of both halves of a v4 UUID) and fixed for its life.
+/// The registry's id for a client's stream id. Ids are opaque strings to clients (WCS's
+/// SDK picks UUIDs, taken as they are); any other string gets the same name-based UUID
+/// every time, so every protocol and REST find the stream by the client's string.
+pub fn stream_id(client_id: &str) -> Uuid {
+    Uuid::parse_str(client_id)
+        .unwrap_or_else(|_| Uuid::new_v5(&Uuid::NAMESPACE_OID, client_id.as_bytes()))
+}
+
 pub fn phase(id: Uuid) -> u64 {
     let bits = id.as_u128();
     (bits as u64) ^ ((bits >> 64) as u64)

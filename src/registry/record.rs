@@ -154,6 +154,9 @@ pub struct NewStream {
     /// For a player: the publisher it was wired to. It is registered only while that very
     /// publisher is, not a later one that took the name.
     pub publisher_id: Option<Uuid>,
+    /// The codecs agreed on, by name (`opus`, `VP8`, …).
+    pub audio_codec: Option<String>,
+    pub video_codec: Option<String>,
 }
 
 impl NewStream {
@@ -177,13 +180,15 @@ impl NewStream {
             bearer: Bearer::default(),
             media_session_id: None,
             publisher_id: None,
+            audio_codec: None,
+            video_codec: None,
         }
     }
 }
 
-/// One stream as the registry keeps it and the REST API shows it (camelCase, no token).
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
+/// One stream as the registry keeps it. It is shown (REST answers, hook bodies) as the
+/// model's stream object: see [`StreamRecord::serialize`].
+#[derive(Debug, Clone)]
 pub struct StreamRecord {
     pub node_id: String,
     pub app_key: String,
@@ -197,8 +202,90 @@ pub struct StreamRecord {
     pub remote_address: String,
     pub media_kinds: Vec<MediaKind>,
     pub custom: BTreeMap<String, String>,
-    #[serde(skip)]
     pub bearer: Bearer,
+    pub audio_codec: Option<String>,
+    pub video_codec: Option<String>,
+}
+
+/// The model's stream object, with WCS's field names (so back-office scripts written for
+/// WCS read it as they are), plus Sluice's own (`createdDate`, `remoteAddress`,
+/// `mediaKinds`). Never the token.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ModelStream<'a> {
+    node_id: &'a str,
+    app_key: &'a str,
+    session_id: &'a str,
+    media_session_id: Uuid,
+    name: &'a str,
+    published: bool,
+    has_video: bool,
+    has_audio: bool,
+    status: Status,
+    info: &'a str,
+    audio_codec: &'a str,
+    video_codec: &'a str,
+    record: bool,
+    width: u32,
+    height: u32,
+    bitrate: u32,
+    min_bitrate: u32,
+    max_bitrate: u32,
+    quality: u32,
+    create_date: u64,
+    media_type: &'static str,
+    audio_state: Muted,
+    video_state: Muted,
+    media_provider: &'static str,
+    transport: &'static str,
+    cvo_extension: bool,
+    created_date: u64,
+    remote_address: &'a str,
+    media_kinds: &'a [MediaKind],
+    custom: &'a BTreeMap<String, String>,
+}
+
+#[derive(Serialize)]
+struct Muted {
+    muted: bool,
+}
+
+impl Serialize for StreamRecord {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        ModelStream {
+            node_id: &self.node_id,
+            app_key: &self.app_key,
+            session_id: &self.session_id,
+            media_session_id: self.media_session_id,
+            name: &self.name,
+            published: self.published,
+            has_video: self.media_kinds.contains(&MediaKind::Video),
+            has_audio: self.media_kinds.contains(&MediaKind::Audio),
+            status: self.status,
+            info: &self.info,
+            audio_codec: self.audio_codec.as_deref().unwrap_or(""),
+            video_codec: self.video_codec.as_deref().unwrap_or(""),
+            record: false,
+            width: 0,
+            height: 0,
+            bitrate: 0,
+            min_bitrate: 0,
+            max_bitrate: 0,
+            quality: 0,
+            create_date: self.created_date,
+            media_type: if self.published { "publish" } else { "play" },
+            audio_state: Muted { muted: false },
+            video_state: Muted { muted: false },
+            media_provider: "WebRTC",
+            transport: "UDP",
+            cvo_extension: false,
+            created_date: self.created_date,
+            remote_address: &self.remote_address,
+            media_kinds: &self.media_kinds,
+            custom: &self.custom,
+        }
+        .serialize(serializer)
+    }
 }
 
 impl StreamRecord {
@@ -231,6 +318,8 @@ impl StreamRecord {
             media_kinds: new.media_kinds,
             custom: new.custom,
             bearer: new.bearer,
+            audio_codec: new.audio_codec,
+            video_codec: new.video_codec,
         }
     }
 }
@@ -256,11 +345,16 @@ pub struct StatusEvent {
     /// Per stream: 1 for its first event, then +1 for each change, with no gaps.
     pub seq: u64,
     pub media_session_id: Uuid,
+    /// The stream's signalling session (WCS connection or WHIP/WHEP resource).
+    pub session_id: String,
     pub name: String,
     pub app_key: String,
     pub published: bool,
     pub status: Status,
     pub info: String,
+    /// The stream's `custom`, for the status hook's body (not in the status streams).
+    #[serde(skip)]
+    pub custom: BTreeMap<String, String>,
     /// Only on a final event.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hint: Option<Hint>,
@@ -278,11 +372,13 @@ impl StatusEvent {
             hint: None,
             reason: None,
             media_session_id: record.media_session_id,
+            session_id: record.session_id.clone(),
             name: record.name.clone(),
             app_key: record.app_key.clone(),
             published: record.published,
             status: record.status,
             info: record.info.clone(),
+            custom: record.custom.clone(),
         }
     }
 }

@@ -14,12 +14,7 @@ use crate::registry::{Hint, Status, StatusEvent};
 /// connection at once (a page has one or two).
 pub const MAX_STREAMS_PER_CONNECTION: usize = 32;
 
-/// The ids of WCS streams are the client's: the SDK's are UUIDs, taken as they are; any
-/// other string gets the same name-based UUID every time, so REST finds it by that string.
-pub fn stream_id(client_id: &str) -> Uuid {
-    Uuid::parse_str(client_id)
-        .unwrap_or_else(|_| Uuid::new_v5(&Uuid::NAMESPACE_OID, client_id.as_bytes()))
-}
+use crate::registry::stream_id;
 
 /// A stream the client asks for (`publishStream` or `playStream`).
 #[derive(Debug, Clone, PartialEq)]
@@ -495,6 +490,8 @@ mod tests {
             event_id: 1,
             seq: 1,
             media_session_id: Uuid::nil(),
+            session_id: "/c/s".into(),
+            custom: BTreeMap::new(),
             name: "cam".into(),
             app_key: "defaultApp".into(),
             published: false,
