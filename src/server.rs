@@ -124,6 +124,10 @@ async fn wait_for_signal() {
 pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
     let config = ConfigStore::open(options.config_dir.as_deref())?;
     let settings = config.load().settings.clone();
+    let ignored = config.load().ignored_keys.clone();
+    if !ignored.is_empty() {
+        tracing::warn!(keys = ?ignored, "server.properties: settings of WCS that Sluice does not implement are ignored");
+    }
     let registry = Registry::new(settings.node_id.clone());
     let tasks = TaskTracker::new();
     let media = Media::new(config.clone(), registry.clone(), tasks.clone()).await?;

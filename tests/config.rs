@@ -396,3 +396,45 @@ fn check_validates_and_exits_non_zero_on_errors() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("server.properties:1: rest_api_port"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wcs_flashphoner_properties_works_as_it_is() {
+    // What a WCS install has, with Sluice's loopback test settings on top.
+    let wcs = "ip=10.0.0.1\nip_local=10.0.0.1\nws.port=8080\nwss.port=8443\ncodecs=opus,alaw,ulaw,g729,speex16,g722,mpeg4-generic,telephone-event,h264,vp8,flv,mpv\n\
+               keep_alive.server_interval=5000\nkeep_alive.probes=10\nice_tcp_transport=true\nrecord_formats=mp4\n";
+    let server = TestServer::start_with(&format!("{}{wcs}", properties(10_000)), None);
+    let c = config(&server).await;
+    let ignored: Vec<&str> = c["ignoredKeys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ignored,
+        [
+            "codecs",
+            "ice_tcp_transport",
+            "ip",
+            "ip_local",
+            "record_formats"
+        ],
+        "{c}"
+    );
+    assert_eq!(c["settings"]["keep_alive.probes"], "10");
+    // A typo is refused, with the nearest key, and changes nothing.
+    let file = server.dir.path().join("server.properties");
+    let failures = c["failures"].as_u64().unwrap();
+    std::fs::write(
+        &file,
+        format!("{}{wcs}keep_alive.probs=3\n", properties(3000)),
+    )
+    .unwrap();
+    expect_rejected(&server, 10_000, failures, "typo").await;
+    let c = config(&server).await;
+    let message = c["lastError"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("keep_alive.probs: unknown key; did you mean 'keep_alive.probes'?"),
+        "{message}"
+    );
+}

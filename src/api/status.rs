@@ -15,6 +15,8 @@ pub(super) struct ConfigView {
     reloads: u64,
     failures: u64,
     settings: std::collections::BTreeMap<&'static str, String>,
+    /// Keys of WCS's documented settings in the file that Sluice does not implement.
+    ignored_keys: Vec<String>,
     apps: crate::config::Apps,
     /// Each app's web server circuit breaker (apps whose hooks were called).
     breakers: std::collections::BTreeMap<String, crate::hooks::BreakerView>,
@@ -31,6 +33,7 @@ pub(super) async fn config_status(State(state): State<AppState>) -> axum::Json<C
         reloads,
         failures,
         settings: config.settings.as_properties(),
+        ignored_keys: config.ignored_keys.clone(),
         apps: config.apps.clone(),
         breakers: state.hooks.breakers.snapshot(
             crate::hooks::CallLimits::from(&config.settings).breaker,

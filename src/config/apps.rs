@@ -69,11 +69,14 @@ pub struct Apps {
     pub apps: BTreeMap<String, AppConfig>,
 }
 
+/// The app every server has, as in the model, and the one a client that names none uses.
+pub const DEFAULT_APP: &str = "defaultApp";
+
 impl Default for Apps {
     /// A fresh install has `defaultApp`, with no hook and no plugin.
     fn default() -> Self {
         Apps {
-            apps: BTreeMap::from([("defaultApp".to_string(), AppConfig::default())]),
+            apps: BTreeMap::from([(DEFAULT_APP.to_string(), AppConfig::default())]),
         }
     }
 }
@@ -92,14 +95,17 @@ pub const REST_POLICY: &[&str] = &["NOTIFY", "OVERWRITE"];
 pub const OVERWRITABLE: &[&str] = &["custom"];
 
 impl Apps {
+    /// Parses `apps.toml`. `defaultApp` always exists, as in the model: a file that does not
+    /// define it (or defines nothing) still publishes and plays with it.
     pub fn parse(file: &Path, text: &str) -> Result<Apps, ConfigError> {
-        let apps: Apps = Self::parse_toml(file, text)?;
+        let mut apps: Apps = Self::parse_toml(file, text)?;
         apps.validate()
             .map_err(|(path, message)| ConfigError::Syntax {
                 file: file.to_path_buf(),
                 line: line_of_key(text, &path),
                 message,
             })?;
+        apps.apps.entry(DEFAULT_APP.to_string()).or_default();
         Ok(apps)
     }
 
@@ -243,6 +249,21 @@ fn line_at(text: &str, offset: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_app_always_exists() {
+        let file = Path::new("apps.toml");
+        for text in ["", "# nothing yet\n", "[apps.other]\n"] {
+            let apps = Apps::parse(file, text).unwrap();
+            assert!(apps.get("defaultApp").is_some(), "{text:?}");
+        }
+        let apps = Apps::parse(file, "[apps.defaultApp]\nplugin = \"a.lua\"\n").unwrap();
+        assert_eq!(
+            apps.get("defaultApp").unwrap().plugin.as_deref(),
+            Some("a.lua"),
+            "a defined defaultApp is kept as it is"
+        );
+    }
 
     #[test]
     fn apps_with_methods() {

@@ -317,6 +317,12 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(apps.apps.keys().collect::<Vec<_>>(), vec!["liveApp"]);
+        // defaultApp always exists, as in the model: removing it leaves the built-in one,
+        // with no hook and no plugin.
+        assert_eq!(
+            apps.apps.keys().collect::<Vec<_>>(),
+            vec!["defaultApp", "liveApp"]
+        );
+        assert_eq!(apps.apps["defaultApp"], crate::config::AppConfig::default());
     }
 }

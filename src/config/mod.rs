@@ -55,6 +55,9 @@ pub struct Config {
     pub dir: Option<PathBuf>,
     pub settings: Settings,
     pub apps: Apps,
+    /// Keys of the model's documented settings in `server.properties` that Sluice does not
+    /// implement: ignored, and shown so.
+    pub ignored_keys: Vec<String>,
 }
 
 impl Config {
@@ -64,13 +67,14 @@ impl Config {
             dir: None,
             settings: Settings::default(),
             apps: Apps::default(),
+            ignored_keys: Vec::new(),
         }
     }
 
     /// Reads `dir/server.properties` and `dir/apps.toml`; an absent file means defaults.
     pub fn load(dir: &Path) -> Result<Self, ConfigError> {
-        let mut settings = read_optional(&dir.join("server.properties"))?
-            .map(|(path, text)| Settings::parse(&path, &text))
+        let (mut settings, ignored_keys) = read_optional(&dir.join("server.properties"))?
+            .map(|(path, text)| Settings::parse_with_ignored(&path, &text))
             .transpose()?
             .unwrap_or_default();
         if settings.plugin_dir.is_relative() {
@@ -84,6 +88,7 @@ impl Config {
             dir: Some(dir.to_path_buf()),
             settings,
             apps,
+            ignored_keys,
         })
     }
 }

@@ -6,6 +6,7 @@
 
 mod kinds;
 mod table;
+mod wcs;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -167,7 +168,18 @@ impl Settings {
     /// to resolve relative paths. An unknown key is an error: a typo must not silently leave
     /// a default in force.
     pub fn parse(file: &Path, text: &str) -> Result<Settings, ConfigError> {
+        Self::parse_with_ignored(file, text).map(|(settings, _)| settings)
+    }
+
+    /// Parses as [`parse`](Self::parse) does, and returns the keys of the model's documented
+    /// settings that Sluice does not implement (a WCS `flashphoner.properties` as it is):
+    /// they are ignored, not refused.
+    pub fn parse_with_ignored(
+        file: &Path,
+        text: &str,
+    ) -> Result<(Settings, Vec<String>), ConfigError> {
         let mut values = HashMap::new();
+        let mut ignored = Vec::new();
         for line in PropertiesIter::new(text.as_bytes()) {
             let line = line.map_err(|e| ConfigError::Syntax {
                 file: file.to_path_buf(),
@@ -177,11 +189,21 @@ impl Settings {
             let number = line.line_number();
             if let LineContent::KVPair(key, value) = line.consume_content() {
                 if !Settings::is_known(&key) {
+                    if wcs::is_documented(&key) {
+                        ignored.push(key);
+                        continue;
+                    }
+                    let declared = Settings::declarations();
+                    let suggestion = wcs::nearest(&key, declared.iter().map(|d| d.key))
+                        .map(|k| format!("; did you mean '{k}'?"))
+                        .unwrap_or_default();
                     return Err(ConfigError::Value {
                         file: file.to_path_buf(),
                         line: number,
                         key: key.escape_debug().to_string(),
-                        message: "unknown key (see the README for the keys Sluice reads)".into(),
+                        message: format!(
+                            "unknown key{suggestion} (see the README for the keys Sluice reads)"
+                        ),
                     });
                 }
                 values.insert(key, (number, value));
@@ -194,7 +216,9 @@ impl Settings {
         };
         let settings = Settings::read_declared(&reader)?;
         settings.validate(&reader)?;
-        Ok(settings)
+        ignored.sort();
+        ignored.dedup();
+        Ok((settings, ignored))
     }
 
     /// The rules between keys.
@@ -268,7 +292,19 @@ mod tests {
             "/etc/sluice/server.properties:3: rest_api_https_port: 'eighty' is not a port number (1-65535, or 0/empty for off)"
         );
         let err = parse("rest_api_prot=1\n").unwrap_err().to_string();
-        assert!(err.contains(":1: rest_api_prot: unknown key"), "{err}");
+        assert!(
+            err.contains(":1: rest_api_prot: unknown key; did you mean 'rest_api_port'?"),
+            "{err}"
+        );
+        // A WCS flashphoner.properties as it is: what Sluice implements takes effect, the
+        // model's other documented keys are ignored and listed.
+        let (settings, ignored) = Settings::parse_with_ignored(
+            Path::new("flashphoner.properties"),
+            "ip=10.0.0.1\nws.port=9080\ncodecs=opus,vp8\nice_tcp_transport=true\n",
+        )
+        .unwrap();
+        assert_eq!(settings.ws_port, Some(9080));
+        assert_eq!(ignored, ["codecs", "ice_tcp_transport", "ip"]);
         let err = parse("media_port_from=5000\nmedia_port_to=4000\n")
             .unwrap_err()
             .to_string();
