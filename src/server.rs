@@ -187,6 +187,7 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
         }
         let _ = watcher.await;
     });
+    let connections = Arc::new(crate::signalling::wcs::Connections::default());
     let sessions = crate::sessions::Sessions::new(
         media.clone(),
         registry.clone(),
@@ -203,6 +204,7 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
         keepalive: keepalive.clone(),
         policy: policy.clone(),
         sessions: sessions.clone(),
+        connections: connections.clone(),
     };
     let hooks_client = hooks;
     let router = api::router(state);
@@ -288,6 +290,9 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
 
     let signalling = Arc::new(crate::signalling::wcs::Context {
         sessions: sessions.clone(),
+        hooks: hooks_client.clone(),
+        policy: policy.clone(),
+        connections: connections.clone(),
         registry: registry.clone(),
         config: config.clone(),
         tasks: tasks.clone(),

@@ -381,3 +381,222 @@ async fn cycle(server: &TestServer, client: &Client, i: usize) {
         "cycle {i}: streams left"
     );
 }
+
+/// A web server for the connection-level hooks: records every call; `connect` refuses a
+/// client whose `custom.token` is not `letmein`, with the model's `{"status", "reason"}`.
+async fn hook_backend() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>,
+) {
+    use axum::extract::Path;
+    use axum::response::IntoResponse;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let calls = seen.clone();
+    let app = axum::Router::new().route(
+        "/api/{method}",
+        axum::routing::post(
+            move |Path(method): Path<String>, axum::Json(body): axum::Json<Value>| {
+                let calls = calls.clone();
+                async move {
+                    calls.lock().unwrap().push((method.clone(), body.clone()));
+                    if method == "connect" && body["custom"]["token"] != "letmein" {
+                        return (
+                            axum::http::StatusCode::FORBIDDEN,
+                            axum::Json(json!({"status": 403, "reason": "wrong token"})),
+                        )
+                            .into_response();
+                    }
+                    axum::Json(body).into_response()
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/api", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_hooks_and_on_connect_decide_as_the_models_do() {
+    let (url, seen) = hook_backend().await;
+    let methods = [
+        "connect",
+        "ConnectionStatusEvent",
+        "publishStream",
+        "StreamStatusEvent",
+    ]
+    .iter()
+    .map(|m| format!("[apps.guarded.methods.{m}]\n"))
+    .collect::<String>();
+    let server = TestServer::start_with(
+        common::LOOPBACK,
+        Some(&format!("[apps.guarded]\nurl = \"{url}\"\n{methods}")),
+    );
+    let url_ws = ws_url(&server);
+    // The web server refuses: the client gets its reason, and the socket is closed.
+    match WcsConnection::connect(&url_ws, "guarded", json!({"token": "guess"})).await {
+        Err(ClientError::StreamFailed(info)) => assert_eq!(info, "wrong token"),
+        other => panic!("let in: {:?}", other.err()),
+    }
+    // The right token: in, and the hooks get the model's fields.
+    let client = Client::new().unwrap();
+    let connection = WcsConnection::connect(&url_ws, "guarded", json!({"token": "letmein"}))
+        .await
+        .expect("let in");
+    let (publisher, id) = client
+        .publish_wcs(&connection, "guarded-cam", SyntheticMedia::default())
+        .await
+        .unwrap();
+    connection
+        .wait_status(&id, "PUBLISHING", WAIT)
+        .await
+        .unwrap();
+    connection.disconnect();
+    assert!(connection.wait_closed(WAIT).await);
+    publisher.close().await;
+    let calls = || seen.lock().unwrap().clone();
+    assert!(
+        common::until(WAIT, || calls().iter().any(|(m, b)| m
+            == "ConnectionStatusEvent"
+            && b["status"] == "DISCONNECTED"))
+        .await,
+        "{:?}",
+        calls()
+    );
+    let calls = calls();
+    let body = |method: &str, pick: &dyn Fn(&Value) -> bool| {
+        calls
+            .iter()
+            .find(|(m, b)| m == method && pick(b))
+            .map(|(_, b)| b.clone())
+            .unwrap_or_else(|| panic!("no {method} in {calls:?}"))
+    };
+    let connect = body("connect", &|b| b["custom"]["token"] == "letmein");
+    let session_id = connect["sessionId"].as_str().unwrap().to_string();
+    assert_eq!(connect["appKey"], "guarded");
+    assert_eq!(connect["nodeId"], "sluice");
+    assert_eq!(connect["clientVersion"], "2.0");
+    let established = body("ConnectionStatusEvent", &|b| b["status"] == "ESTABLISHED");
+    assert_eq!(established["sessionId"], session_id.as_str());
+    for method in ["publishStream", "StreamStatusEvent"] {
+        let stream = body(method, &|b| b["mediaSessionId"] == id.as_str());
+        assert_eq!(
+            stream["sessionId"],
+            session_id.as_str(),
+            "{method}: {stream}"
+        );
+        assert_eq!(stream["appKey"], "guarded", "{method}: {stream}");
+        assert_eq!(stream["nodeId"], "sluice", "{method}: {stream}");
+        assert_eq!(stream["custom"]["token"], "letmein", "{method}: {stream}");
+    }
+
+    // The app's plugin decides the same way (written under the running server).
+    std::fs::create_dir_all(server.dir.path().join("plugins")).unwrap();
+    std::fs::write(
+        server.dir.path().join("plugins/gate.lua"),
+        "local M = {}\nfunction M.on_connect(c)\n  if c.custom and c.custom.room == 'open' then return 200 end\n  return 403, 'closed room'\nend\nreturn M\n",
+    )
+    .unwrap();
+    std::fs::write(
+        server.dir.path().join("apps.toml"),
+        format!(
+            "[apps.guarded]\nurl = \"{url}\"\n{methods}[apps.scripted]\nplugin = \"gate.lua\"\n"
+        ),
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        match WcsConnection::connect(&url_ws, "scripted", json!({"room": "shut"})).await {
+            Err(ClientError::StreamFailed(info)) if info == "closed room" => break,
+            other => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the plugin did not refuse: {:?}",
+                    other.err()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    WcsConnection::connect(&url_ws, "scripted", json!({"room": "open"}))
+        .await
+        .expect("the plugin lets it in");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_listed_and_stopped_over_rest() {
+    let server = TestServer::start("");
+    let client = Client::new().unwrap();
+    let post = |path: &'static str, body: Value| {
+        let request = server.http_client.post(server.url(path)).json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (status, _) = post("/rest-api/connection/find_all", json!({})).await;
+    assert_eq!(status, 404, "none yet");
+    let first = connect(&server).await;
+    let second = connect(&server).await;
+    let (publisher, id) = client
+        .publish_wcs(&first, "by-connection", SyntheticMedia::default())
+        .await
+        .unwrap();
+    first.wait_status(&id, "PUBLISHING", WAIT).await.unwrap();
+    let (status, all) = post("/rest-api/connection/find_all", json!({})).await;
+    assert_eq!(status, 200);
+    assert_eq!(all.as_array().unwrap().len(), 2, "{all}");
+    assert_eq!(all[0]["appKey"], "defaultApp");
+    assert_eq!(all[0]["clientVersion"], "2.0");
+    // The publisher's connection, by its sessionId as REST shows the stream.
+    let (_, streams) = post("/rest-api/stream/find", json!({"mediaSessionId": id})).await;
+    let session_id = streams[0]["sessionId"].clone();
+    let (status, found) = post(
+        "/rest-api/connection/find",
+        json!({"sessionId": session_id}),
+    )
+    .await;
+    assert_eq!((status, found.as_array().unwrap().len()), (200, 1));
+    for (body, expected) in [
+        (json!({}), 400),
+        (json!({"sessionID": "x"}), 400),
+        (json!({"sessionId": 5}), 400),
+        (json!({"sessionId": "/nobody"}), 404),
+        (json!({"appKey": "otherApp"}), 404),
+    ] {
+        let (status, answer) = post("/rest-api/connection/find", body.clone()).await;
+        assert_eq!(status, expected, "{body}: {answer}");
+    }
+    let (status, stopped) = post(
+        "/rest-api/connection/terminate",
+        json!({"sessionId": session_id}),
+    )
+    .await;
+    assert_eq!((status, stopped.as_array().unwrap().len()), (200, 1));
+    assert!(first.wait_closed(WAIT).await, "the connection is closed");
+    assert!(
+        !second.wait_closed(Duration::from_millis(200)).await,
+        "the other stays"
+    );
+    assert!(
+        server
+            .eventually(WAIT, || async { server.streams().await == 0 })
+            .await,
+        "its stream ended with it"
+    );
+    publisher.close().await;
+    let (status, all) = post("/rest-api/connection/find_all", json!({})).await;
+    assert_eq!((status, all.as_array().map(Vec::len)), (200, Some(1)));
+    let (status, _) = post(
+        "/rest-api/connection/terminate",
+        json!({"appKey": "defaultApp"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(second.wait_closed(WAIT).await);
+}

@@ -5,6 +5,7 @@
 //! auth, metrics and the example pages. One router, served on HTTP and HTTPS.
 
 pub mod auth;
+mod connections;
 pub mod metrics;
 mod pages;
 pub mod requests;
@@ -38,11 +39,14 @@ pub struct AppState {
     pub policy: Arc<crate::policy::PolicyHost>,
     /// The one path from an offer to a stream (WHIP and WHEP go through it).
     pub sessions: Arc<crate::sessions::Sessions>,
+    /// Live WCS signalling connections.
+    pub connections: Arc<crate::signalling::wcs::Connections>,
 }
 
 pub fn router(state: AppState) -> Router {
     let max_sdp = state.config.load().settings.max_sdp_size;
     let rest_api = rest::routes()
+        .merge(connections::routes())
         .route(
             "/rest-api/server/runtime",
             post(status::runtime).get(status::runtime),

@@ -93,7 +93,7 @@ pub async fn not_found() -> ApiError {
 
 /// Reads a JSON body: `415` for another content type, `413` over [`MAX_BODY`], `400` for
 /// malformed JSON. An empty body is `{}`.
-async fn json_body(headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
+pub(super) async fn json_body(headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
     let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -88,6 +88,8 @@ pub const HOOK_METHODS: &[&str] = &[
     "publishStream",
     "playStream",
     "StreamStatusEvent",
+    "connect",
+    "ConnectionStatusEvent",
 ];
 pub const REST_ON_ERROR: &[&str] = &["FAIL", "LOG"];
 pub const REST_POLICY: &[&str] = &["NOTIFY", "OVERWRITE"];

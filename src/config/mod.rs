@@ -9,7 +9,7 @@ mod settings;
 mod store;
 pub mod watch;
 
-pub use apps::{AppConfig, Apps, MethodConfig};
+pub use apps::{AppConfig, Apps, DEFAULT_APP, MethodConfig};
 pub use settings::{Apply, Declaration, MediaPorts, Settings, markdown};
 pub use store::{ConfigStore, FileVersion, PendingRestart, ReloadError, ReloadStatus};
 

@@ -1,5 +1,5 @@
 //! The admission hooks a web back end uses to let a publisher or player in: `publishStream`
-//! and `playStream`. A non-2xx answer rejects the WHIP/WHEP request with `403` and the web
+//! and `playStream` (and, for a WCS signalling connection, `connect`). A non-2xx answer rejects the WHIP/WHEP request with `403` and the web
 //! server's reason; its JSON answer, minus `clientExclude`, is what the client gets. A hook
 //! that gives no answer rejects under `restOnError = FAIL` (`503`) and admits under `LOG`.
 
@@ -39,24 +39,43 @@ pub fn method(publish: bool) -> &'static str {
 /// lists that method; admits when it does not.
 pub async fn admit(client: &HookClient, config: &Config, record: &StreamRecord) -> Admission {
     let method_name = method(record.published);
-    let Some(app) = config.apps.get(&record.app_key) else {
+    let Some(method) = config
+        .apps
+        .get(&record.app_key)
+        .and_then(|app| app.methods.get(method_name))
+    else {
+        return Admission::Admit { custom: None };
+    };
+    let body = stream_body(record, method);
+    ask(client, config, &record.app_key, method_name, body).await
+}
+
+/// Asks the app's `method_name` hook about `body`, if the app lists that method; admits
+/// when it does not. A `4xx` (or any non-2xx) answer refuses, with the answer's reason.
+pub async fn ask(
+    client: &HookClient,
+    config: &Config,
+    app_key: &str,
+    method_name: &str,
+    body: Value,
+) -> Admission {
+    let Some(app) = config.apps.get(app_key) else {
         return Admission::Admit { custom: None };
     };
     let (Some(url), Some(method)) = (app.url.as_deref(), app.methods.get(method_name)) else {
         return Admission::Admit { custom: None };
     };
     let settings = &config.settings;
-    let permit = match client.try_slot(&record.app_key, settings.rest_hook_max_in_flight) {
+    let permit = match client.try_slot(app_key, settings.rest_hook_max_in_flight) {
         Ok(permit) => permit,
         Err(e) => {
-            client.stats.skipped(&record.app_key, method_name, &e);
+            client.stats.skipped(app_key, method_name, &e);
             return failed(method.fails_on_error(), method_name, &e.to_string());
         }
     };
-    let body = stream_body(record, method);
     let answer = client
         .call(
-            &record.app_key,
+            app_key,
             url,
             method_name,
             &body,

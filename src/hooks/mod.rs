@@ -82,6 +82,36 @@ impl HookAnswer {
     }
 }
 
+/// Sends an event hook (`ConnectionStatusEvent`, …) if the app lists the method: the body
+/// minus `restExclude`; the answer is only counted, as the model only logs it.
+pub async fn event(
+    client: &HookClient,
+    config: &crate::config::Config,
+    app_key: &str,
+    method_name: &str,
+    mut body: Map<String, Value>,
+) {
+    let Some(app) = config.apps.get(app_key) else {
+        return;
+    };
+    let (Some(url), Some(method)) = (app.url.as_deref(), app.methods.get(method_name)) else {
+        return;
+    };
+    let Ok(_permit) = client.try_slot(app_key, config.settings.rest_hook_max_in_flight) else {
+        return;
+    };
+    exclude(&mut body, &method.rest_exclude);
+    let _ = client
+        .call(
+            app_key,
+            url,
+            method_name,
+            &Value::Object(body),
+            CallLimits::from(&config.settings),
+        )
+        .await;
+}
+
 /// The JSON body of a hook about one stream, as the model sends it, minus `restExclude`.
 pub fn stream_body(record: &StreamRecord, method: &MethodConfig) -> Value {
     let mut body = match serde_json::to_value(record) {

@@ -70,6 +70,7 @@ pub struct EntryPoints {
     pub on_publish: bool,
     pub on_play: bool,
     pub on_stop: bool,
+    pub on_connect: bool,
     pub filters: Vec<String>,
 }
 
@@ -341,6 +342,22 @@ impl PolicyHost {
             plugin.version,
             std::slice::from_ref(&answer),
         );
+        Some(answer)
+    }
+
+    /// `on_connect(connection)`: `None` when the app's plugin has none (or none is loaded),
+    /// else the code and reason, or the error.
+    pub async fn connect(
+        &self,
+        app: &str,
+        connection: serde_json::Value,
+    ) -> Option<Result<Code, PolicyError>> {
+        let plugin = self.plugin(app).filter(|p| p.entries.on_connect)?;
+        let answer = self
+            .call(app, &plugin, 1, |reply| Job::Connect(connection, reply))
+            .await
+            .and_then(|answer| answer);
+        self.count(app, plugin.version, std::slice::from_ref(&answer));
         Some(answer)
     }
 

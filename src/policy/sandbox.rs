@@ -272,6 +272,15 @@ impl Sandbox {
             .collect()
     }
 
+    /// `on_connect(connection)` → `code[, reason]`: the connection's fields as its web server's
+    /// `connect` hook gets them, read-only.
+    pub fn connect(&self, connection: &serde_json::Value) -> Result<Code, PolicyError> {
+        let f: Function = self.entry("on_connect")?;
+        self.begin();
+        let connection = self.readonly(connection)?;
+        self.code(&f, (connection,))
+    }
+
     /// `on_stop(stream, reason)`: notification.
     pub fn stopped(&self, stream: StreamRecord, reason: &str) -> Result<(), PolicyError> {
         let f: Function = self.entry("on_stop")?;

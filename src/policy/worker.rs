@@ -40,6 +40,11 @@ pub(super) enum Job {
         oneshot::Sender<Result<Code, PolicyError>>,
     ),
     Stopped(StreamRecord, String),
+    /// `on_connect(connection)`: a WCS signalling connection asks to be let in.
+    Connect(
+        serde_json::Value,
+        oneshot::Sender<Result<Code, PolicyError>>,
+    ),
 }
 
 /// What a worker is started from; kept, so that a stuck worker can be started again.
@@ -119,6 +124,7 @@ impl Worker {
                     on_publish: sandbox.has("on_publish"),
                     on_play: sandbox.has("on_play"),
                     on_stop: sandbox.has("on_stop"),
+                    on_connect: sandbox.has("on_connect"),
                     filters: sandbox.filter_names(),
                 };
                 if ready_tx.send(Ok(entries)).is_ok() {
@@ -203,6 +209,10 @@ fn run_job(sandbox: &Sandbox, job: Job, progress: &Progress, epoch: Instant) {
         Job::Admit(view, request, reply) => {
             on_call();
             let _ = reply.send(sandbox.admit(view, &request));
+        }
+        Job::Connect(connection, reply) => {
+            on_call();
+            let _ = reply.send(sandbox.connect(&connection));
         }
         Job::Stopped(view, reason) => {
             on_call();

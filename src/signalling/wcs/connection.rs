@@ -22,6 +22,10 @@ use crate::sessions::{Offer, Role, Sessions};
 /// What one connection's parts share.
 pub struct Context {
     pub sessions: Arc<Sessions>,
+    pub hooks: crate::hooks::HookClient,
+    pub policy: Arc<crate::policy::PolicyHost>,
+    /// The live connections, for the REST API.
+    pub connections: Arc<super::Connections>,
     pub registry: Arc<Registry>,
     pub config: Arc<ConfigStore>,
     /// The server's tasks: every connection is one of them.
@@ -49,19 +53,52 @@ pub async fn serve(socket: WebSocket, context: Arc<Context>, peer: SocketAddr, l
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Outgoing>();
     let streams = TaskTracker::new();
     let closing = CancellationToken::new();
+    // Cancelled by `/rest-api/connection/terminate`.
+    let closed_by_server = CancellationToken::new();
     let interval = context.config.load().settings.ws_ping_interval;
     let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(session = %session_id, "WebSocket signalling connection opened");
+    // The connection's fields as its hooks get them, once it is established.
+    let mut established: Option<Map<String, Value>> = None;
+    // How the connection ended, for its last ConnectionStatusEvent.
+    let mut ending = ("DISCONNECTED", String::new());
     loop {
         let reply = tokio::select! {
             _ = context.stop.cancelled() => break,
+            _ = closed_by_server.cancelled() => {
+                tracing::info!(session = %session_id, "WebSocket signalling connection closed by the REST API");
+                ending = ("FAILED", "Stopped by rest /terminate".into());
+                break;
+            }
             frame = frames.next() => match frame {
                 Some(Ok(Message::Text(text))) => {
                     connection.heard_from();
-                    match handle(&mut connection, &context, text.as_str(), peer, &out_tx, &streams, &closing) {
+                    let mut step = handle(&mut connection, &context, text.as_str(), peer, &out_tx, &streams, &closing);
+                    if let Step::Connect { app_key, fields } = step {
+                        step = tokio::select! {
+                            _ = context.stop.cancelled() => break,
+                            step = admit(&mut connection, &context, app_key, fields, &mut established) => step,
+                        };
+                        if let (Some(fields), Some(app_key)) = (&established, &connection.app_key)
+                            && matches!(step, Step::Reply(_))
+                        {
+                            context.connections.insert(
+                                super::ConnectionView {
+                                    session_id: session_id.clone(),
+                                    app_key: app_key.clone(),
+                                    node_id: context.registry.node_id().to_string(),
+                                    status: "ESTABLISHED",
+                                    create_date: crate::clock::now_ms(),
+                                    client: fields.clone(),
+                                },
+                                closed_by_server.clone(),
+                            );
+                        }
+                    }
+                    match step {
                         Step::Reply(text) => Some(text),
-                        Step::Quiet => None,
+                        Step::Quiet | Step::Connect { .. } => None,
                         Step::Close(text) => {
                             let _ = sink.send(Message::Text(text.into())).await;
                             break;
@@ -81,6 +118,7 @@ pub async fn serve(socket: WebSocket, context: Arc<Context>, peer: SocketAddr, l
                 Some(Ok(Message::Close(_))) | None => break,
                 Some(Err(e)) => {
                     tracing::info!(session = %session_id, error = %e, "WebSocket signalling connection broke");
+                    ending = ("FAILED", format!("connection broke: {e}"));
                     break;
                 }
             },
@@ -98,6 +136,7 @@ pub async fn serve(socket: WebSocket, context: Arc<Context>, peer: SocketAddr, l
                     PingTick::Send => Some(protocol::ping()),
                     PingTick::Close => {
                         tracing::info!(session = %session_id, probes, "WebSocket signalling connection closed: pings unanswered");
+                        ending = ("FAILED", format!("{probes} pings unanswered"));
                         break;
                     }
                 }
@@ -110,6 +149,7 @@ pub async fn serve(socket: WebSocket, context: Arc<Context>, peer: SocketAddr, l
         }
     }
     // The connection is gone: every stream it opened ends with it, and nothing of it stays.
+    context.connections.remove(&session_id);
     closing.cancel();
     for id in connection.stream_ids() {
         context.registry.stop(id, StopReason::ClientLeft);
@@ -118,6 +158,13 @@ pub async fn serve(socket: WebSocket, context: Arc<Context>, peer: SocketAddr, l
     drop(out_rx);
     streams.close();
     streams.wait().await;
+    if let (Some(mut fields), Some(app_key)) = (established, connection.app_key.clone()) {
+        fields.insert("status".into(), json!(ending.0));
+        if !ending.1.is_empty() {
+            fields.insert("info".into(), json!(ending.1));
+        }
+        connection_event(&context, app_key, fields);
+    }
     tracing::info!(session = %session_id, "WebSocket signalling connection closed");
 }
 
@@ -126,6 +173,73 @@ enum Step {
     Quiet,
     /// Send this, then close.
     Close(String),
+    /// A `connection` to admit (which may ask the app's plugin and web server).
+    Connect {
+        app_key: String,
+        fields: Map<String, Value>,
+    },
+}
+
+/// `ConnectionStatusEvent` to the app's web server, in the background (tracked).
+fn connection_event(context: &Arc<Context>, app_key: String, fields: Map<String, Value>) {
+    let (hooks, config) = (context.hooks.clone(), context.config.load());
+    context.tasks.spawn(async move {
+        crate::hooks::event(&hooks, &config, &app_key, "ConnectionStatusEvent", fields).await;
+    });
+}
+
+/// Lets a connection in, as the model does: the app's plugin (`on_connect`), then its web
+/// server (`connect`); a refusal is a `fail` for `ConnectionStatusEvent` with the reason,
+/// then the socket is closed.
+async fn admit(
+    connection: &mut Connection,
+    context: &Arc<Context>,
+    app_key: String,
+    fields: Map<String, Value>,
+    established: &mut Option<Map<String, Value>>,
+) -> Step {
+    let mut body = fields.clone();
+    body.insert("nodeId".into(), json!(context.registry.node_id()));
+    body.insert("appKey".into(), json!(app_key));
+    body.insert("sessionId".into(), json!(connection.session_id));
+    body.insert("status".into(), json!("PENDING"));
+    let refuse = |reason: String| {
+        tracing::info!(session = %connection.session_id, app = %app_key, %reason, "WebSocket signalling connection refused");
+        Step::Close(protocol::fail("ConnectionStatusEvent", &reason))
+    };
+    match context
+        .policy
+        .connect(&app_key, Value::Object(body.clone()))
+        .await
+    {
+        Some(Ok(crate::policy::Code::Code(code, reason))) if !(200..300).contains(&code) => {
+            return refuse(reason.unwrap_or_else(|| format!("refused by policy ({code})")));
+        }
+        Some(Ok(crate::policy::Code::Held(reason, _))) => {
+            return refuse(reason.unwrap_or_else(|| "refused by policy".into()));
+        }
+        Some(Err(e)) => return refuse(format!("connection policy failed: {e}")),
+        _ => {}
+    }
+    let config = context.config.load();
+    let admission = crate::hooks::admission::ask(
+        &context.hooks,
+        &config,
+        &app_key,
+        "connect",
+        Value::Object(body.clone()),
+    )
+    .await;
+    if let crate::hooks::admission::Admission::Reject { reason, .. } = admission {
+        return refuse(reason);
+    }
+    let reply = protocol::user_data(&connection.session_id, &app_key, &fields);
+    connection.app_key = Some(app_key.clone());
+    body.insert("status".into(), json!("ESTABLISHED"));
+    body.insert("authToken".into(), json!(connection.session_id));
+    *established = Some(body.clone());
+    connection_event(context, app_key, body);
+    Step::Reply(reply)
 }
 
 fn handle(
@@ -150,7 +264,7 @@ fn handle(
             if connection.app_key.is_some() {
                 return Step::Reply(protocol::fail("connection", "already connected"));
             }
-            let app_key = app_key.unwrap_or_else(|| "defaultApp".into());
+            let app_key = app_key.unwrap_or_else(|| crate::config::DEFAULT_APP.into());
             if context.config.load().apps.get(&app_key).is_none() {
                 return Step::Close(protocol::fail(
                     "ConnectionStatusEvent",
@@ -158,9 +272,7 @@ fn handle(
                 ));
             }
             connection.custom = custom;
-            let reply = protocol::user_data(&connection.session_id, &app_key, &fields);
-            connection.app_key = Some(app_key);
-            Step::Reply(reply)
+            Step::Connect { app_key, fields }
         }
         ClientMessage::Publish(request) => start(
             connection,

@@ -4,6 +4,7 @@
 //! `connection`.
 
 mod connection;
+mod connections;
 pub mod protocol;
 
 use std::net::SocketAddr;
@@ -14,6 +15,7 @@ use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
 use axum::response::Response;
 
 pub use connection::Context;
+pub use connections::{ConnectionView, Connections};
 
 use crate::media::MediaError;
 use crate::registry::RegistryError;
