@@ -600,3 +600,59 @@ async fn connections_are_listed_and_stopped_over_rest() {
     assert_eq!(status, 200);
     assert!(second.wait_closed(WAIT).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floods_and_oversized_frames_close_only_their_connection() {
+    let server = TestServer::start("");
+    let client = Client::new().unwrap();
+    let bystander = connect(&server).await;
+    let (publisher, id) = client
+        .publish_wcs(&bystander, "bystander", SyntheticMedia::default())
+        .await
+        .unwrap();
+    bystander
+        .wait_status(&id, "PUBLISHING", WAIT)
+        .await
+        .unwrap();
+
+    // A frame over the limit: the connection is closed.
+    let big = connect(&server).await;
+    big.send_text(format!(
+        r#"{{"message":"pushLogs","data":["{}"]}}"#,
+        "x".repeat(2 * 1024 * 1024)
+    ))
+    .unwrap();
+    assert!(big.wait_closed(WAIT).await, "an oversized frame is refused");
+
+    // A flood of messages: told why, then closed.
+    let flood = connect(&server).await;
+    for _ in 0..1000 {
+        if flood.send("ping", json!(null)).is_err() {
+            break;
+        }
+    }
+    assert!(
+        flood.wait_closed(WAIT).await,
+        "a flood closes the connection"
+    );
+    let told = flood.messages().await.into_iter().any(|m| {
+        m["message"] == "fail"
+            && m["data"][0]["info"]
+                .as_str()
+                .is_some_and(|i| i.contains("messages a second"))
+    });
+    assert!(told, "the flood is told why");
+
+    // The other connection and its stream are untouched.
+    assert!(!bystander.wait_closed(Duration::from_millis(200)).await);
+    assert_eq!(server.streams().await, 1);
+    let viewer = client.play(&server.url("/whep/bystander")).await.unwrap();
+    assert!(viewer.wait_packets(10, WAIT).await, "its media still flows");
+    viewer.hang_up().await.unwrap();
+    bystander.stop(&id, true).unwrap();
+    bystander
+        .wait_status(&id, "UNPUBLISHED", WAIT)
+        .await
+        .unwrap();
+    publisher.close().await;
+}

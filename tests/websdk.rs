@@ -74,14 +74,15 @@ async fn streaming_html_connects_publishes_plays_and_unpublishes() {
     }
     let server = TestServer::start("rest_api_https_port=0\n");
     let pages = serve_sdk().await;
-    let page = Browser::start().await;
+    // Over wss, with the server's self-signed certificate (the one HTTPS would use).
+    let page = Browser::start_with(&["--ignore-certificate-errors"]).await;
     page.page()
         .goto(&format!("http://{pages}/examples/min/streaming.html"))
         .await
         .unwrap();
-    let ws = server.ws.expect("ws");
+    let wss = server.wss.expect("wss");
     page.js(&format!(
-        "document.getElementById('urlServer').value = 'ws://{ws}'; document.getElementById('streamName').value = 'sdkcam'; return 0;"
+        "document.getElementById('urlServer').value = 'wss://{wss}'; document.getElementById('streamName').value = 'sdkcam'; return 0;"
     ))
     .await;
     page.click("connect").await;

@@ -71,6 +71,11 @@ pub fn browser_test_runs(test: &str) -> bool {
 
 impl Browser {
     pub async fn start() -> Browser {
+        Self::start_with(&[]).await
+    }
+
+    /// A browser with `extra` command-line switches.
+    pub async fn start_with(extra: &[&str]) -> Browser {
         assert!(
             missing_programs().is_empty(),
             "the browser test needs {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)"
@@ -110,6 +115,7 @@ impl Browser {
             "--window-size=720,900",
             &format!("--user-data-dir={}", profile.path().display()),
         ];
+        let args: Vec<&str> = args.iter().copied().chain(extra.iter().copied()).collect();
         let mut capabilities = serde_json::Map::new();
         capabilities.insert("browserName".into(), json!("chrome"));
         capabilities.insert(

@@ -34,6 +34,13 @@ pub struct Context {
     pub stop: CancellationToken,
 }
 
+/// Messages a connection may send per second (bursts of twice that): the SDK sends a
+/// handful a minute; a client past this is closed.
+const MESSAGES_PER_SECOND: u32 = 100;
+
+/// How long a closing connection waits for the client's side of the close handshake.
+const CLOSE_HANDSHAKE: Duration = Duration::from_secs(1);
+
 /// How long a stream's task may wait for its final event once its connection has closed.
 const FINAL_EVENT_WAIT: Duration = Duration::from_secs(10);
 
@@ -56,6 +63,14 @@ pub async fn serve(socket: WebSocket, context: Arc<Context>, peer: SocketAddr, l
     // Cancelled by `/rest-api/connection/terminate`.
     let closed_by_server = CancellationToken::new();
     let interval = context.config.load().settings.ws_ping_interval;
+    let flood = governor::RateLimiter::direct(
+        governor::Quota::per_second(
+            std::num::NonZeroU32::new(MESSAGES_PER_SECOND).unwrap_or(std::num::NonZeroU32::MIN),
+        )
+        .allow_burst(
+            std::num::NonZeroU32::new(2 * MESSAGES_PER_SECOND).unwrap_or(std::num::NonZeroU32::MIN),
+        ),
+    );
     let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(session = %session_id, "WebSocket signalling connection opened");
@@ -74,6 +89,13 @@ pub async fn serve(socket: WebSocket, context: Arc<Context>, peer: SocketAddr, l
             frame = frames.next() => match frame {
                 Some(Ok(Message::Text(text))) => {
                     connection.heard_from();
+                    if flood.check().is_err() {
+                        tracing::info!(session = %session_id, "WebSocket signalling connection closed: a flood of messages");
+                        let fail = protocol::fail("message", &format!("more than {MESSAGES_PER_SECOND} messages a second: the connection is closed"));
+                        let _ = sink.send(Message::Text(fail.into())).await;
+                        ending = ("FAILED", "message flood".into());
+                        break;
+                    }
                     let mut step = handle(&mut connection, &context, text.as_str(), peer, &out_tx, &streams, &closing);
                     if let Step::Connect { app_key, fields } = step {
                         step = tokio::select! {
@@ -155,6 +177,16 @@ pub async fn serve(socket: WebSocket, context: Arc<Context>, peer: SocketAddr, l
         context.registry.stop(id, StopReason::ClientLeft);
     }
     let _ = sink.close().await;
+    // The close handshake: read (and drop) what the client still sends until its Close, so
+    // that our last message is not lost to a reset of a socket closed with unread data.
+    let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
+        while let Some(Ok(frame)) = frames.next().await {
+            if matches!(frame, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
     drop(out_rx);
     streams.close();
     streams.wait().await;
