@@ -308,7 +308,10 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
         ws_addr = Some(local);
         let handle = axum_server::Handle::new();
         listener_handles.push(handle.clone());
-        let mut server = axum_server::from_tcp(listener)?.handle(handle);
+        // Signalling is small messages in both directions: no Nagle delay on them.
+        let mut server = axum_server::from_tcp(listener)?
+            .acceptor(axum_server::accept::NoDelayAcceptor::new())
+            .handle(handle);
         limit_connections(server.http_builder(), &settings);
         let app = crate::signalling::wcs::router(signalling.clone(), local)
             .into_make_service_with_connect_info::<SocketAddr>();
@@ -327,7 +330,11 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
         wss_addr = Some(local);
         let handle = axum_server::Handle::new();
         listener_handles.push(handle.clone());
-        let mut server = axum_server::from_tcp_rustls(listener, tls)?.handle(handle);
+        let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
+            .acceptor(axum_server::accept::NoDelayAcceptor::new());
+        let mut server = axum_server::from_tcp(listener)?
+            .acceptor(acceptor)
+            .handle(handle);
         limit_connections(server.http_builder(), &settings);
         let app = crate::signalling::wcs::router(signalling, local)
             .into_make_service_with_connect_info::<SocketAddr>();

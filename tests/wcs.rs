@@ -656,3 +656,42 @@ async fn floods_and_oversized_frames_close_only_their_connection() {
         .unwrap();
     publisher.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_shows_its_reason_and_retry_hint_and_refuses_the_return() {
+    let server = TestServer::start("");
+    let client = Client::new().unwrap();
+    let connection = connect(&server).await;
+    let (publisher, id) = client
+        .publish_wcs(&connection, "held", SyntheticMedia::default())
+        .await
+        .unwrap();
+    connection
+        .wait_status(&id, "PUBLISHING", WAIT)
+        .await
+        .unwrap();
+    let (status, _) = terminate(
+        &server,
+        json!({"name": "held", "published": true, "reason": "maintenance", "holdMs": 60_000}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let failed = connection.wait_status(&id, "FAILED", WAIT).await.unwrap();
+    let info = failed["info"].as_str().unwrap();
+    assert!(
+        info.starts_with("maintenance; retry in ") && info.ends_with(" s"),
+        "{info}"
+    );
+    publisher.close().await;
+    // Publishing again on the same connection is refused by the hold, with its reason.
+    match client
+        .publish_wcs(&connection, "held", SyntheticMedia::default())
+        .await
+    {
+        Err(ClientError::StreamFailed(info)) => {
+            assert!(info.starts_with("maintenance; retry in "), "{info}")
+        }
+        other => panic!("the hold let it in: {:?}", other.map(|(_, id)| id)),
+    }
+    assert_eq!(server.streams().await, 0);
+}
