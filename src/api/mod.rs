@@ -6,6 +6,7 @@
 
 pub mod auth;
 mod connections;
+mod cors;
 pub mod metrics;
 mod pages;
 pub mod requests;
@@ -69,23 +70,44 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::require_token,
         ));
-    let rest_api = with_body_rules(rest_api, &state, rest::MAX_BODY)
-        // tower-http answers a declared length over the limit itself, in plain text; the
-        // REST API answers every error in JSON.
-        .layer(axum::middleware::map_response(rest_error_as_json));
+    let rest_api = cors::layer(
+        with_body_rules(rest_api, &state, rest::MAX_BODY),
+        &state,
+        cors::Origins::RestApi,
+    )
+    // tower-http answers a declared length over the limit itself, in plain text; the
+    // REST API answers every error in JSON.
+    .layer(axum::middleware::map_response(rest_error_as_json));
     Router::new()
-        .merge(with_body_rules(whip::routes(), &state, max_sdp))
-        .merge(with_body_rules(
-            Router::new()
-                .route(
-                    "/session/{id}",
-                    axum::routing::delete(session::delete_session),
-                )
-                .route("/session/{id}/events", get(session::session_events))
-                .merge(pages::routes()),
+        .merge(
+            cors::layer(
+                with_body_rules(whip::routes(), &state, max_sdp),
+                &state,
+                cors::Origins::Media,
+            )
+            // RFC 9725: the endpoint says what it accepts, on OPTIONS and preflights too.
+            .layer(
+                tower_http::set_header::SetResponseHeaderLayer::if_not_present(
+                    axum::http::HeaderName::from_static("accept-post"),
+                    HeaderValue::from_static("application/sdp"),
+                ),
+            ),
+        )
+        .merge(cors::layer(
+            with_body_rules(
+                Router::new()
+                    .route(
+                        "/session/{id}",
+                        axum::routing::delete(session::delete_session),
+                    )
+                    .route("/session/{id}/events", get(session::session_events)),
+                &state,
+                0,
+            ),
             &state,
-            0,
+            cors::Origins::Media,
         ))
+        .merge(with_body_rules(pages::routes(), &state, 0))
         .merge(rest_api)
         .with_state(state)
 }

@@ -23,6 +23,7 @@ const SSE_REL: &str = "urn:ietf:params:whep:ext:core:server-sent-events";
 
 pub fn routes() -> Router<AppState> {
     Router::new()
+        // `OPTIONS` (RFC 9725 §4.2), preflight or not, is answered by the CORS layer.
         .route("/whip/{name}", post(publish))
         .route("/whep/{name}", post(play))
 }

@@ -54,6 +54,10 @@ declare_settings! {
         "the server pings every WebSocket signalling connection this often";
     ws_ping_probes as "keep_alive.probes": u32 = 10, Count { min: 1, what: "a count from 1" }, Hot,
         "a WebSocket connection that leaves this many pings in a row unanswered is closed, and its streams end";
+    cors_allowed_origins: Vec<String> = vec!["*".into()], List { secret: false }, Hot,
+        "origins (`https://site.example`) whose pages may call WHIP, WHEP and the session resources from a browser (CORS); `*` allows any";
+    rest_api_cors_allowed_origins: Vec<String> = Vec::new(), List { secret: false }, Hot,
+        "origins whose pages may call `/rest-api/` from a browser; empty keeps the REST API same-origin";
     media_port_from: u16 = 31001, Port, Restart,
         "first UDP port for media, one socket per session; `0` with `media_port_to=0` lets the OS choose";
     media_port_to: u16 = 32000, Port, Restart,
