@@ -24,6 +24,23 @@ async fn connect(server: &TestServer) -> WcsConnection {
         .expect("connected")
 }
 
+/// Publishes `name` over `connection` and waits for `PUBLISHING`.
+async fn publish_live(
+    client: &Client,
+    connection: &WcsConnection,
+    name: &str,
+) -> (sluice_client::ClientSession, String) {
+    let (session, id) = client
+        .publish_wcs(connection, name, SyntheticMedia::default())
+        .await
+        .unwrap_or_else(|e| panic!("publish {name}: {e}"));
+    connection
+        .wait_status(&id, "PUBLISHING", WAIT)
+        .await
+        .unwrap_or_else(|| panic!("{name}: no PUBLISHING"));
+    (session, id)
+}
+
 async fn terminate(server: &TestServer, body: Value) -> (u16, Value) {
     let response = server
         .http_client
@@ -175,14 +192,7 @@ async fn the_sdks_sequence_mixed_with_whip_and_whep() {
         .await
         .expect("STOPPED");
     viewer.close().await;
-    let (own, own_id) = client
-        .publish_wcs(&publishing, "mine", SyntheticMedia::default())
-        .await
-        .unwrap();
-    publishing
-        .wait_status(&own_id, "PUBLISHING", WAIT)
-        .await
-        .unwrap();
+    let (own, own_id) = publish_live(&client, &publishing, "mine").await;
     publishing.stop(&own_id, true).unwrap();
     publishing
         .wait_status(&own_id, "UNPUBLISHED", WAIT)
@@ -282,14 +292,7 @@ async fn unanswered_pings_close_the_connection_and_end_its_streams() {
         .await
         .expect("the server pings");
     assert!(ping["data"].is_array());
-    let (publisher, id) = client
-        .publish_wcs(&connection, "quiet", SyntheticMedia::default())
-        .await
-        .unwrap();
-    connection
-        .wait_status(&id, "PUBLISHING", WAIT)
-        .await
-        .unwrap();
+    let (publisher, _) = publish_live(&client, &connection, "quiet").await;
     // Answering, it stays open well past probes × interval.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert!(!connection.wait_closed(Duration::from_millis(10)).await);
@@ -444,14 +447,7 @@ async fn connection_hooks_and_on_connect_decide_as_the_models_do() {
     let connection = WcsConnection::connect(&url_ws, "guarded", json!({"token": "letmein"}))
         .await
         .expect("let in");
-    let (publisher, id) = client
-        .publish_wcs(&connection, "guarded-cam", SyntheticMedia::default())
-        .await
-        .unwrap();
-    connection
-        .wait_status(&id, "PUBLISHING", WAIT)
-        .await
-        .unwrap();
+    let (publisher, id) = publish_live(&client, &connection, "guarded-cam").await;
     connection.disconnect();
     assert!(connection.wait_closed(WAIT).await);
     publisher.close().await;
@@ -606,14 +602,7 @@ async fn floods_and_oversized_frames_close_only_their_connection() {
     let server = TestServer::start("");
     let client = Client::new().unwrap();
     let bystander = connect(&server).await;
-    let (publisher, id) = client
-        .publish_wcs(&bystander, "bystander", SyntheticMedia::default())
-        .await
-        .unwrap();
-    bystander
-        .wait_status(&id, "PUBLISHING", WAIT)
-        .await
-        .unwrap();
+    let (publisher, id) = publish_live(&client, &bystander, "bystander").await;
 
     // A frame over the limit: the connection is closed.
     let big = connect(&server).await;
@@ -662,14 +651,7 @@ async fn a_hold_shows_its_reason_and_retry_hint_and_refuses_the_return() {
     let server = TestServer::start("");
     let client = Client::new().unwrap();
     let connection = connect(&server).await;
-    let (publisher, id) = client
-        .publish_wcs(&connection, "held", SyntheticMedia::default())
-        .await
-        .unwrap();
-    connection
-        .wait_status(&id, "PUBLISHING", WAIT)
-        .await
-        .unwrap();
+    let (publisher, id) = publish_live(&client, &connection, "held").await;
     let (status, _) = terminate(
         &server,
         json!({"name": "held", "published": true, "reason": "maintenance", "holdMs": 60_000}),
