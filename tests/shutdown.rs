@@ -56,7 +56,18 @@ async fn sigterm_under_twenty_streams_tells_every_client_why_and_flushes_the_hoo
         assert!(player.wait_packets(3, Duration::from_secs(10)).await);
         sessions.push(player);
     }
-    assert_eq!(server.streams().await, 20);
+    // And a publisher and its player over WCS signalling, on one connection.
+    let wcs = sluice_client::wcs::WcsConnection::connect(
+        &format!("ws://{}", server.ws.expect("ws")),
+        "defaultApp",
+        serde_json::json!({}),
+    )
+    .await
+    .unwrap();
+    let (wcs_publisher, wcs_publisher_id) = client.publish_wcs(&wcs, "wcam", media).await.unwrap();
+    let (wcs_player, wcs_player_id) = client.play_wcs(&wcs, "wcam").await.unwrap();
+    assert!(wcs_player.wait_packets(3, Duration::from_secs(10)).await);
+    assert_eq!(server.streams().await, 22);
     let mut readers = tokio::task::JoinSet::new();
     for session in &sessions {
         let events = session.links.events.clone().expect("a status stream link");
@@ -103,13 +114,31 @@ async fn sigterm_under_twenty_streams_tells_every_client_why_and_flushes_the_hoo
         told += 1;
     }
     assert_eq!(told, 20);
+    // The WebSocket clients are told too, before their connection closes. The player may
+    // be told by its publisher's end first, which is as true.
+    for (id, texts) in [
+        (&wcs_publisher_id, &["Server shutdown"][..]),
+        (
+            &wcs_player_id,
+            &["Server shutdown", "Stopped by publisher stop"][..],
+        ),
+    ] {
+        let last = wcs
+            .wait_status(id, "FAILED", Duration::from_secs(2))
+            .await
+            .unwrap_or_else(|| panic!("{id}: no FAILED before the close"));
+        let info = last["info"].as_str().unwrap_or("");
+        assert!(texts.iter().any(|t| info.contains(t)), "{last}");
+    }
+    wcs_publisher.close().await;
+    wcs_player.close().await;
     let seen = seen.lock().unwrap().clone();
     let finals = seen
         .iter()
         .filter(|b| b["final"] == true)
         .filter(|b| b["info"].as_str().unwrap_or("").contains("Server shutdown"))
         .count();
-    assert_eq!(finals, 20, "final status events delivered: {seen:?}");
+    assert_eq!(finals, 22, "final status events delivered: {seen:?}");
     eprintln!("shutdown under 20 streams took {took:?}");
     for session in &sessions {
         session.close().await;

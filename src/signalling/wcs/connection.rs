@@ -176,6 +176,33 @@ pub async fn serve(socket: WebSocket, context: Arc<Context>, peer: SocketAddr, l
     for id in connection.stream_ids() {
         context.registry.stop(id, StopReason::ClientLeft);
     }
+    // Each stream's last words (at a shutdown, its `FAILED` with the reason) go out before
+    // the close: its task is followed until it has ended.
+    streams.close();
+    let _ = tokio::time::timeout(FINAL_EVENT_WAIT, async {
+        loop {
+            tokio::select! {
+                outgoing = out_rx.recv() => match outgoing {
+                    Some(Outgoing::Text(text)) => {
+                        if sink.send(Message::Text(text.into())).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(Outgoing::Ended(_)) => {}
+                    None => break,
+                },
+                _ = streams.wait() => break,
+            }
+        }
+    })
+    .await;
+    while let Ok(outgoing) = out_rx.try_recv() {
+        if let Outgoing::Text(text) = outgoing
+            && sink.send(Message::Text(text.into())).await.is_err()
+        {
+            break;
+        }
+    }
     let _ = sink.close().await;
     // The close handshake: read (and drop) what the client still sends until its Close, so
     // that our last message is not lost to a reset of a socket closed with unread data.
@@ -188,7 +215,6 @@ pub async fn serve(socket: WebSocket, context: Arc<Context>, peer: SocketAddr, l
     })
     .await;
     drop(out_rx);
-    streams.close();
     streams.wait().await;
     if let (Some(mut fields), Some(app_key)) = (established, connection.app_key.clone()) {
         fields.insert("status".into(), json!(ending.0));
