@@ -34,15 +34,8 @@ async fn publish_and_play_in_chromium_with_server_side_stops() {
     let player = Browser::start().await;
 
     publisher
-        .page()
-        .goto(&server.url("/publish.html"))
-        .await
-        .unwrap();
-    publisher
-        .js("document.getElementById('name').value = 'browser'; return 0;")
+        .publish_with_page(&server.url("/publish.html"), "browser")
         .await;
-    publisher.click("start").await;
-    publisher.wait_status("PUBLISHING").await;
     publisher.screenshot("1-publisher-publishing").await;
 
     player

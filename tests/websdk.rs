@@ -208,15 +208,8 @@ async fn player_html_shows_server_side_stops_and_plays_again() {
     // The project's own WHIP page publishes Chromium's camera; the SDK's player plays it.
     let publisher = Browser::start().await;
     publisher
-        .page()
-        .goto(&server.url("/publish.html"))
-        .await
-        .unwrap();
-    publisher
-        .js("document.getElementById('name').value = 'sdkplay'; return 0;")
+        .publish_with_page(&server.url("/publish.html"), "sdkplay")
         .await;
-    publisher.click("start").await;
-    publisher.wait_status("PUBLISHING").await;
     let page = Browser::start().await;
     page.page()
         .goto(&format!(

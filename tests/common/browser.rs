@@ -218,6 +218,18 @@ impl Browser {
         }
     }
 
+    /// Opens Sluice's own publish page at `url` and publishes the fake camera as `name`,
+    /// until the page says `PUBLISHING`.
+    pub async fn publish_with_page(&self, url: &str, name: &str) {
+        self.page().goto(url).await.unwrap();
+        self.js(&format!(
+            "document.getElementById('name').value = {name:?}; return 0;"
+        ))
+        .await;
+        self.click("start").await;
+        self.wait_status("PUBLISHING").await;
+    }
+
     pub async fn click(&self, id: &str) {
         self.page()
             .find(Locator::Id(id))
