@@ -73,18 +73,15 @@ pub fn layer(routes: Router<AppState>, state: &AppState, origins: Origins) -> Ro
     routes
         .layer(cors)
         .layer(axum::middleware::from_fn_with_state(
-            (state.config.clone(), OriginsState(origins)),
+            (state.config.clone(), origins),
             refuse_forbidden_preflight,
         ))
 }
 
-#[derive(Clone, Copy)]
-struct OriginsState(Origins);
-
 /// A preflight from an origin that is not allowed gets a `403` saying so (the CORS layer
 /// would answer it without the headers, which a browser reports only as a network error).
 async fn refuse_forbidden_preflight(
-    State((config, OriginsState(origins))): State<(Arc<ConfigStore>, OriginsState)>,
+    State((config, origins)): State<(Arc<ConfigStore>, Origins)>,
     request: Request,
     next: Next,
 ) -> Response {

@@ -59,10 +59,7 @@ pub async fn ask(
     method_name: &str,
     body: Value,
 ) -> Admission {
-    let Some(app) = config.apps.get(app_key) else {
-        return Admission::Admit { custom: None };
-    };
-    let (Some(url), Some(method)) = (app.url.as_deref(), app.methods.get(method_name)) else {
+    let Some((url, method)) = super::hook_of(config, app_key, method_name) else {
         return Admission::Admit { custom: None };
     };
     let settings = &config.settings;

@@ -82,6 +82,16 @@ impl HookAnswer {
     }
 }
 
+/// The app's web server URL and the method's config, when the app lists that method.
+pub fn hook_of<'a>(
+    config: &'a crate::config::Config,
+    app_key: &str,
+    method_name: &str,
+) -> Option<(&'a str, &'a MethodConfig)> {
+    let app = config.apps.get(app_key)?;
+    Some((app.url.as_deref()?, app.methods.get(method_name)?))
+}
+
 /// Sends an event hook (`ConnectionStatusEvent`, …) if the app lists the method: the body
 /// minus `restExclude`; the answer is only counted, as the model only logs it.
 pub async fn event(
@@ -91,14 +101,12 @@ pub async fn event(
     method_name: &str,
     mut body: Map<String, Value>,
 ) {
-    let Some(app) = config.apps.get(app_key) else {
+    let Some((url, method)) = hook_of(config, app_key, method_name) else {
         return;
     };
-    let (Some(url), Some(method)) = (app.url.as_deref(), app.methods.get(method_name)) else {
-        return;
-    };
-    let Ok(_permit) = client.try_slot(app_key, config.settings.rest_hook_max_in_flight) else {
-        return;
+    let _permit = match client.try_slot(app_key, config.settings.rest_hook_max_in_flight) {
+        Ok(permit) => permit,
+        Err(e) => return client.stats.skipped(app_key, method_name, &e),
     };
     exclude(&mut body, &method.rest_exclude);
     let _ = client

@@ -386,7 +386,7 @@ fn start(
     closing: &CancellationToken,
 ) -> Step {
     let published = role == Role::Publish;
-    let id = match connection.begin(&request, published) {
+    let id = match connection.begin(&request) {
         Ok(id) => id,
         // Not routed to the stream by `id`: that id may be another live stream's.
         Err(refused) => {

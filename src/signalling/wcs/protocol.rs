@@ -3,7 +3,7 @@
 //! of one connection (its app, its streams, its unanswered pings). Every rule of the
 //! protocol that can be decided without I/O is decided here, so it is tested here.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
@@ -267,13 +267,6 @@ pub enum PingTick {
     Close,
 }
 
-/// A stream of this connection.
-#[derive(Debug, Clone)]
-pub struct Local {
-    pub client_id: String,
-    pub published: bool,
-}
-
 /// The state of one signalling connection.
 #[derive(Debug)]
 pub struct Connection {
@@ -281,7 +274,8 @@ pub struct Connection {
     /// Set by `connection`; until then no stream can be asked for.
     pub app_key: Option<String>,
     pub custom: BTreeMap<String, String>,
-    streams: HashMap<Uuid, Local>,
+    /// The streams it opened (or is opening), by the registry's id.
+    streams: HashSet<Uuid>,
     unanswered_pings: u32,
     unknown_seen: HashSet<String>,
 }
@@ -310,7 +304,7 @@ impl Connection {
             session_id,
             app_key: None,
             custom: BTreeMap::new(),
-            streams: HashMap::new(),
+            streams: HashSet::new(),
             unanswered_pings: 0,
             unknown_seen: HashSet::new(),
         }
@@ -335,31 +329,25 @@ impl Connection {
     }
 
     /// Takes a stream request of this connection, or says why not.
-    pub fn begin(&mut self, request: &StreamRequest, published: bool) -> Result<Uuid, Refused> {
+    pub fn begin(&mut self, request: &StreamRequest) -> Result<Uuid, Refused> {
         if self.app_key.is_none() {
             return Err(Refused::NotConnected);
         }
         let id = stream_id(&request.client_id);
-        if self.streams.contains_key(&id) {
+        if self.streams.contains(&id) {
             return Err(Refused::IdInUse);
         }
         if self.streams.len() >= MAX_STREAMS_PER_CONNECTION {
             return Err(Refused::TooManyStreams);
         }
-        self.streams.insert(
-            id,
-            Local {
-                client_id: request.client_id.clone(),
-                published,
-            },
-        );
+        self.streams.insert(id);
         Ok(id)
     }
 
     /// The stream of this connection the client names, if it is one of its own.
     pub fn own(&self, client_id: &str) -> Option<Uuid> {
         let id = stream_id(client_id);
-        self.streams.contains_key(&id).then_some(id)
+        self.streams.contains(&id).then_some(id)
     }
 
     /// The stream has ended (or was refused): it is forgotten.
@@ -368,7 +356,7 @@ impl Connection {
     }
 
     pub fn stream_ids(&self) -> Vec<Uuid> {
-        self.streams.keys().copied().collect()
+        self.streams.iter().copied().collect()
     }
 }
 
@@ -548,11 +536,11 @@ mod tests {
         let ClientMessage::Publish(request) = parse(&publish(ID)).unwrap() else {
             panic!();
         };
-        assert_eq!(connection.begin(&request, true), Err(Refused::NotConnected));
+        assert_eq!(connection.begin(&request), Err(Refused::NotConnected));
         connection.app_key = Some("defaultApp".into());
-        let id = connection.begin(&request, true).unwrap();
+        let id = connection.begin(&request).unwrap();
         assert_eq!(id.to_string(), ID);
-        assert_eq!(connection.begin(&request, true), Err(Refused::IdInUse));
+        assert_eq!(connection.begin(&request), Err(Refused::IdInUse));
         assert_eq!(connection.own(ID), Some(id));
         assert_eq!(connection.own("another"), None, "not another connection's");
         connection.ended(id);
@@ -561,12 +549,12 @@ mod tests {
             let ClientMessage::Publish(r) = parse(&publish(&format!("id-{i}"))).unwrap() else {
                 panic!();
             };
-            connection.begin(&r, true).unwrap();
+            connection.begin(&r).unwrap();
         }
         let ClientMessage::Publish(r) = parse(&publish("one-more")).unwrap() else {
             panic!();
         };
-        assert_eq!(connection.begin(&r, true), Err(Refused::TooManyStreams));
+        assert_eq!(connection.begin(&r), Err(Refused::TooManyStreams));
         assert_eq!(
             stream_id("id-1"),
             stream_id("id-1"),
