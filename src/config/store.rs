@@ -104,7 +104,7 @@ impl ConfigStore {
     pub fn counts(&self) -> (u64, u64) {
         (
             self.reloads.load(Ordering::Relaxed),
-            self.failures.load(Ordering::Relaxed),
+            self.failures.load(Ordering::Acquire),
         )
     }
 
@@ -123,12 +123,13 @@ impl ConfigStore {
             }
             Ok(false) => {}
             Err(e) => {
-                self.failures.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, "configuration not reloaded; the last good one stays in force");
                 self.lock().last_error = Some(ReloadError {
                     time: now_ms(),
                     message: e.to_string(),
                 });
+                // Counted after the error is recorded: whoever sees the count sees the error.
+                self.failures.fetch_add(1, Ordering::Release);
             }
         }
         result
