@@ -205,6 +205,7 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
         policy: policy.clone(),
         sessions: sessions.clone(),
         connections: connections.clone(),
+        event_streams: Arc::default(),
     };
     let hooks_client = hooks;
     let router = api::router(state);

@@ -68,6 +68,7 @@ pub fn layer(routes: Router<AppState>, state: &AppState, origins: Origins) -> Ro
             header::ETAG,
             header::RETRY_AFTER,
             HeaderName::from_static("accept-post"),
+            HeaderName::from_static("accept-patch"),
         ])
         .max_age(std::time::Duration::from_secs(600));
     routes

@@ -13,6 +13,7 @@ pub mod requests;
 pub mod rest;
 mod session;
 mod status;
+pub mod whep_events;
 mod whip;
 
 use std::sync::Arc;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub sessions: Arc<crate::sessions::Sessions>,
     /// Live WCS signalling connections.
     pub connections: Arc<crate::signalling::wcs::Connections>,
+    /// Event streams of the WHEP server-sent-events extension.
+    pub event_streams: Arc<whep_events::EventStreams>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -98,11 +101,20 @@ pub fn router(state: AppState) -> Router {
                 Router::new()
                     .route(
                         "/session/{id}",
-                        axum::routing::delete(session::delete_session),
+                        axum::routing::delete(session::delete_session)
+                            .patch(session::patch_session),
                     )
-                    .route("/session/{id}/events", get(session::session_events)),
+                    .route(
+                        "/session/{id}/events",
+                        get(session::session_events).post(whep_events::create),
+                    )
+                    .route(
+                        "/session/{id}/events/{stream}",
+                        get(whep_events::read).delete(whep_events::delete),
+                    ),
                 &state,
-                0,
+                // An SDP fragment is at most as large as an offer.
+                max_sdp,
             ),
             &state,
             cors::Origins::Media,

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 
 use super::{AppState, TextError};
-use crate::media::{MediaError, resource_path};
+use crate::media::{MediaError, SessionAnswer, resource_path};
 use crate::registry::{Hint, Hold, RegistryError};
 use crate::sessions::{Offer, Refusal, Role};
 
@@ -64,31 +64,50 @@ async fn offer(
         Err(e) => return e.into_response(),
     };
     match state.sessions.open(offer).await {
-        Ok(answer) => created(answer.id, answer.sdp),
+        Ok(answer) => created(&state, answer),
         Err(refusal) => refused(refusal),
     }
 }
 
-/// `201` with the SDP answer, the session's `Location` and the `Link` to its status events.
-fn created(id: uuid::Uuid, sdp: String) -> Response {
-    let location = resource_path(id);
-    let link = format!("<{location}/events>; rel=\"{SSE_REL}\"; events=\"status\"");
-    let mut response = (StatusCode::CREATED, sdp).into_response();
+/// `201` with the SDP answer, the session's `Location`, its ICE session's `ETag`, what
+/// `PATCH` takes, the `Link` to its events (the WHEP server-sent-events extension; `GET`
+/// of it is Sluice's status stream) and a `Link` per configured STUN/TURN server.
+fn created(state: &AppState, answer: SessionAnswer) -> Response {
+    let location = resource_path(answer.id);
+    let mut links = vec![format!(
+        "<{location}/events>; rel=\"{SSE_REL}\"; events=\"{}\"",
+        super::whep_events::OFFERED
+    )];
+    links.extend(
+        state
+            .config
+            .load()
+            .settings
+            .ice_servers
+            .iter()
+            .map(|server| server.link()),
+    );
+    let mut response = (StatusCode::CREATED, answer.sdp).into_response();
     let h = response.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/sdp"),
     );
-    for (key, value) in [
-        (header::LOCATION, location),
-        (header::LINK, link),
-        (
-            header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            "Location, Link, Retry-After".to_string(),
-        ),
-    ] {
+    h.insert(
+        axum::http::HeaderName::from_static("accept-patch"),
+        HeaderValue::from_static(super::session::SDPFRAG),
+    );
+    for (key, value) in [(header::LOCATION, location), (header::ETAG, answer.etag)] {
         if let Ok(value) = HeaderValue::from_str(&value) {
             h.insert(key, value);
+        }
+    }
+    for link in links {
+        match HeaderValue::from_str(&link) {
+            Ok(value) => {
+                h.append(header::LINK, value);
+            }
+            Err(_) => tracing::warn!(%link, "a Link header value is not valid; not sent"),
         }
     }
     response

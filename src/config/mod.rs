@@ -10,7 +10,7 @@ mod store;
 pub mod watch;
 
 pub use apps::{AppConfig, Apps, DEFAULT_APP, MethodConfig};
-pub use settings::{Apply, Declaration, MediaPorts, Settings, markdown};
+pub use settings::{Apply, Declaration, IceServer, MediaPorts, Settings, markdown};
 pub use store::{ConfigStore, FileVersion, PendingRestart, ReloadError, ReloadStatus};
 
 use std::path::{Path, PathBuf};

@@ -3,11 +3,14 @@
 //! stop it. Following a live session (tracks, state, RTCP, its supervisor) is in `supervise.rs`.
 
 pub mod engine;
+mod ice;
 pub mod offer;
 mod relay;
+pub mod sdpfrag;
 mod session;
 mod supervise;
 
+pub use ice::{IceError, IcePatch, IfMatch};
 pub use relay::{RelayLedger, RelayStats, RelayTotals, RelayTrack};
 
 use std::collections::{BTreeMap, HashMap};
@@ -79,6 +82,8 @@ pub struct OfferRequest {
 pub struct SessionAnswer {
     pub id: Uuid,
     pub sdp: String,
+    /// The entity-tag of the session's ICE session (`ETag`, RFC 9725 §4.3.1).
+    pub etag: String,
 }
 
 /// A live publisher as players see it: its tracks once they arrive.
@@ -94,6 +99,8 @@ pub struct Media {
     registry: Arc<Registry>,
     config: Arc<ConfigStore>,
     publishers: Mutex<HashMap<Uuid, Arc<Publisher>>>,
+    /// Every registered session's peer connection, for `PATCH` (trickle ICE, ICE restart).
+    peers: Mutex<HashMap<Uuid, Arc<ice::LivePeer>>>,
     mux_addr: Option<std::net::SocketAddr>,
     /// Relay counters of every track, for `/metrics`.
     pub relays: Arc<RelayLedger>,
@@ -119,6 +126,7 @@ impl Media {
             registry,
             config,
             publishers: Mutex::new(HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
             relays: Arc::default(),
             mux_addr: engine.mux_addr,
             tasks,
@@ -211,8 +219,13 @@ impl Media {
             return Err(e.into());
         }
         self.lock_publishers().insert(id, publisher);
+        let etag = self.track_peer(id, &pc);
         self.spawn_supervisor(id, pc, tasks, cancel, stop_rx);
-        Ok(SessionAnswer { id, sdp: answer })
+        Ok(SessionAnswer {
+            id,
+            sdp: answer,
+            etag,
+        })
     }
 
     /// WHEP: accepts a player's offer for a stream being published.
@@ -298,8 +311,13 @@ impl Media {
                 cancel.clone(),
             ));
         }
+        let etag = self.track_peer(id, &pc);
         self.spawn_supervisor(id, pc, tasks, cancel, stop_rx);
-        Ok(SessionAnswer { id, sdp: answer })
+        Ok(SessionAnswer {
+            id,
+            sdp: answer,
+            etag,
+        })
     }
 
     /// Registers a session within the server's `max_sessions`.
@@ -382,6 +400,18 @@ impl Media {
             .await
             .ok_or_else(|| MediaError::Internal("no local description after answer".into()))?;
         Ok(local.sdp)
+    }
+
+    /// Makes a registered session reachable by `PATCH`; returns its first entity-tag.
+    fn track_peer(&self, id: Uuid, pc: &Arc<RTCPeerConnection>) -> String {
+        let peer = ice::LivePeer::new(pc.clone());
+        let etag = peer.etag();
+        self.lock_peers().insert(id, peer);
+        etag
+    }
+
+    fn lock_peers(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<ice::LivePeer>>> {
+        self.peers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock_publishers(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<Publisher>>> {

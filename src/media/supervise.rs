@@ -157,6 +157,7 @@ impl Media {
         self.tasks.spawn(session.supervise(stop_rx, move |id| {
             if let Some(media) = media.upgrade() {
                 media.lock_publishers().remove(&id);
+                media.lock_peers().remove(&id);
             }
         }));
     }

@@ -69,6 +69,11 @@ impl Registry {
         self.read().by_name.get(name).and_then(|s| s.publisher)
     }
 
+    /// How many players `name` has (connected or still connecting).
+    pub fn viewer_count(&self, name: &str) -> usize {
+        self.read().by_name.get(name).map_or(0, |s| s.players.len())
+    }
+
     /// Every record matching `keep`, in no particular order.
     pub fn find(&self, keep: impl Fn(&StreamRecord) -> bool) -> Vec<StreamRecord> {
         self.read()

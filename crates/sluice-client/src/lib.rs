@@ -66,6 +66,8 @@ pub struct SessionLinks {
     pub resource: String,
     /// Absolute URL of the status event stream (`Link`), if advertised.
     pub events: Option<String>,
+    /// The `ETag` of the session's ICE session, for `PATCH` (RFC 9725 §4.3).
+    pub etag: Option<String>,
 }
 
 /// Counters of what a client saw.
@@ -476,6 +478,7 @@ impl Client {
                 return Ok(SessionLinks {
                     resource: String::new(),
                     events: None,
+                    etag: None,
                 });
             }
         };
@@ -497,6 +500,7 @@ impl Client {
         };
         let location = header(reqwest::header::LOCATION);
         let link = header(reqwest::header::LINK);
+        let etag = header(reqwest::header::ETAG);
         let body = response.text().await?;
         if status != 201 {
             return Err(ClientError::Refused { status, body });
@@ -514,7 +518,11 @@ impl Client {
         });
         pc.set_remote_description(RTCSessionDescription::answer(body)?)
             .await?;
-        Ok(SessionLinks { resource, events })
+        Ok(SessionLinks {
+            resource,
+            events,
+            etag,
+        })
     }
 }
 

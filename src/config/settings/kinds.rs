@@ -181,6 +181,27 @@ impl Kind for List {
     }
 }
 
+/// STUN/TURN servers for clients: a comma list of URLs (see `ice_servers.rs`).
+pub struct IceServers;
+impl Kind for IceServers {
+    type Value = Vec<super::IceServer>;
+    fn parse(&self, raw: &str, _: &Path) -> Result<Option<Self::Value>, String> {
+        raw.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(super::IceServer::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+    fn show(&self, value: &Self::Value) -> String {
+        value
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
 /// A path, relative to the file that names it; empty means the default.
 pub struct FilePath;
 impl Kind for FilePath {

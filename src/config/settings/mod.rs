@@ -4,6 +4,7 @@
 //! restart-key handling, `sluice check`, `sluice settings` and the README's table all come
 //! from that table.
 
+mod ice_servers;
 mod kinds;
 mod table;
 mod wcs;
@@ -16,8 +17,10 @@ use std::time::Duration;
 use java_properties::{LineContent, PropertiesIter};
 
 use super::ConfigError;
+pub use ice_servers::IceServer;
 use kinds::{
-    Address, Count, FilePath, Flag, Kind, List, ListenerPort, Millis, Optional, Port, Text,
+    Address, Count, FilePath, Flag, IceServers, Kind, List, ListenerPort, Millis, Optional, Port,
+    Text,
 };
 pub use table::{Apply, Declaration, markdown};
 use table::{declare_settings, key_name};
@@ -58,6 +61,8 @@ declare_settings! {
         "origins (`https://site.example`) whose pages may call WHIP, WHEP and the session resources from a browser (CORS); `*` allows any";
     rest_api_cors_allowed_origins: Vec<String> = Vec::new(), List { secret: false }, Hot,
         "origins whose pages may call `/rest-api/` from a browser; empty keeps the REST API same-origin";
+    ice_servers: Vec<IceServer> = Vec::new(), IceServers, Hot,
+        "STUN/TURN servers offered to WHIP/WHEP clients as `Link: rel=\"ice-server\"` (RFC 9725 §4.6), a comma list: `stun:host:port`, `turn://user:secret@host:port?transport=udp`; the server itself never contacts them";
     media_port_from: u16 = 31001, Port, Restart,
         "first UDP port for media, one socket per session; `0` with `media_port_to=0` lets the OS choose";
     media_port_to: u16 = 32000, Port, Restart,
