@@ -176,7 +176,7 @@ async fn patch_trickles_restarts_and_refuses_bad_input_without_touching_a_sessio
 
     // New credentials restart ICE: 200, the server's new fragment, a new ETag; the old
     // tag no longer matches. (This client does not follow, so only the answer is checked
-    // here; tests/ice_browser.rs restarts a real publisher.)
+    // here; tests/cors.rs restarts a real publisher in Chromium.)
     let answer = patch(
         &server,
         &resource,
