@@ -236,6 +236,8 @@ fn media_error(e: MediaError) -> Response {
         MediaError::Registry(RegistryError::NotPublishing(_)) => StatusCode::NOT_FOUND,
         MediaError::Registry(_) => StatusCode::SERVICE_UNAVAILABLE,
         MediaError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+        // The stream exists, in no form this player accepts.
+        MediaError::CodecMismatch(_) => StatusCode::NOT_ACCEPTABLE,
         MediaError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     if status == StatusCode::INTERNAL_SERVER_ERROR {

@@ -2,6 +2,7 @@
 //! publisher's relay, and registering each session with a [`SessionControl`] as the one way to
 //! stop it. Following a live session (tracks, state, RTCP, its supervisor) is in `supervise.rs`.
 
+pub mod codecs;
 pub mod engine;
 mod ice;
 pub mod offer;
@@ -51,6 +52,9 @@ pub enum MediaError {
     Registry(#[from] RegistryError),
     #[error("stream '{0}' has not started sending media yet")]
     NotReady(String),
+    /// The player's offer accepts none of the codecs the publisher sends (for a kind it asks).
+    #[error("{0}")]
+    CodecMismatch(String),
     #[error("media error: {0}")]
     Internal(String),
 }
@@ -238,6 +242,14 @@ impl Media {
             return Err(MediaError::NoMedia("play"));
         }
         let (publisher_id, tracks) = self.publisher_tracks(&request.name).await?;
+        let sent: Vec<_> = tracks
+            .iter()
+            .filter(|t| summary.receiving.contains(&t.kind))
+            .map(|t| (t.kind, &t.codec))
+            .collect();
+        if let Some(why) = codecs::refusal(&request.name, &sent, &codecs::offered(&request.sdp)) {
+            return Err(MediaError::CodecMismatch(why));
+        }
         let id = request.media_session_id;
         let pc = self.new_peer_connection().await?;
         let (control, stop_rx) = SessionControl::new();
@@ -288,7 +300,18 @@ impl Media {
         new.remote_address = request.remote_address;
         new.media_kinds = kinds(&senders.iter().map(|(r, _, _)| r.kind).collect::<Vec<_>>());
         new.custom = request.custom;
-        (new.audio_codec, new.video_codec) = offer::agreed_codecs(&answer);
+        // What the player receives is the publisher's codec, whatever else the answer lists.
+        for (relay, _, _) in &senders {
+            let name = relay
+                .codec
+                .mime_type
+                .split_once('/')
+                .map(|(_, n)| n.to_string());
+            match relay.kind {
+                MediaKind::Audio => new.audio_codec = name,
+                MediaKind::Video => new.video_codec = name,
+            }
+        }
         new.bearer = request.bearer;
         // The publisher may have ended while this player negotiated: its relay is dead, and
         // the registry refuses a player of a publisher that is not the one registered.
