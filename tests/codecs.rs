@@ -1,7 +1,9 @@
-//! Codecs as clients send them: Chromium's fake camera and microphone published as VP8, VP9,
-//! H.264 (constrained baseline, packetization-mode 1) and Opus, each played by Chromium
-//! (frames or samples decoded, in the codec sent) and by aiortc (decoded where aiortc can;
-//! refused with both codecs named where it cannot, as for VP9).
+//! Codecs as clients send them: VP8, VP9, H.264 (constrained baseline and High,
+//! packetization-mode 1) and Opus published by Chromium's fake devices, by aiortc and by
+//! GStreamer's webrtcbin, each played by Chromium (frames or samples decoded, in the codec
+//! sent) and by aiortc — decoded where the player can; where it cannot (aiortc and VP9,
+//! both and H.264 High), refused with a `406` naming both sides — and High by Sluice's own
+//! client, whose offer takes it.
 
 #[path = "common/browser.rs"]
 mod browser;
@@ -162,8 +164,93 @@ async fn record(server: &TestServer, name: &str, published: bool) -> Value {
     found[0].clone()
 }
 
-/// Publishes `video` (`None`: audio only) from Chromium, plays it in Chromium and aiortc.
-async fn check(label: &str, video: Option<(&str, &str)>, aiortc_decodes: bool) {
+/// Who publishes.
+#[derive(Clone, Copy)]
+enum Source {
+    /// Chromium's fake camera in this video codec (mime, fmtp), or audio only.
+    Chromium(Option<(&'static str, &'static str)>),
+    /// aiortc's generated video in this codec, and audio.
+    Aiortc(&'static str),
+    /// GStreamer test patterns with this encoder of `gst_whip_publish.py`, and audio.
+    Gstreamer(&'static str),
+}
+
+/// What the players should see: the video codec (mime, a piece of its fmtp), or none for
+/// audio only; whether Chromium and aiortc can take it.
+struct Expect {
+    video: Option<(&'static str, &'static str)>,
+    chromium_plays: bool,
+    aiortc_plays: bool,
+}
+
+fn support(file: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/support")
+        .join(file)
+}
+
+/// Debian's Python with GStreamer's introspection (what `scripts/test` installs).
+fn gstreamer_python() -> PathBuf {
+    let python = PathBuf::from("/usr/bin/python3");
+    let ready = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "import gi; gi.require_version('GstWebRTC', '1.0'); gi.require_version('Nice', '0.1')",
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ready,
+        "GStreamer's webrtcbin for Python is missing: scripts/test installs it (python3-gi, gir1.2-gst-plugins-bad-1.0, gir1.2-nice-0.1, gstreamer1.0-plugins-*)"
+    );
+    python
+}
+
+/// Starts a publisher process and waits for its `201`; the process lives until dropped.
+async fn start_publisher(program: PathBuf, args: Vec<String>) -> tokio::process::Child {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the publisher");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the publisher answers within 30 s")
+        .unwrap()
+        .unwrap_or_default();
+    let said: Value =
+        serde_json::from_str(&line).unwrap_or_else(|_| panic!("publisher said {line:?}"));
+    assert_eq!(said["status"], 201, "{said}");
+    child
+}
+
+async fn wait_publishing(server: &TestServer, name: &str) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let response = server
+            .http_client
+            .post(server.url("/rest-api/stream/find"))
+            .json(&json!({"name": name, "published": true}))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 200 {
+            let found: Vec<Value> = response.json().await.unwrap();
+            if found[0]["status"] == "PUBLISHING" {
+                return found[0].clone();
+            }
+        }
+        assert!(Instant::now() < deadline, "'{name}' is not publishing");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Publishes from `source` and plays in Chromium and aiortc as `expect` says.
+async fn check(label: &str, source: Source, expect: Expect) {
     if !browser_test_runs(label) {
         return;
     }
@@ -181,124 +268,316 @@ async fn check(label: &str, video: Option<(&str, &str)>, aiortc_decodes: bool) {
         .goto(&format!("http://{origin}/codecs.html"))
         .await
         .unwrap();
-    let codec = video.map(|(mime, fmtp)| json!({"mime": mime, "fmtp": fmtp}));
-    page.js(&format!(
-        "window.publish({whip:?}, {}); return 0;",
-        codec.clone().unwrap_or(Value::Null)
-    ))
-    .await;
-    wait_for(&page, "published").await;
-    page.js(&format!("window.play({whep:?}); return 0;")).await;
-    wait_for(&page, "playing").await;
-
-    // Chromium decodes, in the codec that was sent.
-    let deadline = Instant::now() + WAIT;
-    let inbound = loop {
-        let inbound = page.js("return window.inbound();").await;
-        let done = match video {
-            Some(_) => inbound["video"]["frames"].as_u64().unwrap_or(0) >= 30,
-            None => inbound["audio"]["samples"].as_u64().unwrap_or(0) >= 48_000,
-        };
-        if done {
-            break inbound;
+    let _publisher = match source {
+        Source::Chromium(video) => {
+            let codec = video.map(|(mime, fmtp)| json!({"mime": mime, "fmtp": fmtp}));
+            page.js(&format!(
+                "window.publish({whip:?}, {}); return 0;",
+                codec.unwrap_or(Value::Null)
+            ))
+            .await;
+            wait_for(&page, "published").await;
+            None
         }
-        assert!(
-            Instant::now() < deadline,
-            "Chromium decoded too little: {inbound}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        Source::Aiortc(codec) => {
+            let Some(python) = python.clone() else { return };
+            let args = vec![
+                support("whip_publish.py").display().to_string(),
+                whip.clone(),
+                "--video-codec".into(),
+                codec.into(),
+                "--seconds".into(),
+                "60".into(),
+            ];
+            Some(start_publisher(python, args).await)
+        }
+        Source::Gstreamer(encoder) => {
+            let args = vec![
+                support("gst_whip_publish.py").display().to_string(),
+                whip.clone(),
+                "--video".into(),
+                encoder.into(),
+                "--seconds".into(),
+                "60".into(),
+            ];
+            Some(start_publisher(gstreamer_python(), args).await)
+        }
     };
-    let publisher = record(&server, &name, true).await;
-    let player = record(&server, &name, false).await;
-    match video {
-        Some((mime, fmtp)) => {
+    let publisher = wait_publishing(&server, &name).await;
+    if let Some((mime, _)) = expect.video {
+        assert_eq!(
+            publisher["videoCodec"],
+            mime.split('/').nth(1).unwrap(),
+            "{publisher}"
+        );
+    }
+    page.js(&format!("window.play({whep:?}); return 0;")).await;
+
+    // Chromium decodes it, in the codec that was sent, or is told it cannot.
+    if expect.chromium_plays {
+        wait_for(&page, "playing").await;
+        let deadline = Instant::now() + WAIT;
+        let inbound = loop {
+            let inbound = page.js("return window.inbound();").await;
+            let audio = inbound["audio"]["samples"].as_u64().unwrap_or(0) >= 48_000;
+            let video =
+                expect.video.is_none() || inbound["video"]["frames"].as_u64().unwrap_or(0) >= 30;
+            if audio && video {
+                break inbound;
+            }
             assert!(
-                inbound["video"]["codec"]
-                    .as_str()
-                    .unwrap()
-                    .eq_ignore_ascii_case(mime),
-                "{inbound}"
+                Instant::now() < deadline,
+                "Chromium decoded too little: {inbound}"
             );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(inbound["audio"]["codec"], "audio/opus", "{inbound}");
+        let player = record(&server, &name, false).await;
+        assert_eq!(player["audioCodec"], "opus", "{player}");
+        match expect.video {
+            Some((mime, fmtp)) => {
+                assert!(
+                    inbound["video"]["codec"]
+                        .as_str()
+                        .unwrap()
+                        .eq_ignore_ascii_case(mime),
+                    "{inbound}"
+                );
+                assert!(
+                    inbound["video"]["fmtp"].as_str().unwrap().contains(fmtp),
+                    "{inbound}"
+                );
+                assert_eq!(
+                    player["videoCodec"],
+                    mime.split('/').nth(1).unwrap(),
+                    "{player}"
+                );
+                page.wait_decoding_in("#video").await;
+            }
+            None => assert!(inbound.get("video").is_none(), "audio only: {inbound}"),
+        }
+    } else {
+        let deadline = Instant::now() + WAIT;
+        let error = loop {
+            let result = page.js("return window.result;").await;
+            if let Some(error) = result["error"].as_str() {
+                break error.to_string();
+            }
             assert!(
-                inbound["video"]["fmtp"].as_str().unwrap().contains(fmtp),
-                "{inbound}"
+                result["playing"] != true,
+                "Chromium should have been refused: {result}"
             );
-            let short = mime.split('/').nth(1).unwrap();
-            assert_eq!(publisher["videoCodec"], short, "{publisher}");
-            assert_eq!(player["videoCodec"], short, "{player}");
-            page.wait_decoding_in("#video").await;
-        }
-        None => {
-            assert_eq!(inbound["audio"]["codec"], "audio/opus", "{inbound}");
-            assert!(inbound.get("video").is_none(), "audio only: {inbound}");
-            assert_eq!(player["audioCodec"], "opus", "{player}");
-        }
+            assert!(Instant::now() < deadline, "no answer to Chromium: {result}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(
+            error.contains("answered 406") && error.contains("does not accept"),
+            "{error}"
+        );
     }
     page.screenshot_in("codecs", label).await;
 
     // aiortc decodes what it can; what it cannot, it is told.
     let Some(python) = python else { return };
-    let (frames, samples) = if video.is_some() {
-        (30, 0)
-    } else {
-        (0, 48_000)
-    };
-    let played = aiortc_play(&python, &whep, frames, samples).await;
-    if aiortc_decodes {
+    let frames = if expect.video.is_some() { 30 } else { 0 };
+    let played = aiortc_play(&python, &whep, frames, 48_000).await;
+    if expect.aiortc_plays {
         assert_eq!(played["status"], 201, "{played}");
-        if video.is_some() {
+        assert!(
+            played["audio"]["samples"].as_u64().unwrap() >= 48_000,
+            "{played}"
+        );
+        if expect.video.is_some() {
             assert!(
                 played["video"]["frames"].as_u64().unwrap() >= 30,
                 "{played}"
             );
             assert!(played["video"]["width"].as_u64().unwrap() > 0, "{played}");
-        } else {
-            assert!(
-                played["audio"]["samples"].as_u64().unwrap() >= 48_000,
-                "{played}"
-            );
         }
     } else {
         assert_eq!(played["status"], 406, "{played}");
-        let (mime, _) = video.unwrap();
+        let (mime, _) = expect.video.unwrap();
         let said = played["error"].as_str().unwrap();
-        let short = mime.split('/').nth(1).unwrap();
-        assert!(said.contains(&format!("sends video as {short}")), "{said}");
+        assert!(
+            said.contains(&format!(
+                "sends video as {}",
+                mime.split('/').nth(1).unwrap()
+            )),
+            "{said}"
+        );
         assert!(said.contains("does not accept"), "{said}");
     }
-    // Chromium's player is untouched by aiortc's refusal or departure.
-    let before = page.js("return window.inbound();").await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = page.js("return window.inbound();").await;
-    let kind = if video.is_some() { "video" } else { "audio" };
-    let field = if video.is_some() { "frames" } else { "samples" };
-    assert!(
-        after[kind][field].as_u64() > before[kind][field].as_u64(),
-        "{before} {after}"
-    );
+    if expect.chromium_plays {
+        // Chromium's player is untouched by aiortc's refusal or departure.
+        let before = page.js("return window.inbound();").await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after = page.js("return window.inbound();").await;
+        assert!(
+            after["audio"]["samples"].as_u64() > before["audio"]["samples"].as_u64(),
+            "{before} {after}"
+        );
+    }
 }
+
+const VP8: (&str, &str) = ("video/VP8", "");
+const VP9: (&str, &str) = ("video/VP9", "profile-id=0");
+const H264: (&str, &str) = ("video/H264", "packetization-mode=1;profile-level-id=42e01f");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vp8_from_chromium_plays_in_chromium_and_aiortc() {
-    check("vp8", Some(("video/VP8", "")), true).await;
+    check(
+        "vp8",
+        Source::Chromium(Some(VP8)),
+        Expect {
+            video: Some(VP8),
+            chromium_plays: true,
+            aiortc_plays: true,
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vp9_from_chromium_plays_in_chromium_and_aiortc_is_told_it_cannot() {
-    check("vp9", Some(("video/VP9", "profile-id=0")), false).await;
+    check(
+        "vp9",
+        Source::Chromium(Some(VP9)),
+        Expect {
+            video: Some(VP9),
+            chromium_plays: true,
+            aiortc_plays: false,
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h264_from_chromium_plays_in_chromium_and_aiortc() {
     check(
         "h264",
-        Some(("video/H264", "packetization-mode=1;profile-level-id=42e01f")),
-        true,
+        Source::Chromium(Some(H264)),
+        Expect {
+            video: Some(H264),
+            chromium_plays: true,
+            aiortc_plays: true,
+        },
     )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opus_from_chromium_plays_in_chromium_and_aiortc() {
-    check("opus", None, true).await;
+    check(
+        "opus",
+        Source::Chromium(None),
+        Expect {
+            video: None,
+            chromium_plays: true,
+            aiortc_plays: true,
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vp8_and_h264_from_aiortc_play_in_chromium_and_aiortc() {
+    check(
+        "aiortc-vp8",
+        Source::Aiortc("video/VP8"),
+        Expect {
+            video: Some(("video/VP8", "")),
+            chromium_plays: true,
+            aiortc_plays: true,
+        },
+    )
+    .await;
+    check(
+        "aiortc-h264",
+        Source::Aiortc("video/H264"),
+        Expect {
+            video: Some(("video/H264", "packetization-mode=1")),
+            chromium_plays: true,
+            aiortc_plays: true,
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vp8_vp9_and_h264_from_gstreamer_play_in_chromium_and_aiortc() {
+    check(
+        "gst-vp8",
+        Source::Gstreamer("VP8"),
+        Expect {
+            video: Some(("video/VP8", "")),
+            chromium_plays: true,
+            aiortc_plays: true,
+        },
+    )
+    .await;
+    check(
+        "gst-vp9",
+        Source::Gstreamer("VP9"),
+        Expect {
+            video: Some(("video/VP9", "")),
+            chromium_plays: true,
+            aiortc_plays: false,
+        },
+    )
+    .await;
+    check(
+        "gst-h264",
+        Source::Gstreamer("H264"),
+        Expect {
+            video: Some(("video/H264", "packetization-mode=1")),
+            chromium_plays: true,
+            aiortc_plays: true,
+        },
+    )
+    .await;
+}
+
+/// H.264 High from GStreamer: neither Chromium here nor aiortc offers to receive High, so
+/// both are refused with the reason; Sluice's own client, whose offer takes High, plays it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h264_high_from_gstreamer_plays_where_the_offer_takes_high_and_is_refused_elsewhere() {
+    check(
+        "gst-h264-high",
+        Source::Gstreamer("H264-high"),
+        Expect {
+            video: Some(("video/H264", "")),
+            chromium_plays: false,
+            aiortc_plays: false,
+        },
+    )
+    .await;
+    let server = TestServer::start("");
+    let args = vec![
+        support("gst_whip_publish.py").display().to_string(),
+        server.url("/whip/high"),
+        "--video".into(),
+        "H264-high".into(),
+        "--seconds".into(),
+        "60".into(),
+    ];
+    let _publisher = start_publisher(gstreamer_python(), args).await;
+    wait_publishing(&server, "high").await;
+    let player = sluice_client::Client::new()
+        .unwrap()
+        .play(&server.url("/whep/high"))
+        .await
+        .unwrap();
+    assert!(
+        player.wait_packets(100, Duration::from_secs(10)).await,
+        "High reaches a player that takes it"
+    );
+    assert!(
+        player
+            .counters
+            .video_packets
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
+    let record = record(&server, "high", false).await;
+    assert_eq!(record["videoCodec"], "H264", "{record}");
 }

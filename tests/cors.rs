@@ -330,7 +330,7 @@ async fn a_publisher_restarts_ice_mid_stream_and_keeps_its_stream_and_its_player
         return;
     }
     let origin = serve_page().await;
-    let server = TestServer::start(&format!("rest_api_https_port=0\n"));
+    let server = TestServer::start("rest_api_https_port=0\n");
     let page = Browser::start().await;
     let result = run_page(&page, origin, &server, "restarted").await;
     assert_eq!(result["done"], true, "{result}");

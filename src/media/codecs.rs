@@ -82,11 +82,29 @@ fn parameters(fmtp: &str) -> HashMap<String, String> {
         .collect()
 }
 
-/// The first two bytes of an H.264 `profile-level-id` (profile and constraints), as the
-/// engine compares them; RFC 6184's default when absent.
-fn h264_profile(p: &HashMap<String, String>) -> Option<String> {
+/// The H.264 profile a `profile-level-id` names, read as RFC 6184 §8.1 and browsers read
+/// it (profile_idc and the constraint flags; the level does not matter): `42e01f` and
+/// `42c015` are both constrained baseline. RFC 6184's default when absent.
+fn h264_profile(p: &HashMap<String, String>) -> Option<&'static str> {
     let id = p.get("profile-level-id").map_or("42001f", String::as_str);
-    (id.len() >= 4 && id.is_char_boundary(4)).then(|| id[..4].to_ascii_lowercase())
+    if id.len() != 6 || !id.is_ascii() {
+        return None;
+    }
+    let idc = u8::from_str_radix(&id[0..2], 16).ok()?;
+    let iop = u8::from_str_radix(&id[2..4], 16).ok()?;
+    Some(match (idc, iop) {
+        (0x42, iop) if iop & 0x40 != 0 => "constrained-baseline",
+        (0x4d, iop) if iop & 0x80 != 0 => "constrained-baseline",
+        (0x58, iop) if iop & 0xc0 == 0xc0 => "constrained-baseline",
+        (0x42, _) => "baseline",
+        (0x58, iop) if iop & 0x80 != 0 => "baseline",
+        (0x58, _) => "extended",
+        (0x4d, _) => "main",
+        (0x64, iop) if iop & 0x0c == 0x0c => "constrained-high",
+        (0x64, _) => "high",
+        (0xf4, _) => "high-444",
+        _ => return None,
+    })
 }
 
 /// Whether a player that accepts `offered` can receive a stream sent as `sent`.
@@ -111,6 +129,18 @@ pub fn compatible(sent: &RTCRtpCodecCapability, offered: &Offered) -> bool {
     }
 }
 
+/// A codec's name as records show it (`opus`, `VP8`, `H264`), however a client's SDP
+/// spelled it (GStreamer writes `OPUS`).
+pub fn canonical_name(name: &str) -> String {
+    const KNOWN: [&str; 9] = [
+        "opus", "VP8", "VP9", "H264", "H265", "AV1", "G722", "PCMU", "PCMA",
+    ];
+    KNOWN
+        .iter()
+        .find(|k| k.eq_ignore_ascii_case(name))
+        .map_or_else(|| name.to_string(), |k| k.to_string())
+}
+
 /// A codec as people read it: `H264 (profile-level-id=42e01f;packetization-mode=1)`.
 pub fn describe(mime: &str, fmtp: &str) -> String {
     let name = mime.split_once('/').map_or(mime, |(_, n)| n);
@@ -130,16 +160,26 @@ pub fn describe(mime: &str, fmtp: &str) -> String {
     }
 }
 
-/// Why a player cannot receive a stream: `None` when every track it asks for has a codec
-/// it accepts.
-pub fn refusal(
+/// The codec to send a player for each track it asks for, as its own offer writes it (so
+/// the engine binds the payload type the player expects), or why it cannot receive the
+/// stream. `None` for a track of a kind the player does not receive.
+pub fn choose(
     name: &str,
     sent: &[(MediaKind, &RTCRtpCodecCapability)],
     offer: &[Offered],
-) -> Option<String> {
+) -> Result<Vec<Option<RTCRtpCodecCapability>>, String> {
+    let mut chosen = Vec::new();
     for (kind, codec) in sent {
         let accepted: Vec<&Offered> = offer.iter().filter(|o| o.kind == *kind).collect();
-        if accepted.is_empty() || accepted.iter().any(|o| compatible(codec, o)) {
+        if accepted.is_empty() {
+            chosen.push(None);
+            continue;
+        }
+        if let Some(offered) = accepted.iter().find(|o| compatible(codec, o)) {
+            chosen.push(Some(RTCRtpCodecCapability {
+                sdp_fmtp_line: offered.fmtp.clone(),
+                ..(*codec).clone()
+            }));
             continue;
         }
         let mut names: Vec<String> = accepted
@@ -151,13 +191,13 @@ pub fn refusal(
             MediaKind::Audio => "audio",
             MediaKind::Video => "video",
         };
-        return Some(format!(
+        return Err(format!(
             "stream '{name}' sends {kind} as {}, which this player does not accept (its offer takes {})",
             describe(&codec.mime_type, &codec.sdp_fmtp_line),
             names.join(", ")
         ));
     }
-    None
+    Ok(chosen)
 }
 
 #[cfg(test)]
@@ -231,17 +271,38 @@ mod tests {
         let offer = offered(PLAYER);
         let vp9 = cap("video/VP9", 90000, "profile-id=0");
         let opus = cap("audio/opus", 48000, "");
-        let why = refusal(
+        let why = choose(
             "cam",
             &[(MediaKind::Video, &vp9), (MediaKind::Audio, &opus)],
             &offer,
         )
-        .unwrap();
+        .unwrap_err();
         assert!(why.contains("sends video as VP9 (profile-id=0)"), "{why}");
         assert!(
             why.contains("VP8, H264 (packetization-mode=1;profile-level-id=42e01f)"),
             "{why}"
         );
-        assert_eq!(refusal("cam", &[(MediaKind::Audio, &opus)], &offer), None);
+        // A player is sent the codec as its own offer wrote it.
+        let h264 = cap(
+            "video/H264",
+            90000,
+            "packetization-mode=1;profile-level-id=42c015",
+        );
+        let chosen = choose(
+            "cam",
+            &[(MediaKind::Audio, &opus), (MediaKind::Video, &h264)],
+            &offer,
+        )
+        .unwrap();
+        assert_eq!(chosen[0].as_ref().unwrap().mime_type, "audio/opus");
+        assert_eq!(
+            chosen[1].as_ref().unwrap().sdp_fmtp_line,
+            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f"
+        );
+        let audio_only = offered(&PLAYER[..PLAYER.find("m=video").unwrap()]);
+        assert_eq!(
+            choose("cam", &[(MediaKind::Video, &h264)], &audio_only).unwrap(),
+            [None]
+        );
     }
 }

@@ -242,14 +242,9 @@ impl Media {
             return Err(MediaError::NoMedia("play"));
         }
         let (publisher_id, tracks) = self.publisher_tracks(&request.name).await?;
-        let sent: Vec<_> = tracks
-            .iter()
-            .filter(|t| summary.receiving.contains(&t.kind))
-            .map(|t| (t.kind, &t.codec))
-            .collect();
-        if let Some(why) = codecs::refusal(&request.name, &sent, &codecs::offered(&request.sdp)) {
-            return Err(MediaError::CodecMismatch(why));
-        }
+        let sent: Vec<_> = tracks.iter().map(|t| (t.kind, &t.codec)).collect();
+        let chosen = codecs::choose(&request.name, &sent, &codecs::offered(&request.sdp))
+            .map_err(MediaError::CodecMismatch)?;
         let id = request.media_session_id;
         let pc = self.new_peer_connection().await?;
         let (control, stop_rx) = SessionControl::new();
@@ -257,12 +252,12 @@ impl Media {
         let cancel = CancellationToken::new();
 
         let mut senders = Vec::new();
-        for relay in &tracks {
-            if !summary.receiving.contains(&relay.kind) {
+        for (relay, codec) in tracks.iter().zip(chosen) {
+            let Some(codec) = codec.filter(|_| summary.receiving.contains(&relay.kind)) else {
                 continue;
-            }
+            };
             let local = Arc::new(TrackLocalStaticRTP::new(
-                relay.codec.clone(),
+                codec,
                 kind_name(relay.kind).to_string(),
                 format!("sluice-{}", request.name),
             ));
@@ -306,7 +301,7 @@ impl Media {
                 .codec
                 .mime_type
                 .split_once('/')
-                .map(|(_, n)| n.to_string());
+                .map(|(_, n)| codecs::canonical_name(n));
             match relay.kind {
                 MediaKind::Audio => new.audio_codec = name,
                 MediaKind::Video => new.video_codec = name,

@@ -85,7 +85,8 @@ pub fn agreed_codecs(answer: &str) -> (Option<String>, Option<String>) {
         let codec = media.attributes.iter().find_map(|a| {
             let value = a.value.as_deref().filter(|_| a.key == "rtpmap")?;
             let (pt, rest) = value.split_once(' ')?;
-            (pt == first).then(|| rest.split('/').next().unwrap_or(rest).to_string())
+            (pt == first)
+                .then(|| super::codecs::canonical_name(rest.split('/').next().unwrap_or(rest)))
         });
         match media.media_name.media.as_str() {
             "audio" if audio.is_none() => audio = codec,
