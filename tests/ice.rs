@@ -512,3 +512,108 @@ async fn the_whep_events_extension_tells_active_viewers_and_the_stop() {
         404
     );
 }
+
+/// Trickles, ICE restarts and WHEP event streams leave nothing behind: after fifteen
+/// cycles of publish, play, PATCH (candidates, then a restart), an event stream read and
+/// both hang-ups, the process is back to its tasks and file descriptors, with no peer
+/// connection or event stream left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_and_event_streams_leave_nothing_behind() {
+    let server = TestServer::start("");
+    let client = Client::new().unwrap();
+    let settle = || async {
+        assert!(
+            server
+                .eventually(Duration::from_secs(15), || async {
+                    server.streams().await == 0
+                })
+                .await
+        );
+    };
+    leak_cycle(&server, &client, 0).await;
+    settle().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let baseline = server.runtime().await;
+    for i in 1..=15 {
+        let live = leak_cycle(&server, &client, i).await;
+        assert_eq!(live["peerConnections"], 2, "cycle {i}: {live}");
+        assert!(
+            live["eventStreams"].as_u64().unwrap() >= 1,
+            "cycle {i}: {live}"
+        );
+    }
+    let settled = server
+        .eventually(Duration::from_secs(15), || async {
+            let now = server.runtime().await;
+            now["streams"] == 0
+                && now["peerConnections"] == 0
+                && now["aliveTasks"].as_u64() <= baseline["aliveTasks"].as_u64()
+                && now["openFds"].as_u64() <= baseline["openFds"].as_u64()
+        })
+        .await;
+    // Event streams of ended sessions go at the next subscription or read.
+    let publisher = client
+        .publish(&server.url("/whip/after"), SyntheticMedia::default())
+        .await
+        .unwrap();
+    let created = server
+        .http_client
+        .post(publisher.links.events.clone().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let now = server.runtime().await;
+    assert!(settled, "baseline {baseline}, after the cycles {now}");
+    assert_eq!(now["eventStreams"], 1, "only the live session's: {now}");
+}
+
+async fn leak_cycle(server: &TestServer, client: &Client, i: usize) -> Value {
+    let name = format!("leak{}", i % 3);
+    let publisher = client
+        .publish(
+            &server.url(&format!("/whip/{name}")),
+            SyntheticMedia::default(),
+        )
+        .await
+        .unwrap();
+    let player = client
+        .play(&server.url(&format!("/whep/{name}")))
+        .await
+        .unwrap();
+    assert!(
+        player.wait_packets(5, Duration::from_secs(10)).await,
+        "cycle {i}"
+    );
+    let etag = player.links.etag.clone().unwrap();
+    assert_eq!(
+        patch(server, &player.links.resource, Some(&etag), CANDIDATE)
+            .await
+            .status(),
+        204
+    );
+    let restart =
+        format!("a=ice-ufrag:lk{i:02}\r\na=ice-pwd:leakpasswordleakpassword{i:02}\r\n{CANDIDATE}");
+    assert_eq!(
+        patch(server, &player.links.resource, Some("*"), &restart)
+            .await
+            .status(),
+        200
+    );
+    let created = server
+        .http_client
+        .post(player.links.events.clone().unwrap())
+        .body(r#"["viewercount"]"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201, "cycle {i}");
+    let url = server.url(created.headers()["location"].to_str().unwrap());
+    let reading = server.http_client.get(&url).send().await.unwrap();
+    let first = read_events(reading, Duration::from_secs(5), |e| !e.is_empty()).await;
+    assert_eq!(first[0].0, "viewercount", "cycle {i}");
+    let live = server.runtime().await;
+    assert_eq!(player.hang_up().await.unwrap(), 200);
+    assert_eq!(publisher.hang_up().await.unwrap(), 200);
+    live
+}

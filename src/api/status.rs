@@ -98,6 +98,8 @@ pub(super) struct Runtime {
     streams: usize,
     alive_tasks: usize,
     open_fds: usize,
+    peer_connections: usize,
+    event_streams: usize,
 }
 
 /// `/rest-api/server/runtime`: what the process holds, to prove stops leave nothing behind.
@@ -111,5 +113,7 @@ pub(super) async fn runtime(State(state): State<AppState>) -> axum::Json<Runtime
             .metrics()
             .num_alive_tasks(),
         open_fds,
+        peer_connections: state.media.peer_count(),
+        event_streams: state.event_streams.len(),
     })
 }

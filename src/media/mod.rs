@@ -428,6 +428,11 @@ impl Media {
         etag
     }
 
+    /// Sessions reachable by `PATCH`: one per live WebRTC session.
+    pub fn peer_count(&self) -> usize {
+        self.lock_peers().len()
+    }
+
     fn lock_peers(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<ice::LivePeer>>> {
         self.peers.lock().unwrap_or_else(|e| e.into_inner())
     }
