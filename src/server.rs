@@ -206,6 +206,8 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
         sessions: sessions.clone(),
         connections: connections.clone(),
         event_streams: Arc::default(),
+        // The console's feed ends as the shutdown begins.
+        console: api::console::ConsoleFeed::new(tasks.clone(), flush.clone()),
     };
     let hooks_client = hooks;
     let router = api::router(state);

@@ -6,6 +6,7 @@
 
 pub mod auth;
 mod connections;
+pub mod console;
 mod cors;
 pub mod metrics;
 mod pages;
@@ -45,6 +46,8 @@ pub struct AppState {
     pub connections: Arc<crate::signalling::wcs::Connections>,
     /// Event streams of the WHEP server-sent-events extension.
     pub event_streams: Arc<whep_events::EventStreams>,
+    /// The operator console's shared feed.
+    pub console: Arc<console::ConsoleFeed>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -67,6 +70,7 @@ pub fn router(state: AppState) -> Router {
             "/rest-api/plugins",
             get(status::plugins_status).post(status::plugins_status),
         )
+        .route("/rest-api/console/feed", get(console::feed))
         .route("/rest-api/{*rest}", axum::routing::any(rest::not_found))
         .route("/metrics", get(metrics::metrics))
         .layer(axum::middleware::from_fn_with_state(

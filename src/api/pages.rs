@@ -16,6 +16,9 @@ const SCRIPT: &str = include_str!("../../static/sluice.js");
 const STYLE: &str = include_str!("../../static/sluice.css");
 const OPERATOR: &str = include_str!("../../static/operator.html");
 const OPERATOR_SCRIPT: &str = include_str!("../../static/operator.js");
+/// uPlot, the console's charts (`static/vendor/uplot/README.md` says which release).
+const UPLOT_SCRIPT: &str = include_str!("../../static/vendor/uplot/uPlot.iife.min.js");
+const UPLOT_STYLE: &str = include_str!("../../static/vendor/uplot/uPlot.min.css");
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -34,6 +37,14 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/sluice.js",
             get(|| async { page(SCRIPT, "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/vendor/uPlot.iife.min.js",
+            get(|| async { page(UPLOT_SCRIPT, "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/vendor/uPlot.min.css",
+            get(|| async { page(UPLOT_STYLE, "text/css; charset=utf-8") }),
         )
         .route(
             "/operator.html",

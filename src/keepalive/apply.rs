@@ -16,6 +16,22 @@ impl KeepAlive {
         took: Duration,
     ) {
         let method_name = source.method();
+        let (outcome, code, reason) = match &verdict {
+            Verdict::Keep => ("keep", 200, String::new()),
+            Verdict::Stop(reason, _) => ("stop", 403, reason.clone()),
+            Verdict::Failed(why) => ("failed", 0, why.to_string()),
+        };
+        self.remember(
+            id,
+            app_key,
+            super::LastVerdict {
+                source: method_name,
+                outcome,
+                code,
+                reason,
+                at: crate::registry::now_ms(),
+            },
+        );
         match verdict {
             Verdict::Keep => {
                 self.stats.count(source, "keep", took);

@@ -77,6 +77,24 @@ pub struct KeepAlive {
     plugin_batches: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
     tasks: TaskTracker,
     pub stats: KeepAliveStats,
+    /// The last verdict of each live stream, for the operator console.
+    last: Mutex<HashMap<Uuid, LastVerdict>>,
+    /// Verdicts given so far, per app.
+    given: Mutex<HashMap<String, u64>>,
+}
+
+/// A stream's last keep-alive verdict: who gave it, what it said, when.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LastVerdict {
+    /// `on_keepalive`, `StreamKeepAliveEvent` or the batch method.
+    pub source: &'static str,
+    /// `keep`, `stop` or `failed`.
+    pub outcome: &'static str,
+    /// `200` to keep, the refusal's status to stop, `0` when it could not be asked.
+    pub code: u16,
+    pub reason: String,
+    pub at: u64,
 }
 
 /// Keep-alive batches one app's plugin may have in flight at once.
@@ -99,7 +117,61 @@ impl KeepAlive {
             plugin_batches: Mutex::default(),
             failures: Mutex::default(),
             stats: KeepAliveStats::default(),
+            last: Mutex::default(),
+            given: Mutex::default(),
         })
+    }
+
+    /// The last verdict of each stream `live` accepts; the others' are forgotten.
+    pub fn last_verdicts(&self, live: impl Fn(&Uuid) -> bool) -> HashMap<Uuid, LastVerdict> {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        last.retain(|id, _| live(id));
+        last.clone()
+    }
+
+    /// Verdicts given so far, per app.
+    pub fn verdicts_by_app(&self) -> HashMap<String, u64> {
+        self.given.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Keeps given in one batch, remembered under one lock.
+    fn remember_kept(&self, app_key: &str, ids: &[Uuid], source: Source) {
+        if ids.is_empty() {
+            return;
+        }
+        *self
+            .given
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(app_key.to_string())
+            .or_default() += ids.len() as u64;
+        let at = crate::registry::now_ms();
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        for id in ids {
+            last.insert(
+                *id,
+                LastVerdict {
+                    source: source.method(),
+                    outcome: "keep",
+                    code: 200,
+                    reason: String::new(),
+                    at,
+                },
+            );
+        }
+    }
+
+    fn remember(&self, id: Uuid, app_key: &str, verdict: LastVerdict) {
+        *self
+            .given
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(app_key.to_string())
+            .or_default() += 1;
+        self.last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, verdict);
     }
 
     /// Runs the scheduler until `stop`.
@@ -279,6 +351,7 @@ impl KeepAlive {
             }
             this.stats
                 .count_many(Source::Plugin, "keep", kept.len() as u64, took);
+            this.remember_kept(&app, &kept, Source::Plugin);
             let mut failures = this.lock_failures();
             if !failures.is_empty() {
                 for id in &kept {

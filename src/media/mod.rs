@@ -428,6 +428,32 @@ impl Media {
         etag
     }
 
+    /// Each live publisher's relay counters, summed over its tracks.
+    pub fn publisher_counts(&self) -> HashMap<Uuid, RelayTotals> {
+        let publishers: Vec<(Uuid, Arc<Publisher>)> = self
+            .lock_publishers()
+            .iter()
+            .map(|(id, p)| (*id, p.clone()))
+            .collect();
+        publishers
+            .into_iter()
+            .map(|(id, publisher)| {
+                let mut sum = RelayTotals::default();
+                for track in publisher.tracks.borrow().iter() {
+                    let counts = track.counts();
+                    sum.received_packets += counts.received_packets;
+                    sum.received_bytes += counts.received_bytes;
+                    sum.forwarded_packets += counts.forwarded_packets;
+                    sum.forwarded_bytes += counts.forwarded_bytes;
+                    sum.dropped_packets += counts.dropped_packets;
+                    sum.lost_packets += counts.lost_packets;
+                    sum.live_tracks += 1;
+                }
+                (id, sum)
+            })
+            .collect()
+    }
+
     /// Sessions reachable by `PATCH`: one per live WebRTC session.
     pub fn peer_count(&self) -> usize {
         self.lock_peers().len()

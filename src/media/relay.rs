@@ -33,6 +33,8 @@ pub struct RelayStats {
     pub forwarded_packets: AtomicU64,
     pub forwarded_bytes: AtomicU64,
     pub dropped_packets: AtomicU64,
+    /// Packets the publisher's sequence numbers say never arrived.
+    pub lost_packets: AtomicU64,
 }
 
 /// The relay's counters summed over every track, live and ended.
@@ -43,6 +45,7 @@ pub struct RelayTotals {
     pub forwarded_packets: u64,
     pub forwarded_bytes: u64,
     pub dropped_packets: u64,
+    pub lost_packets: u64,
     pub live_tracks: u64,
 }
 
@@ -53,6 +56,7 @@ impl RelayStats {
         totals.forwarded_packets += self.forwarded_packets.load(Ordering::Relaxed);
         totals.forwarded_bytes += self.forwarded_bytes.load(Ordering::Relaxed);
         totals.dropped_packets += self.dropped_packets.load(Ordering::Relaxed);
+        totals.lost_packets += self.lost_packets.load(Ordering::Relaxed);
     }
 }
 
@@ -180,12 +184,24 @@ impl RelayTrack {
         // One cancellation future for the whole loop, not one per packet.
         let cancelled = cancel.cancelled();
         tokio::pin!(cancelled);
+        let mut last_sequence: Option<u16> = None;
         loop {
             let read = tokio::select! {
                 _ = &mut cancelled => break,
                 read = remote.read_rtp() => read,
             };
             let Ok((packet, _)) = read else { break };
+            let sequence = packet.header.sequence_number;
+            let missing = last_sequence.map_or(0, |last| lost_between(last, sequence));
+            if missing > 0 {
+                self.stats
+                    .lost_packets
+                    .fetch_add(missing, Ordering::Relaxed);
+            }
+            // A late (reordered) packet does not move the mark back.
+            if last_sequence.is_none_or(|last| sequence.wrapping_sub(last) < 0x8000) {
+                last_sequence = Some(sequence);
+            }
             self.stats.received_packets.fetch_add(1, Ordering::Relaxed);
             self.stats
                 .received_bytes
@@ -244,6 +260,13 @@ impl RelayTrack {
         self.count_forwarded(&mut packets_out, &mut bytes_out);
     }
 
+    /// This track's counters now.
+    pub fn counts(&self) -> RelayTotals {
+        let mut totals = RelayTotals::default();
+        self.stats.add_to(&mut totals);
+        totals
+    }
+
     fn count_forwarded(&self, packets: &mut u64, bytes: &mut u64) {
         self.stats
             .forwarded_packets
@@ -251,5 +274,30 @@ impl RelayTrack {
         self.stats
             .forwarded_bytes
             .fetch_add(std::mem::take(bytes), Ordering::Relaxed);
+    }
+}
+
+/// Packets missing between two sequence numbers that arrived in order (`0` for the next one,
+/// a repeat, or a late packet).
+fn lost_between(last: u16, now: u16) -> u64 {
+    let step = now.wrapping_sub(last);
+    if (2..0x8000).contains(&step) {
+        u64::from(step - 1)
+    } else {
+        0
+    }
+}
+
+#[cfg(test)]
+mod loss_tests {
+    use super::lost_between;
+
+    #[test]
+    fn gaps_in_sequence_numbers_are_losses_and_reordering_is_not() {
+        assert_eq!(lost_between(10, 11), 0);
+        assert_eq!(lost_between(10, 14), 3);
+        assert_eq!(lost_between(65534, 1), 2, "across the wrap");
+        assert_eq!(lost_between(10, 9), 0, "late");
+        assert_eq!(lost_between(10, 10), 0, "repeat");
     }
 }
