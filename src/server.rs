@@ -195,6 +195,19 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
         hooks.clone(),
         policy.clone(),
     );
+    let cluster = match settings.cluster_redis_url.as_deref() {
+        Some(url) => {
+            let registry = registry.clone();
+            Some(crate::cluster::Cluster::new(
+                url,
+                &settings.node_id,
+                settings.cluster_node_ttl,
+                settings.cluster_answer_timeout,
+                Arc::new(move || registry.len()),
+            )?)
+        }
+        None => None,
+    };
     let state = AppState {
         media: media.clone(),
         registry: registry.clone(),
@@ -208,8 +221,10 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
         event_streams: Arc::default(),
         // The console's feed ends as the shutdown begins.
         console: api::console::ConsoleFeed::new(tasks.clone(), flush.clone()),
+        cluster: cluster.clone(),
     };
     let hooks_client = hooks;
+    let answerer = api::cluster::answerer(state.clone());
     let router = api::router(state);
     let served_router = router.clone();
 
@@ -238,6 +253,15 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
                 tracing::error!(error = %e, "HTTP listener ended");
             }
         });
+    }
+
+    if let Some(cluster) = &cluster {
+        if let Some(addr) = http_addr {
+            cluster.set_http_url(format!("http://{addr}"));
+        }
+        // The node leaves the cluster as the shutdown begins.
+        cluster.spawn(answerer, &tasks, flush.clone());
+        tracing::info!(node = cluster.node_id(), "cluster: joined through Redis");
     }
 
     let https_bind = options.https_listen.or_else(|| {

@@ -214,6 +214,13 @@ async fn the_spec_matches_the_running_server() {
             "application/json",
             String::new(),
         ),
+        // A single node: `enabled false` (tests/cluster.rs has the cluster's answers).
+        (
+            "GET",
+            "/rest-api/cluster",
+            "application/json",
+            String::new(),
+        ),
     ];
     let mut served = std::collections::BTreeSet::new();
     for (method, path, content_type, body) in requests {

@@ -5,6 +5,7 @@
 //! auth, metrics and the example pages. One router, served on HTTP and HTTPS.
 
 pub mod auth;
+pub mod cluster;
 mod connections;
 pub mod console;
 mod cors;
@@ -48,6 +49,8 @@ pub struct AppState {
     pub event_streams: Arc<whep_events::EventStreams>,
     /// The operator console's shared feed.
     pub console: Arc<console::ConsoleFeed>,
+    /// This node's cluster membership, when `cluster_redis_url` is set.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -71,6 +74,7 @@ pub fn router(state: AppState) -> Router {
             get(status::plugins_status).post(status::plugins_status),
         )
         .route("/rest-api/console/feed", get(console::feed))
+        .route("/rest-api/cluster", get(cluster::cluster_view))
         .route("/rest-api/{*rest}", axum::routing::any(rest::not_found))
         .route("/metrics", get(metrics::metrics))
         .layer(axum::middleware::from_fn_with_state(

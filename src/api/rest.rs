@@ -158,7 +158,11 @@ async fn find(
     body: Body,
 ) -> Result<Response, ApiError> {
     let body = json_body(&headers, body).await?;
+    // Refused here, once, rather than by every node.
     let request = StreamRequest::parse(&body, RequestKind::Find)?;
+    if let Some(cluster) = &state.cluster {
+        return Ok(super::cluster::find(cluster, body).await);
+    }
     Ok(streams_or_404(select(&state, &request).await?))
 }
 
@@ -174,9 +178,30 @@ async fn find_all(
             "find_all takes no filters; use find",
         ));
     }
+    if let Some(cluster) = &state.cluster {
+        return Ok(super::cluster::find(cluster, json!({})).await);
+    }
     Ok(streams_or_404(
         select(&state, &StreamRequest::default()).await?,
     ))
+}
+
+/// This node's part of a cluster find: its HTTP status and body.
+pub(super) async fn find_here(state: &AppState, body: &Value) -> (u16, Value) {
+    let request = match StreamRequest::parse(body, RequestKind::Find) {
+        Ok(request) => request,
+        Err(e) => {
+            return (
+                e.status.as_u16(),
+                json!({ "error": e.message, "field": e.field }),
+            );
+        }
+    };
+    match select(state, &request).await {
+        Ok(streams) if streams.is_empty() => (404, json!({ "error": "no stream matches" })),
+        Ok(streams) => (200, serde_json::to_value(streams).unwrap_or_default()),
+        Err(e) => (e.status.as_u16(), json!({ "error": e.message })),
+    }
 }
 
 #[derive(Serialize)]

@@ -80,7 +80,13 @@ declare_settings! {
     ice_failed_timeout: Duration = Duration::from_millis(8000), Millis { min: 500 }, Restart,
         "how long a silent peer lives before its session is stopped; not below `ice_disconnected_timeout`";
     node_id: String = "sluice".into(), Text, Restart,
-        "`nodeId` in stream records";
+        "`nodeId` in stream records; each node of a cluster needs its own";
+    cluster_redis_url: Option<String> = None, Optional(Text), Restart,
+        "`redis://host:port` of the cluster's Redis; empty runs a single node. Nodes sharing it answer find and terminate for the whole cluster";
+    cluster_node_ttl: Duration = Duration::from_millis(5000), Millis { min: 300 }, Restart,
+        "a node's entry in the cluster expires this long after its last refresh (it refreshes every third of it): a dead node leaves the view within it";
+    cluster_answer_timeout: Duration = Duration::from_millis(1000), Millis { min: 50 }, Restart,
+        "how long a cluster request waits for the nodes' answers (and for Redis); those that did not answer are named";
     max_sdp_size: usize = 64 * 1024, Count { min: 1, what: "a number of bytes" }, Restart,
         "bytes; a larger WHIP/WHEP body gets `413`";
     http_header_timeout: Duration = Duration::from_millis(10_000), Millis { min: 100 }, Restart,

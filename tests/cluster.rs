@@ -1,0 +1,315 @@
+//! Several nodes as one server, on a real `redis-server` (Debian's) on a loopback port:
+//! the cluster view, finds that answer for every node with each stream's `nodeId`, a node
+//! killed with `kill -9` leaving the view within its TTL, and Redis stopped and restarted
+//! mid-test — every node keeps serving its own streams, cluster requests say why they
+//! cannot answer, and the view comes back by itself.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::TestServer;
+use serde_json::{Value, json};
+use sluice_client::{Client, SyntheticMedia};
+
+/// A `redis-server` of the test's own, killed (with its process group) when dropped.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start_on(port: u16) -> Redis {
+        use std::os::unix::process::CommandExt;
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("redis-server (scripts/test installs Debian's redis-server)");
+        let redis = Redis { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !redis.pings() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        redis
+    }
+
+    fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Self::start_on(port)
+    }
+
+    fn pings(&self) -> bool {
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut answer = [0u8; 7];
+        stream.write_all(b"PING\r\n").is_ok()
+            && stream.read_exact(&mut answer).is_ok()
+            && &answer == b"+PONG\r\n"
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn stop(mut self) -> u16 {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.port
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn node(redis: &Redis, id: &str) -> TestServer {
+    TestServer::start(&format!(
+        "rest_api_https_port=0\nnode_id={id}\ncluster_redis_url={}\ncluster_node_ttl=1500\ncluster_answer_timeout=500\n",
+        redis.url()
+    ))
+}
+
+async fn post(server: &TestServer, path: &str, body: Value) -> (u16, Option<String>, Value) {
+    let response = server
+        .http_client
+        .post(server.url(path))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let unanswered = response
+        .headers()
+        .get("sluice-unanswered-nodes")
+        .map(|v| v.to_str().unwrap().to_string());
+    (
+        status,
+        unanswered,
+        response.json().await.unwrap_or(Value::Null),
+    )
+}
+
+async fn view(server: &TestServer) -> (u16, Value) {
+    let response = server
+        .http_client
+        .get(server.url("/rest-api/cluster"))
+        .send()
+        .await
+        .unwrap();
+    (
+        response.status().as_u16(),
+        response.json().await.unwrap_or(Value::Null),
+    )
+}
+
+fn node_ids(view: &Value) -> Vec<String> {
+    view["nodes"]
+        .as_array()
+        .map(|nodes| {
+            nodes
+                .iter()
+                .map(|n| n["nodeId"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn wait_nodes(server: &TestServer, expected: &[&str], within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let (status, body) = view(server).await;
+        if status == 200 && node_ids(&body) == expected {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the view is {status} {body}, waited for {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finds_answer_for_every_node_and_a_killed_node_leaves_the_view() {
+    let redis = Redis::start();
+    let n1 = node(&redis, "n1");
+    let n2 = node(&redis, "n2");
+    let n3 = node(&redis, "n3");
+    let view = wait_nodes(&n1, &["n1", "n2", "n3"], Duration::from_secs(10)).await;
+    assert_eq!(view["nodeId"], "n1");
+    assert!(
+        view["nodes"][1]["httpUrl"]
+            .as_str()
+            .unwrap()
+            .starts_with("http://127.0.0.1:"),
+        "{view}"
+    );
+
+    let client = Client::new().unwrap();
+    let _a = client
+        .publish(&n2.url("/whip/a"), SyntheticMedia::default())
+        .await
+        .unwrap();
+    let _b = client
+        .publish(&n3.url("/whip/b"), SyntheticMedia::default())
+        .await
+        .unwrap();
+    let b_player = client.play(&n3.url("/whep/b")).await.unwrap();
+    assert!(b_player.wait_packets(10, Duration::from_secs(10)).await);
+
+    // Any node answers for all, each stream with its real node.
+    for asker in [&n1, &n2] {
+        let (status, unanswered, streams) =
+            post(asker, "/rest-api/stream/find_all", json!({})).await;
+        assert_eq!(status, 200, "{streams}");
+        assert_eq!(unanswered, None);
+        let mut found: Vec<(String, String)> = streams
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["name"].as_str().unwrap().into(),
+                    s["nodeId"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        found.sort();
+        assert_eq!(
+            found,
+            [
+                ("a".into(), "n2".into()),
+                ("b".into(), "n3".into()),
+                ("b".into(), "n3".into())
+            ]
+        );
+    }
+    let (status, _, streams) = post(
+        &n1,
+        "/rest-api/stream/find",
+        json!({"name": "b", "published": false}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(streams.as_array().unwrap().len(), 1);
+    let (status, _, _) = post(&n1, "/rest-api/stream/find", json!({"name": "nobody"})).await;
+    assert_eq!(status, 404);
+    let (status, _, error) = post(&n1, "/rest-api/stream/find", json!({"nmae": "b"})).await;
+    assert_eq!(status, 400, "{error}");
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field 'nmae'")
+    );
+
+    // kill -9: n3 leaves the view within its TTL; its streams leave the answers.
+    let killed = Instant::now();
+    Command::new("kill")
+        .args(["-9", &n3.pid().to_string()])
+        .status()
+        .unwrap();
+    wait_nodes(&n1, &["n1", "n2"], Duration::from_millis(1500 + 1500)).await;
+    let gone = killed.elapsed();
+    let (status, unanswered, streams) = post(&n1, "/rest-api/stream/find_all", json!({})).await;
+    assert_eq!(status, 200);
+    assert_eq!(unanswered, None, "a node out of the view is not waited for");
+    assert_eq!(streams.as_array().unwrap().len(), 1, "{streams}");
+    println!("a node killed with -9 left the view after {gone:?} (TTL 1.5 s)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_nodes_serve_their_own_streams_and_the_view_comes_back() {
+    let redis = Redis::start();
+    let n1 = node(&redis, "n1");
+    let n2 = node(&redis, "n2");
+    wait_nodes(&n1, &["n1", "n2"], Duration::from_secs(10)).await;
+    let client = Client::new().unwrap();
+    let _publisher = client
+        .publish(&n1.url("/whip/local"), SyntheticMedia::default())
+        .await
+        .unwrap();
+    let player = client.play(&n1.url("/whep/local")).await.unwrap();
+    assert!(player.wait_packets(10, Duration::from_secs(10)).await);
+
+    let port = redis.stop();
+    // Cluster requests say why they cannot answer; nothing live is dropped.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (status, body) = loop {
+        let (status, body) = view(&n1).await;
+        if status == 503 {
+            break (status, body);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the view still answers {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status, 503);
+    assert!(body["error"].as_str().unwrap().contains("Redis"), "{body}");
+    let (status, _, body) = post(&n1, "/rest-api/stream/find_all", json!({})).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("not usable"),
+        "{body}"
+    );
+    let before = player.counters.packets();
+    assert!(
+        player
+            .wait_packets(before + 50, Duration::from_secs(5))
+            .await,
+        "media flows on"
+    );
+    let second = client
+        .publish(&n1.url("/whip/while-down"), SyntheticMedia::default())
+        .await;
+    assert!(
+        second.is_ok(),
+        "a node publishes without Redis: {:?}",
+        second.err()
+    );
+    assert_eq!(n1.streams().await, 3);
+
+    // Redis back on the same port: the nodes list themselves again and finds work.
+    let _redis = Redis::start_on(port);
+    wait_nodes(&n1, &["n1", "n2"], Duration::from_secs(10)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _, streams) = post(&n2, "/rest-api/stream/find_all", json!({})).await;
+        if status == 200 && streams.as_array().is_some_and(|s| s.len() == 3) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "finds did not come back: {status} {streams}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
