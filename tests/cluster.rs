@@ -313,3 +313,147 @@ async fn with_redis_down_nodes_serve_their_own_streams_and_the_view_comes_back()
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+async fn final_info(events_url: &str) -> String {
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let events = common::read_status_events(&client, events_url, Duration::from_secs(10)).await;
+    events
+        .last()
+        .map(|e| e["info"].as_str().unwrap_or("").to_string())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminate_on_one_node_stops_streams_on_the_others_each_told_why_and_is_recorded_once() {
+    let redis = Redis::start();
+    let n1 = node(&redis, "n1");
+    let n2 = node(&redis, "n2");
+    let n3 = node(&redis, "n3");
+    wait_nodes(&n1, &["n1", "n2", "n3"], Duration::from_secs(10)).await;
+    let client = Client::new().unwrap();
+    let on_n2 = client
+        .publish(&n2.url("/whip/show"), SyntheticMedia::default())
+        .await
+        .unwrap();
+    let on_n3 = client
+        .publish(&n3.url("/whip/show"), SyntheticMedia::default())
+        .await
+        .unwrap();
+    let player = client.play(&n3.url("/whep/show")).await.unwrap();
+    let bystander = client
+        .publish(&n2.url("/whip/other"), SyntheticMedia::default())
+        .await
+        .unwrap();
+    assert!(player.wait_packets(10, Duration::from_secs(10)).await);
+
+    // A dry run lists what each node would stop, and stops nothing.
+    let (status, _, dry) = post(
+        &n1,
+        "/rest-api/stream/terminate",
+        json!({"name": "show", "dryRun": true}),
+    )
+    .await;
+    assert_eq!(status, 200, "{dry}");
+    assert_eq!(dry["nodes"]["n2"].as_array().unwrap().len(), 1, "{dry}");
+    assert_eq!(dry["nodes"]["n3"].as_array().unwrap().len(), 2, "{dry}");
+    assert!(dry.get("terminationId").is_none());
+    assert_eq!(n3.streams().await, 2);
+
+    // The terminate on n1 stops the streams on n2 and n3, each client told the reason.
+    let watch = [&on_n2, &on_n3, &player].map(|s| s.links.events.clone().unwrap());
+    let infos = tokio::spawn(async move {
+        let mut infos = Vec::new();
+        for url in watch {
+            infos.push(final_info(&url).await);
+        }
+        infos
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, unanswered, answer) = post(
+        &n1,
+        "/rest-api/stream/terminate",
+        json!({"name": "show", "reason": "maintenance"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(unanswered, None);
+    assert_eq!(answer["mediaSessionIds"].as_array().unwrap().len(), 3);
+    assert_eq!(answer["unansweredNodes"], json!([]));
+    let termination = answer["terminationId"].as_u64().unwrap();
+    for info in infos.await.unwrap() {
+        assert_eq!(info, "Stopped by server: maintenance");
+    }
+    for ended in [&on_n2, &on_n3, &player] {
+        assert!(
+            ended.wait_ended(Duration::from_secs(5)).await.is_some(),
+            "told by BYE"
+        );
+    }
+    assert!(
+        n2.streams().await == 1 && n3.streams().await == 0,
+        "only the named streams"
+    );
+    assert!(
+        bystander
+            .wait_ended(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "the bystander stays"
+    );
+    // Recorded once, by the node that was asked.
+    let records = |server: &TestServer| {
+        let url = server.url("/rest-api/stream/terminations");
+        let http = server.http_client.clone();
+        async move {
+            http.get(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let on_n1 = records(&n1).await;
+    let last = on_n1.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["id"], termination);
+    assert_eq!(last["streams"].as_array().unwrap().len(), 3, "{last}");
+    assert_eq!(last["reason"], "maintenance");
+    for other in [&n2, &n3] {
+        assert_eq!(records(other).await, json!([]), "not recorded again");
+    }
+
+    // Holds are refused with a reason until they live in Redis.
+    let (status, _, refused) = post(
+        &n1,
+        "/rest-api/stream/terminate",
+        json!({"name": "other", "holdMs": 1000}),
+    )
+    .await;
+    assert_eq!(status, 501, "{refused}");
+    assert_eq!(n2.streams().await, 1, "nothing stopped");
+
+    // A node that dies is named as not answering, and the rest still stop.
+    let late = client
+        .publish(&n2.url("/whip/late"), SyntheticMedia::default())
+        .await
+        .unwrap();
+    Command::new("kill")
+        .args(["-9", &n3.pid().to_string()])
+        .status()
+        .unwrap();
+    let (status, unanswered, answer) =
+        post(&n1, "/rest-api/stream/terminate", json!({"name": "late"})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["unansweredNodes"], json!(["n3"]), "{answer}");
+    assert_eq!(unanswered.as_deref(), Some("n3"));
+    let (_, _, left) = post(&n2, "/rest-api/stream/find_all", json!({})).await;
+    let names: Vec<&str> = left
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["other"], "late stopped on n2");
+    drop(late);
+}

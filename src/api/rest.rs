@@ -186,6 +186,32 @@ async fn find_all(
     ))
 }
 
+/// This node's part of a cluster terminate: its streams the body selects, stopped unless
+/// it is a dry run (the asking node records the termination).
+pub(super) async fn terminate_here(state: &AppState, body: &Value, asked_by: &str) -> (u16, Value) {
+    let request = match StreamRequest::parse(body, RequestKind::Terminate) {
+        Ok(request) => request,
+        Err(e) => {
+            return (
+                e.status.as_u16(),
+                json!({ "error": e.message, "field": e.field }),
+            );
+        }
+    };
+    let streams = match select(state, &request).await {
+        Ok(streams) => streams,
+        Err(e) => return (e.status.as_u16(), json!({ "error": e.message })),
+    };
+    if streams.is_empty() {
+        return (404, json!({ "error": "no stream matches" }));
+    }
+    if !request.dry_run {
+        let reason = request.reason.clone().unwrap_or_default();
+        state.registry.stop_for_cluster(&streams, &reason, asked_by);
+    }
+    (200, json!({ "streams": streams }))
+}
+
 /// This node's part of a cluster find: its HTTP status and body.
 pub(super) async fn find_here(state: &AppState, body: &Value) -> (u16, Value) {
     let request = match StreamRequest::parse(body, RequestKind::Find) {
@@ -230,6 +256,9 @@ async fn terminate(
 ) -> Result<Response, ApiError> {
     let body = json_body(&headers, body).await?;
     let request = StreamRequest::parse(&body, RequestKind::Terminate)?;
+    if let Some(cluster) = &state.cluster {
+        return Ok(super::cluster::terminate(&state, cluster, &request, body, peer).await);
+    }
     let streams = select(&state, &request).await?;
     if streams.is_empty() {
         return Ok(ApiError::new(StatusCode::NOT_FOUND, "no stream matches").into_response());

@@ -43,6 +43,14 @@ pub struct NodeInfo {
 pub enum Op {
     /// The node's streams a REST find body selects.
     Find { body: Value },
+    /// Stop the node's streams a REST terminate body selects (or list them, for a dry
+    /// run); the asker records the termination once.
+    #[serde(rename_all = "camelCase")]
+    Terminate {
+        body: Value,
+        remote_address: String,
+        asked_by: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -38,7 +38,7 @@ impl TerminationSource {
 }
 
 /// One stream as a termination record names it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TerminatedStream {
     pub media_session_id: Uuid,

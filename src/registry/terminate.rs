@@ -34,32 +34,18 @@ impl Registry {
             )?),
             None => None,
         };
-        let termination = {
-            let mut audit = self.audit.lock().unwrap_or_else(|e| e.into_inner());
-            let termination = Termination {
-                id: audit.next_id(),
-                time: now,
-                source,
-                reason: reason.to_string(),
-                filter,
-                streams: streams.iter().map(TerminatedStream::from).collect(),
-                hold_id: hold.as_ref().map(|h| h.hold_id),
-                held_until: hold.as_ref().map(|h| h.until),
-            };
-            audit.push(termination.clone());
-            termination
-        };
+        let termination = self.record_termination(
+            streams.iter().map(TerminatedStream::from).collect(),
+            reason,
+            source,
+            filter,
+            hold.as_ref(),
+        );
         if let Some(hold) = &hold {
             self.lock_holds()
                 .set_termination(hold.hold_id, termination.id);
         }
         let source_kind = termination.source.kind();
-        {
-            let mut counts = self.lock_counts();
-            let entry = counts.terminations.entry(source_kind).or_default();
-            entry.0 += 1;
-            entry.1 += streams.len() as u64;
-        }
         {
             let mut table = self.write();
             for record in streams {
@@ -83,6 +69,57 @@ impl Registry {
             self.stop(record.media_session_id, StopReason::server(reason));
         }
         Ok(termination)
+    }
+
+    /// Records a termination in the audit trail and the counters, without stopping anything:
+    /// for a cluster terminate, whose streams each node stops, recorded once by the node
+    /// that was asked.
+    pub fn record_termination(
+        &self,
+        streams: Vec<TerminatedStream>,
+        reason: &str,
+        source: TerminationSource,
+        filter: StreamFilter,
+        hold: Option<&Hold>,
+    ) -> Termination {
+        let count = streams.len() as u64;
+        let termination = {
+            let mut audit = self.audit.lock().unwrap_or_else(|e| e.into_inner());
+            let termination = Termination {
+                id: audit.next_id(),
+                time: now_ms(),
+                source,
+                reason: reason.to_string(),
+                filter,
+                streams,
+                hold_id: hold.map(|h| h.hold_id),
+                held_until: hold.map(|h| h.until),
+            };
+            audit.push(termination.clone());
+            termination
+        };
+        let mut counts = self.lock_counts();
+        let entry = counts
+            .terminations
+            .entry(termination.source.kind())
+            .or_default();
+        entry.0 += 1;
+        entry.1 += count;
+        drop(counts);
+        termination
+    }
+
+    /// Stops these streams of a termination recorded on another node (a cluster terminate).
+    pub fn stop_for_cluster(&self, streams: &[StreamRecord], reason: &str, asked_by: &str) {
+        tracing::info!(
+            asked_by,
+            reason,
+            streams = streams.len(),
+            "terminating streams for a cluster request"
+        );
+        for record in streams {
+            self.stop(record.media_session_id, StopReason::server(reason));
+        }
     }
 
     /// Refuses every registration from now on (server shutdown).
