@@ -21,8 +21,8 @@ from gi.repository import GLib, Gst, GstSdp, GstWebRTC, Nice  # noqa: E402
 
 VIDEO = "videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framerate=30/1 ! videoconvert ! queue ! "
 ENCODERS = {
-    "VP8": "vp8enc deadline=1 keyframe-max-dist=30 ! rtpvp8pay pt=96 ! application/x-rtp,media=video,encoding-name=VP8,payload=96",
-    "VP9": "vp9enc deadline=1 keyframe-max-dist=30 ! rtpvp9pay pt=98 ! application/x-rtp,media=video,encoding-name=VP9,payload=98",
+    "VP8": "vp8enc deadline=1 cpu-used=8 keyframe-max-dist=30 ! rtpvp8pay pt=96 ! application/x-rtp,media=video,encoding-name=VP8,payload=96",
+    "VP9": "vp9enc deadline=1 cpu-used=8 threads=2 keyframe-max-dist=30 ! rtpvp9pay pt=98 ! application/x-rtp,media=video,encoding-name=VP9,payload=98",
     "H264": "x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 ! video/x-h264,profile=constrained-baseline ! rtph264pay pt=102 config-interval=-1 aggregate-mode=zero-latency ! application/x-rtp,media=video,encoding-name=H264,payload=102",
     "H264-high": "x264enc tune=zerolatency speed-preset=superfast key-int-max=30 ! video/x-h264,profile=high ! rtph264pay pt=102 config-interval=-1 aggregate-mode=zero-latency ! application/x-rtp,media=video,encoding-name=H264,payload=102",
 }
