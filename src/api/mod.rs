@@ -229,6 +229,20 @@ impl TextError {
     }
 }
 
+impl TextError {
+    /// The error as a response; a `503` also says when to try again (`Retry-After: 1`).
+    pub fn retrying(self) -> Response {
+        let unavailable = self.status == StatusCode::SERVICE_UNAVAILABLE;
+        let mut response = self.into_response();
+        if unavailable {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
 impl IntoResponse for TextError {
     fn into_response(self) -> Response {
         (

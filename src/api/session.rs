@@ -96,13 +96,7 @@ pub(super) async fn patch_session(
             if status == StatusCode::INTERNAL_SERVER_ERROR {
                 tracing::warn!(stream = %id, error = %e, "ICE restart failed");
             }
-            let mut response = TextError::new(status, e.to_string()).into_response();
-            if status == StatusCode::SERVICE_UNAVAILABLE {
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            }
-            response
+            TextError::new(status, e.to_string()).retrying()
         }
     }
 }

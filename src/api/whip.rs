@@ -243,13 +243,7 @@ fn media_error(e: MediaError) -> Response {
     if status == StatusCode::INTERNAL_SERVER_ERROR {
         tracing::error!(error = %e, "WHIP/WHEP request failed");
     }
-    let mut response = TextError::new(status, e.to_string()).into_response();
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    }
-    response
+    TextError::new(status, e.to_string()).retrying()
 }
 
 /// Reads the HTTP side of an offer. `Err` is the response.
