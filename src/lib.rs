@@ -12,6 +12,7 @@ pub mod hooks;
 pub mod keepalive;
 pub mod media;
 pub mod policy;
+pub mod procstat;
 pub mod registry;
 pub mod server;
 pub mod sessions;

@@ -203,7 +203,7 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
                 &settings.node_id,
                 settings.cluster_node_ttl,
                 settings.cluster_answer_timeout,
-                Arc::new(move || registry.len()),
+                registry,
             )?)
         }
         None => None,

@@ -117,6 +117,24 @@ function render(snap) {
   push(serverSparks.cpu, at, [sv.cpuPercent]);
   push(serverSparks.bitrate, at, [sv.bitrateIn, sv.bitrateOut]);
 
+  // With a cluster, a row per live node, from its entry in Redis.
+  document.getElementById("nodes-panel").hidden = !snap.cluster;
+  if (snap.cluster) {
+    const nodes = snap.cluster.nodes;
+    set("node-count", nodes.length);
+    set("nodes-error", snap.cluster.error || "");
+    document.querySelector("#nodes tbody").replaceChildren(...nodes.map((n) => {
+      const row = el("tr");
+      row.dataset.node = n.nodeId;
+      if (n.nodeId === snap.nodeId) row.className = "this-node";
+      for (const text of [n.nodeId === snap.nodeId ? `${n.nodeId} (this one)` : n.nodeId, n.httpUrl || "", n.streams,
+        `${n.publishers || 0} / ${n.players || 0}`, (n.cpuPercent || 0).toFixed(1),
+        ((n.rssBytes || 0) / 1048576).toFixed(0), n.openFds || 0,
+        `${Math.max(0, ((at - n.refreshedAt) / 1000)).toFixed(1)} s ago`]) row.appendChild(el("td", String(text)));
+      return row;
+    }));
+  }
+
   const body = document.querySelector("#streams tbody");
   const seen = new Set();
   for (const s of snap.streams) {

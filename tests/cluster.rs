@@ -5,88 +5,16 @@
 //! cannot answer, and the view comes back by itself.
 
 mod common;
+#[path = "common/redis.rs"]
+mod redis;
 
-use std::io::{Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::TestServer;
+use redis::Redis;
 use serde_json::{Value, json};
 use sluice_client::{Client, SyntheticMedia};
-
-/// A `redis-server` of the test's own, killed (with its process group) when dropped.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start_on(port: u16) -> Redis {
-        use std::os::unix::process::CommandExt;
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("redis-server (scripts/test installs Debian's redis-server)");
-        let redis = Redis { child, port };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !redis.pings() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not start on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        redis
-    }
-
-    fn start() -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self::start_on(port)
-    }
-
-    fn pings(&self) -> bool {
-        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-        let mut answer = [0u8; 7];
-        stream.write_all(b"PING\r\n").is_ok()
-            && stream.read_exact(&mut answer).is_ok()
-            && &answer == b"+PONG\r\n"
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn stop(mut self) -> u16 {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.port
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn node(redis: &Redis, id: &str) -> TestServer {
     TestServer::start(&format!(
@@ -423,16 +351,6 @@ async fn a_terminate_on_one_node_stops_streams_on_the_others_each_told_why_and_i
         assert_eq!(records(other).await, json!([]), "not recorded again");
     }
 
-    // Holds are refused with a reason until they live in Redis.
-    let (status, _, refused) = post(
-        &n1,
-        "/rest-api/stream/terminate",
-        json!({"name": "other", "holdMs": 1000}),
-    )
-    .await;
-    assert_eq!(status, 501, "{refused}");
-    assert_eq!(n2.streams().await, 1, "nothing stopped");
-
     // A node that dies is named as not answering, and the rest still stop.
     let late = client
         .publish(&n2.url("/whip/late"), SyntheticMedia::default())
@@ -456,4 +374,104 @@ async fn a_terminate_on_one_node_stops_streams_on_the_others_each_told_why_and_i
         .collect();
     assert_eq!(names, ["other"], "late stopped on n2");
     drop(late);
+}
+
+async fn holds(server: &TestServer) -> Vec<u64> {
+    let response = server
+        .http_client
+        .get(server.url("/rest-api/stream/holds"))
+        .send()
+        .await
+        .unwrap();
+    let list: Value = response.json().await.unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["holdId"].as_u64().unwrap())
+        .collect()
+}
+
+async fn wait_holds(server: &TestServer, expected: &[u64], within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let now = holds(server).await;
+        if now == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "holds {now:?}, waited for {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn publish_status(client: &Client, server: &TestServer, name: &str) -> Option<u16> {
+    match client
+        .publish(
+            &server.url(&format!("/whip/{name}")),
+            SyntheticMedia::default(),
+        )
+        .await
+    {
+        Ok(_) => None,
+        Err(e) => Some(e.status().unwrap_or(0)),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_set_on_one_node_refuses_the_republish_on_every_node_and_outlives_its_asker() {
+    let redis = Redis::start();
+    let n1 = node(&redis, "n1");
+    let n2 = node(&redis, "n2");
+    let n3 = node(&redis, "n3");
+    wait_nodes(&n1, &["n1", "n2", "n3"], Duration::from_secs(10)).await;
+    let client = Client::new().unwrap();
+    let encoder = client
+        .publish(&n2.url("/whip/held"), SyntheticMedia::default())
+        .await
+        .unwrap();
+    let viewer = client.play(&n2.url("/whep/held")).await.unwrap();
+    assert!(viewer.wait_packets(10, Duration::from_secs(10)).await);
+
+    let (status, _, answer) = post(
+        &n1,
+        "/rest-api/stream/terminate",
+        json!({"name": "held", "reason": "abuse", "holdMs": 30000}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let hold = answer["holdId"].as_u64().expect("a hold id");
+    assert!(encoder.wait_ended(Duration::from_secs(5)).await.is_some());
+    // The encoder reconnects wherever it lands: refused on every node, the same hold listed.
+    for server in [&n3, &n2, &n1] {
+        assert_eq!(publish_status(&client, server, "held").await, Some(403));
+        assert_eq!(holds(server).await, [hold]);
+    }
+    assert_eq!(
+        publish_status(&client, &n3, "bystander").await,
+        None,
+        "only the held name"
+    );
+
+    // The asker dies; the hold stays in force, and a node that joins later takes it up.
+    Command::new("kill")
+        .args(["-9", &n1.pid().to_string()])
+        .status()
+        .unwrap();
+    let n4 = node(&redis, "n4");
+    wait_nodes(&n2, &["n2", "n3", "n4"], Duration::from_secs(10)).await;
+    wait_holds(&n4, &[hold], Duration::from_secs(5)).await;
+    assert_eq!(publish_status(&client, &n4, "held").await, Some(403));
+
+    // Released on n3: lifted everywhere, and the encoder is back.
+    let (status, _, released) =
+        post(&n3, "/rest-api/stream/release", json!({"holdId": hold})).await;
+    assert_eq!(status, 200, "{released}");
+    for server in [&n2, &n3, &n4] {
+        wait_holds(server, &[], Duration::from_secs(5)).await;
+    }
+    assert_eq!(publish_status(&client, &n4, "held").await, None);
+    let (status, _, again) = post(&n2, "/rest-api/stream/release", json!({"holdId": hold})).await;
+    assert_eq!(status, 404, "released once: {again}");
 }

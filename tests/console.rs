@@ -8,11 +8,15 @@
 #[path = "common/browser.rs"]
 mod browser;
 mod common;
+#[path = "common/redis.rs"]
+mod redis;
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use browser::{Browser, WAIT, browser_test_runs};
-use common::InProcessServer;
+use common::{InProcessServer, TestServer};
+use redis::Redis;
 use serde_json::{Value, json};
 use sluice_client::{Client, SyntheticMedia};
 
@@ -391,4 +395,108 @@ async fn the_feed_is_behind_the_rest_api_auth_and_describes_the_server() {
             .any(|a| a["appKey"] == "defaultApp")
     );
     assert!(!snapshot.to_string().contains("console-secret"));
+}
+
+/// The nodes table's rows: node id to its cells.
+const NODE_ROWS: &str = "const out = {}; for (const r of document.querySelectorAll('#nodes tbody tr')) { \
+    const c = [...r.querySelectorAll('td')].map((td) => td.textContent); \
+    out[r.dataset.node] = {streams: c[2], kinds: c[3], cpu: c[4], rss: c[5], fds: c[6]}; } \
+    return {hidden: document.getElementById('nodes-panel').hidden, error: document.getElementById('nodes-error').textContent, rows: out};";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_cluster_the_console_shows_a_row_per_node() {
+    if !browser_test_runs("with_a_cluster_the_console_shows_a_row_per_node") {
+        return;
+    }
+    let redis = Redis::start();
+    let node = |id: &str| {
+        TestServer::start(&format!(
+            "node_id={id}\ncluster_redis_url={}\ncluster_node_ttl=1500\ncluster_answer_timeout=500\n",
+            redis.url()
+        ))
+    };
+    let n1 = node("n1");
+    let mut n2 = node("n2");
+    let client = Client::new().unwrap();
+    let _publisher = client
+        .publish(&n2.url("/whip/far"), SyntheticMedia::default())
+        .await
+        .unwrap();
+    let player = client.play(&n2.url("/whep/far")).await.unwrap();
+    assert!(player.wait_packets(10, Duration::from_secs(10)).await);
+
+    let console = Browser::start_with(&["--window-size=1280,1200"]).await;
+    console
+        .page()
+        .goto(&n1.url("/operator.html"))
+        .await
+        .unwrap();
+    // n1's console lists both nodes, n2 with its publisher and player and its own figures.
+    let shown = wait_page(&console, Duration::from_secs(5), NODE_ROWS, |v| {
+        v["hidden"] == false
+            && v["rows"]["n1"]["streams"] == "0"
+            && v["rows"]["n2"]["streams"] == "2"
+            && v["rows"]["n2"]["kinds"] == "1 / 1"
+    })
+    .await;
+    for id in ["n1", "n2"] {
+        let row = &shown["rows"][id];
+        let rss: u64 = row["rss"].as_str().unwrap().parse().unwrap();
+        let fds: u64 = row["fds"].as_str().unwrap().parse().unwrap();
+        assert!(rss > 1 && fds > 5, "{id}: {row}");
+        assert!(row["cpu"].as_str().unwrap().parse::<f64>().is_ok(), "{row}");
+    }
+    assert_eq!(shown["error"], "", "{shown}");
+    console.screenshot_in("console", "7-nodes").await;
+
+    // A single node's console has no nodes table.
+    let single = InProcessServer::start("").await;
+    console
+        .page()
+        .goto(&single.url("/operator.html"))
+        .await
+        .unwrap();
+    wait_page(
+        &console,
+        Duration::from_secs(5),
+        "return document.getElementById('node').textContent;",
+        |v| v.as_str().is_some_and(|t| !t.is_empty()),
+    )
+    .await;
+    assert_eq!(console.js(NODE_ROWS).await["hidden"], true);
+
+    // n2 killed: its row leaves n1's console within its TTL.
+    console
+        .page()
+        .goto(&n1.url("/operator.html"))
+        .await
+        .unwrap();
+    wait_page(&console, Duration::from_secs(5), NODE_ROWS, |v| {
+        v["rows"].get("n2").is_some()
+    })
+    .await;
+    Command::new("kill")
+        .args(["-9", &n2.pid().to_string()])
+        .status()
+        .unwrap();
+    let _ = n2.try_wait();
+    wait_page(&console, Duration::from_secs(5), NODE_ROWS, |v| {
+        v["rows"].get("n2").is_none() && v["rows"].get("n1").is_some()
+    })
+    .await;
+
+    // Redis down: the console says so and keeps showing this node's own figures.
+    drop(redis);
+    let down = wait_page(&console, Duration::from_secs(5), NODE_ROWS, |v| {
+        v["error"].as_str().is_some_and(|e| e.contains("Redis"))
+    })
+    .await;
+    assert!(down["rows"].as_object().unwrap().is_empty(), "{down}");
+    assert_eq!(
+        console
+            .js("return document.getElementById('feed-state').textContent;")
+            .await,
+        "live"
+    );
+    console.screenshot_in("console", "8-redis-down").await;
 }

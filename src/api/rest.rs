@@ -212,6 +212,24 @@ pub(super) async fn terminate_here(state: &AppState, body: &Value, asked_by: &st
     (200, json!({ "streams": streams }))
 }
 
+/// This node's part of a cluster release: the holds it lifted.
+pub(super) fn release_here(state: &AppState, body: &Value) -> (u16, Value) {
+    let pick = match ReleaseRequest::parse(body) {
+        Ok(pick) => pick,
+        Err(e) => {
+            return (
+                e.status.as_u16(),
+                json!({ "error": e.message, "field": e.field }),
+            );
+        }
+    };
+    let released: Vec<Hold> = state.registry.release(|hold| pick.matches(hold));
+    if released.is_empty() {
+        return (404, json!({ "error": "no hold matches" }));
+    }
+    (200, json!({ "released": released }))
+}
+
 /// This node's part of a cluster find: its HTTP status and body.
 pub(super) async fn find_here(state: &AppState, body: &Value) -> (u16, Value) {
     let request = match StreamRequest::parse(body, RequestKind::Find) {
@@ -326,6 +344,9 @@ async fn release(
 ) -> Result<Response, ApiError> {
     let body = json_body(&headers, body).await?;
     let pick = ReleaseRequest::parse(&body)?;
+    if let Some(cluster) = &state.cluster {
+        return Ok(super::cluster::release(cluster, body).await);
+    }
     let released: Vec<Hold> = state.registry.release(|hold| pick.matches(hold));
     if released.is_empty() {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "no hold matches"));

@@ -6,9 +6,10 @@
 //! its own streams; cluster requests fail with a reason, and the view comes back by itself.
 //! The wire format and the gathering of replies are in `protocol.rs`, without I/O.
 
+pub mod holds;
 pub mod protocol;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use protocol::{Gathering, NODES, REQUESTS, Request, node_key, replies_channel};
-pub use protocol::{NodeInfo, Op, Reply};
+pub use protocol::{NodeInfo, NodeLoad, Op, Reply};
 
 /// Why a cluster request could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -47,8 +48,11 @@ pub struct Cluster {
     answer_timeout: Duration,
     connection: tokio::sync::Mutex<Option<ConnectionManager>>,
     pending: Mutex<HashMap<Uuid, mpsc::UnboundedSender<Reply>>>,
-    /// How many live streams this node has, for its entry.
-    load: Arc<dyn Fn() -> usize + Send + Sync>,
+    /// This node's streams (for its entry's load) and holds (kept in step with Redis).
+    registry: Arc<crate::registry::Registry>,
+    cpu: Mutex<crate::procstat::CpuMeter>,
+    /// The holds known to be in Redis (see `holds.rs`).
+    known_holds: Mutex<HashSet<u64>>,
 }
 
 impl Cluster {
@@ -57,10 +61,12 @@ impl Cluster {
         node_id: &str,
         ttl: Duration,
         answer_timeout: Duration,
-        load: Arc<dyn Fn() -> usize + Send + Sync>,
+        registry: Arc<crate::registry::Registry>,
     ) -> Result<Arc<Self>, ClusterError> {
         let client = redis::Client::open(url)
             .map_err(|e| ClusterError::BadUrl(url.to_string(), e.to_string()))?;
+        // Every node keeps every node's holds: ids must not collide.
+        registry.use_cluster_hold_ids();
         Ok(Arc::new(Cluster {
             url: url.to_string(),
             client,
@@ -71,7 +77,9 @@ impl Cluster {
             answer_timeout,
             connection: tokio::sync::Mutex::new(None),
             pending: Mutex::new(HashMap::new()),
-            load,
+            registry,
+            cpu: Mutex::default(),
+            known_holds: Mutex::default(),
         }))
     }
 
@@ -121,12 +129,29 @@ impl Cluster {
     /// when it expires.
     async fn refresh(&self) -> Result<(), ClusterError> {
         let now = crate::registry::now_ms();
+        let (mut publishers, mut players) = (0, 0);
+        for ((_, published, _), count) in self.registry.census() {
+            if published {
+                publishers += count as usize;
+            } else {
+                players += count as usize;
+            }
+        }
+        let streams = publishers + players;
+        let cpu_percent = self.cpu.lock().unwrap_or_else(|e| e.into_inner()).percent();
         let info = NodeInfo {
             node_id: self.node_id.clone(),
             http_url: self.http_url.get().cloned(),
-            streams: (self.load)(),
+            streams,
             started_at: self.started_at,
             refreshed_at: now,
+            load: NodeLoad {
+                publishers,
+                players,
+                cpu_percent,
+                rss_bytes: crate::procstat::rss_bytes(),
+                open_fds: crate::procstat::open_fds(),
+            },
         };
         let ttl_ms = self.ttl.as_millis() as u64;
         let json = serde_json::to_string(&info).unwrap_or_default();
@@ -147,6 +172,11 @@ impl Cluster {
             .arg("-inf")
             .arg(now)
             .ignore();
+        self.run_pipe(&pipe).await
+    }
+
+    /// Runs a pipeline within the answer timeout, ignoring its replies.
+    async fn run_pipe(&self, pipe: &redis::Pipeline) -> Result<(), ClusterError> {
         let mut connection = self.connection().await?;
         tokio::time::timeout(self.answer_timeout, pipe.query_async::<()>(&mut connection))
             .await
@@ -236,7 +266,11 @@ impl Cluster {
                     _ = heartbeat_stop.cancelled() => break,
                     _ = tick.tick() => {}
                 }
-                match this.refresh().await {
+                let refreshed = match this.refresh().await {
+                    Ok(()) => this.sync_holds(&this.registry).await,
+                    Err(e) => Err(e),
+                };
+                match refreshed {
                     Ok(()) if down => {
                         down = false;
                         tracing::info!(node = %this.node_id, "cluster: Redis is back; this node is listed again");
@@ -244,7 +278,7 @@ impl Cluster {
                     Ok(()) => {}
                     Err(e) if !down => {
                         down = true;
-                        tracing::warn!(error = %e, "cluster: cannot refresh this node's entry; serving its own streams meanwhile");
+                        tracing::warn!(error = %e, "cluster: cannot refresh this node's entry or holds; serving its own streams meanwhile, with the holds it has");
                     }
                     Err(_) => {}
                 }

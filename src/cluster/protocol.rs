@@ -35,6 +35,22 @@ pub struct NodeInfo {
     pub streams: usize,
     pub started_at: u64,
     pub refreshed_at: u64,
+    /// Its publishers, players and process figures at that refresh (absent from the
+    /// entries of older nodes, hence the defaults).
+    #[serde(default, flatten)]
+    pub load: NodeLoad,
+}
+
+/// What a node reports of its load with each refresh of its entry.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct NodeLoad {
+    pub publishers: usize,
+    pub players: usize,
+    /// CPU since its previous refresh, in % of one core.
+    pub cpu_percent: f64,
+    pub rss_bytes: u64,
+    pub open_fds: usize,
 }
 
 /// What a request asks every node.
@@ -44,13 +60,18 @@ pub enum Op {
     /// The node's streams a REST find body selects.
     Find { body: Value },
     /// Stop the node's streams a REST terminate body selects (or list them, for a dry
-    /// run); the asker records the termination once.
+    /// run); the asker records the termination once. With `hold`, the node puts the hold
+    /// (already in Redis) in its table before it stops anything.
     #[serde(rename_all = "camelCase")]
     Terminate {
         body: Value,
         remote_address: String,
         asked_by: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hold: Option<Box<crate::registry::Hold>>,
     },
+    /// Lift the holds a REST release body picks.
+    Release { body: Value },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

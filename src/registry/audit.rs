@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::StreamRecord;
 
 /// Who asked for a termination.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "camelCase")]
 pub enum TerminationSource {
     /// `POST /rest-api/stream/terminate`, from this remote address.

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{StreamFilter, StreamRecord, TerminationSource};
 
@@ -14,7 +14,7 @@ pub const MAX_HOLD_MS: u64 = 24 * 60 * 60 * 1000;
 pub const MAX_HOLDS: usize = 10_000;
 
 /// One stream a hold names: new streams with this name, direction and app are held.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HeldStream {
     pub name: String,
@@ -35,7 +35,7 @@ impl From<&StreamRecord> for HeldStream {
 /// Which new streams a hold refuses: the built-in fields of the terminate filter that a new
 /// stream can have (name, direction, app), and — when the filter picked streams by id, status
 /// or a plugin, which a new stream cannot match — the streams it actually stopped.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HoldFilter {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -99,7 +99,7 @@ pub struct HoldSpec {
 }
 
 /// A hold in force.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Hold {
     pub hold_id: u64,
@@ -110,7 +110,7 @@ pub struct Hold {
     pub until: u64,
     pub filter: HoldFilter,
     /// Lifted by the first request the app's admission policy admits.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub until_admitted: bool,
     pub source: TerminationSource,
     /// The termination that put the hold in place.
@@ -129,6 +129,9 @@ impl Hold {
 #[derive(Default)]
 pub(super) struct HoldTable {
     next_id: u64,
+    /// In a cluster, where every node's holds are kept on every node, ids are drawn at
+    /// random (53 bits, exact in JSON) rather than counted, so no two nodes give one twice.
+    random_ids: bool,
     holds: Vec<Hold>,
 }
 
@@ -143,10 +146,37 @@ impl HoldTable {
         if self.holds.len() >= MAX_HOLDS {
             return Err(TooManyHolds);
         }
-        self.next_id += 1;
-        hold.hold_id = self.next_id;
+        hold.hold_id = loop {
+            let id = if self.random_ids {
+                uuid::Uuid::new_v4().as_u64_pair().0 & ((1 << 53) - 1)
+            } else {
+                self.next_id += 1;
+                self.next_id
+            };
+            if id != 0 && self.holds.iter().all(|h| h.hold_id != id) {
+                break id;
+            }
+        };
         self.holds.push(hold.clone());
         Ok(hold)
+    }
+
+    pub fn use_random_ids(&mut self) {
+        self.random_ids = true;
+    }
+
+    /// Keeps a hold another node put in place, under its own id; false when this table
+    /// already has it, or it has expired.
+    pub fn adopt(&mut self, hold: Hold, now_ms: u64) -> Result<bool, TooManyHolds> {
+        self.prune(now_ms);
+        if hold.until <= now_ms || self.holds.iter().any(|h| h.hold_id == hold.hold_id) {
+            return Ok(false);
+        }
+        if self.holds.len() >= MAX_HOLDS {
+            return Err(TooManyHolds);
+        }
+        self.holds.push(hold);
+        Ok(true)
     }
 
     /// The matching hold that lasts longest, if any.

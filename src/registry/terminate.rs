@@ -17,21 +17,8 @@ impl Registry {
         filter: StreamFilter,
         hold: Option<HoldSpec>,
     ) -> Result<Termination, TooManyHolds> {
-        let now = now_ms();
         let hold = match hold {
-            Some(spec) => Some(self.lock_holds().add(
-                Hold {
-                    hold_id: 0,
-                    reason: reason.to_string(),
-                    created: now,
-                    until: now.saturating_add(spec.ms.min(MAX_HOLD_MS)),
-                    filter: spec.filter,
-                    until_admitted: spec.until_admitted,
-                    source: source.clone(),
-                    termination_id: None,
-                },
-                now,
-            )?),
+            Some(spec) => Some(self.add_hold(spec, reason, source.clone())?),
             None => None,
         };
         let termination = self.record_termination(
@@ -42,8 +29,7 @@ impl Registry {
             hold.as_ref(),
         );
         if let Some(hold) = &hold {
-            self.lock_holds()
-                .set_termination(hold.hold_id, termination.id);
+            self.link_hold(hold.hold_id, termination.id);
         }
         let source_kind = termination.source.kind();
         {
@@ -69,6 +55,50 @@ impl Registry {
             self.stop(record.media_session_id, StopReason::server(reason));
         }
         Ok(termination)
+    }
+
+    /// Puts a hold in place (before any stream is stopped under it) and returns it.
+    pub fn add_hold(
+        &self,
+        spec: HoldSpec,
+        reason: &str,
+        source: TerminationSource,
+    ) -> Result<Hold, TooManyHolds> {
+        let now = now_ms();
+        self.lock_holds().add(
+            Hold {
+                hold_id: 0,
+                reason: reason.to_string(),
+                created: now,
+                until: now.saturating_add(spec.ms.min(MAX_HOLD_MS)),
+                filter: spec.filter,
+                until_admitted: spec.until_admitted,
+                source,
+                termination_id: None,
+            },
+            now,
+        )
+    }
+
+    /// Names the termination that put a hold in place.
+    pub fn link_hold(&self, hold_id: u64, termination_id: u64) {
+        self.lock_holds().set_termination(hold_id, termination_id);
+    }
+
+    /// Keeps a hold another node of the cluster put in place, under its id; false when it
+    /// is here already or has expired.
+    pub fn adopt_hold(&self, hold: Hold) -> Result<bool, TooManyHolds> {
+        let id = hold.hold_id;
+        let adopted = self.lock_holds().adopt(hold, now_ms())?;
+        if adopted {
+            tracing::info!(hold = id, "hold of the cluster in force here");
+        }
+        Ok(adopted)
+    }
+
+    /// Draws hold ids at random, as a cluster node must (every node keeps every hold).
+    pub fn use_cluster_hold_ids(&self) {
+        self.lock_holds().use_random_ids();
     }
 
     /// Records a termination in the audit trail and the counters, without stopping anything:

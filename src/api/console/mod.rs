@@ -1,7 +1,8 @@
 //! The operator console's feed: `GET /rest-api/console/feed`, one server-sent-events stream
 //! of the whole server's live state, a `snapshot` event a second — every stream with its
 //! players, bitrates, loss, last keep-alive verdict and hold; every app's hook health and
-//! plugin; the process's CPU, memory and descriptors; holds and recent terminations. One
+//! plugin; the process's CPU, memory and descriptors; with a cluster, every live node's
+//! load as its entry in Redis says; holds and recent terminations. One
 //! task builds each snapshot once, whatever the number of consoles open, and only while one
 //! is: consoles share it through a `watch` channel. Behind the REST API's auth.
 
@@ -76,7 +77,21 @@ impl ConsoleFeed {
                     return;
                 }
             }
-            let json = sampler.snapshot(&state).to_string();
+            let cluster = match &state.cluster {
+                // Bounded, so a slow Redis delays this node's own figures by little.
+                Some(cluster) => Some(
+                    match tokio::time::timeout(PERIOD / 2, cluster.nodes()).await {
+                        Ok(Ok(nodes)) => serde_json::json!({ "nodes": nodes }),
+                        Ok(Err(e)) => serde_json::json!({ "nodes": [], "error": e.to_string() }),
+                        Err(_) => serde_json::json!({
+                            "nodes": [],
+                            "error": format!("the cluster's Redis did not answer within {:?}", PERIOD / 2),
+                        }),
+                    },
+                ),
+                None => None,
+            };
+            let json = sampler.snapshot(&state, cluster).to_string();
             self.latest.send_replace(Arc::from(json));
         }
         *self.running.lock().unwrap_or_else(|e| e.into_inner()) = false;

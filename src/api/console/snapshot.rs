@@ -10,9 +10,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::api::AppState;
+use crate::procstat::{CpuMeter, open_fds, rss_bytes};
 
-/// Clock ticks a second of `/proc/self/stat`'s CPU times (`USER_HZ`, 100 on Linux).
-const USER_HZ: f64 = 100.0;
 /// Terminations a snapshot lists.
 const RECENT_TERMINATIONS: usize = 20;
 /// Samples a hook's recent latency and failures are taken over (ten seconds at one a second).
@@ -27,7 +26,7 @@ pub struct Sampler {
     at: Option<Instant>,
     /// Per publisher: bytes received and forwarded.
     bytes: HashMap<Uuid, (u64, u64)>,
-    cpu_ticks: Option<u64>,
+    cpu: CpuMeter,
     verdicts: BTreeMap<String, u64>,
     /// Per app, its hook counters at the last samples, oldest first.
     hooks: BTreeMap<String, std::collections::VecDeque<HookSample>>,
@@ -41,32 +40,10 @@ fn bitrate(before: Option<u64>, now: u64, seconds: f64) -> u64 {
     }
 }
 
-/// utime + stime of this process, in clock ticks.
-fn cpu_ticks() -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // The command name may hold spaces; the fields after it are plain.
-    let after = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-}
-
-fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
-}
-
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
-}
-
 impl Sampler {
-    pub fn snapshot(&mut self, state: &AppState) -> Value {
+    /// The snapshot; `cluster` is the cluster's node list (or why it is not known), when
+    /// this node is in one.
+    pub fn snapshot(&mut self, state: &AppState, cluster: Option<Value>) -> Value {
         let now = Instant::now();
         let seconds = self
             .at
@@ -140,14 +117,7 @@ impl Sampler {
         }
         self.bytes = bytes;
 
-        let ticks = cpu_ticks();
-        let cpu_percent = match (self.cpu_ticks, ticks) {
-            (Some(before), Some(now)) if seconds > 0.0 => {
-                now.saturating_sub(before) as f64 / USER_HZ / seconds * 100.0
-            }
-            _ => 0.0,
-        };
-        self.cpu_ticks = ticks;
+        let cpu_percent = self.cpu.percent();
 
         let apps = self.apps(state, &records, seconds);
         let mut terminations = state.registry.terminations();
@@ -164,12 +134,13 @@ impl Sampler {
                 "peerConnections": state.media.peer_count(),
                 "bitrateIn": total_in,
                 "bitrateOut": total_out,
-                "cpuPercent": (cpu_percent * 10.0).round() / 10.0,
+                "cpuPercent": cpu_percent,
                 "rssBytes": rss_bytes(),
                 "openFds": open_fds(),
                 "keepAliveIntervalMs": interval_ms,
             },
             "streams": streams,
+            "cluster": cluster,
             "apps": apps,
             "holds": holds,
             "terminations": terminations,
@@ -272,7 +243,5 @@ mod tests {
             0,
             "a counter that restarted"
         );
-        assert!(cpu_ticks().is_some(), "this process's CPU time is readable");
-        assert!(rss_bytes() > 0);
     }
 }
