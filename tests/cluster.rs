@@ -2,7 +2,8 @@
 //! the cluster view, finds that answer for every node with each stream's `nodeId`, a node
 //! killed with `kill -9` leaving the view within its TTL, and Redis stopped and restarted
 //! mid-test — every node keeps serving its own streams, cluster requests say why they
-//! cannot answer, and the view comes back by itself.
+//! cannot answer, and the view comes back by itself; terminates and holds across nodes,
+//! and keep-alive verdicts and status events not duplicated by the cluster.
 
 mod common;
 #[path = "common/redis.rs"]
@@ -474,4 +475,133 @@ async fn a_hold_set_on_one_node_refuses_the_republish_on_every_node_and_outlives
     assert_eq!(publish_status(&client, &n4, "held").await, None);
     let (status, _, again) = post(&n2, "/rest-api/stream/release", json!({"holdId": hold})).await;
     assert_eq!(status, 404, "released once: {again}");
+}
+
+/// A web back end on a loopback port that records every hook call by method.
+#[derive(Clone, Default)]
+struct Backend {
+    calls: std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>,
+}
+
+impl Backend {
+    async fn serve(&self) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+        let recorder = self.clone();
+        let app = axum::Router::new().route(
+            "/api/{method}",
+            axum::routing::post(
+                move |axum::extract::Path(method): axum::extract::Path<String>,
+                      axum::Json(body): axum::Json<Value>| {
+                    let recorder = recorder.clone();
+                    async move {
+                        recorder.calls.lock().unwrap().push((method, body));
+                        axum::Json(json!({}))
+                    }
+                },
+            ),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (addr, task)
+    }
+
+    /// How many calls of `method` each stream got.
+    fn per_stream(&self, method: &str) -> std::collections::BTreeMap<String, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        for (m, body) in self.calls.lock().unwrap().iter() {
+            if m == method {
+                let id = body["mediaSessionId"].as_str().unwrap_or("").to_string();
+                *counts.entry(id).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+
+    fn finals(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        for (m, body) in self.calls.lock().unwrap().iter() {
+            if m == "StreamStatusEvent" && body["final"] == true {
+                let id = body["mediaSessionId"].as_str().unwrap_or("").to_string();
+                *counts.entry(id).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_verdicts_and_status_events_are_not_duplicated_by_the_cluster() {
+    let backend = Backend::default();
+    let (addr, serving) = backend.serve().await;
+    let redis = Redis::start();
+    const INTERVAL_MS: u64 = 400;
+    let apps = format!(
+        "[apps.defaultApp]\nurl = \"http://{addr}/api\"\n[apps.defaultApp.methods.StreamKeepAliveEvent]\n[apps.defaultApp.methods.StreamStatusEvent]\n"
+    );
+    let start = |id: &str| {
+        TestServer::start_with(
+            &format!(
+                "{}keep_alive_streaming_sessions_enabled=true\nstreaming_sessions_keep_alive_interval={INTERVAL_MS}\nrest_api_https_port=0\nnode_id={id}\ncluster_redis_url={}\ncluster_node_ttl=1500\ncluster_answer_timeout=500\n",
+                common::LOOPBACK,
+                redis.url()
+            ),
+            Some(&apps),
+        )
+    };
+    let n1 = start("n1");
+    let n2 = start("n2");
+    let n3 = start("n3");
+    wait_nodes(&n1, &["n1", "n2", "n3"], Duration::from_secs(10)).await;
+    let client = Client::new().unwrap();
+    let on_n2 = client
+        .publish(&n2.url("/whip/once"), SyntheticMedia::default())
+        .await
+        .unwrap();
+    let on_n3 = client
+        .publish(&n3.url("/whip/twice"), SyntheticMedia::default())
+        .await
+        .unwrap();
+    let player = client.play(&n3.url("/whep/twice")).await.unwrap();
+    assert!(player.wait_packets(10, Duration::from_secs(10)).await);
+    let began = Instant::now();
+    tokio::time::sleep(Duration::from_millis(INTERVAL_MS * 8)).await;
+    let elapsed = began.elapsed();
+    let keepalives = backend.per_stream("StreamKeepAliveEvent");
+    assert_eq!(keepalives.len(), 3, "every stream is asked: {keepalives:?}");
+    // Asked once per interval by its own node, not once per node (three nodes would
+    // triple it); the window edges allow one either side.
+    let most = (elapsed.as_millis() as u64 / INTERVAL_MS + 3) as usize;
+    for (id, count) in &keepalives {
+        assert!(
+            (2..=most).contains(count),
+            "{id}: {count} keep-alives in {elapsed:?}, at most {most}"
+        );
+    }
+
+    // A cluster terminate on n1: each stream's end reaches the web server exactly once.
+    let (status, _, answer) = post(
+        &n1,
+        "/rest-api/stream/terminate",
+        json!({"appKey": "defaultApp", "reason": "done"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["mediaSessionIds"].as_array().unwrap().len(), 3);
+    for ended in [&on_n2, &on_n3, &player] {
+        assert!(ended.wait_ended(Duration::from_secs(5)).await.is_some());
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while backend.finals().len() < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let finals = backend.finals();
+    assert_eq!(finals.len(), 3, "{finals:?}");
+    assert!(
+        finals.values().all(|&n| n == 1),
+        "one final each: {finals:?}"
+    );
+    serving.abort();
 }
