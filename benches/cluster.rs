@@ -1,0 +1,199 @@
+//! The cluster's cost: a cluster-wide terminate of every stream at 3 nodes × 10 000
+//! synthetic streams (one process, three in-process nodes on a real `redis-server` on a
+//! loopback port) against the same terminate on a single node of 10 000 and of 30 000
+//! streams, side by side in one run; and the Redis commands the cluster sends per stream per
+//! keep-alive interval (from `INFO stats`' `total_commands_processed`).
+//!
+//! The latency is request to answer: the answer comes back after every node has stopped its
+//! streams (a synthetic stream is told by its registry stop, as a real one's BYE follows it).
+//!
+//! Run: `cargo bench --bench cluster`.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sluice::registry::NewStream;
+use support::result;
+
+const PER_NODE: usize = 10_000;
+const ROUNDS: usize = 5;
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+struct RedisServer(Child, u16);
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn redis_server() -> RedisServer {
+    let port = free_port();
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server (scripts/test installs it)");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return RedisServer(child, port);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut redis = RedisServer(child, port);
+    let _ = redis.0.kill();
+    let _ = redis.0.wait();
+    panic!("redis-server did not listen");
+}
+
+fn commands_processed(port: u16) -> u64 {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "INFO", "stats"])
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("total_commands_processed:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("total_commands_processed")
+}
+
+async fn node(extra: &str) -> (sluice::RunningServer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("server.properties"),
+        format!("ice_loopback_only=true\nmedia_port_from=0\nmedia_port_to=0\nrest_api_https_port=0\n{extra}"),
+    )
+    .expect("properties");
+    let server = sluice::start(sluice::ServerOptions {
+        config_dir: Some(dir.path().to_path_buf()),
+        http_listen: Some("127.0.0.1:0".parse().expect("addr")),
+        https_listen: Some("127.0.0.1:0".parse().expect("addr")),
+        ws_listen: Some("127.0.0.1:0".parse().expect("addr")),
+        wss_listen: Some("127.0.0.1:0".parse().expect("addr")),
+    })
+    .await
+    .expect("server");
+    (server, dir)
+}
+
+fn fill(server: &sluice::RunningServer, streams: usize) {
+    for i in 0..streams {
+        let name = format!("s{}", i / 4);
+        let new = if i % 4 == 0 {
+            NewStream::publisher(&name, "defaultApp")
+        } else {
+            NewStream::player(&name, "defaultApp")
+        };
+        server.registry.register_synthetic(new).expect("stream");
+    }
+}
+
+/// The median milliseconds of a terminate of every stream on `asker`, refilled each round.
+async fn terminate_ms(
+    asker: &sluice::RunningServer,
+    nodes: &[&sluice::RunningServer],
+    per_node: usize,
+) -> f64 {
+    let http = reqwest::Client::new();
+    let url = format!(
+        "http://{}/rest-api/stream/terminate",
+        asker.http_addr.expect("http")
+    );
+    let mut samples = Vec::new();
+    for _ in 0..ROUNDS {
+        for node in nodes {
+            fill(node, per_node);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let began = Instant::now();
+        let answer = http
+            .post(&url)
+            .json(&serde_json::json!({"appKey": "defaultApp", "reason": "bench"}))
+            .send()
+            .await
+            .expect("terminate");
+        assert_eq!(answer.status(), 200);
+        let _ = answer.bytes().await;
+        samples.push(began.elapsed().as_secs_f64() * 1e3);
+        for node in nodes {
+            assert!(node.registry.is_empty(), "every stream stopped");
+        }
+    }
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let (single, _single_dir) = node("").await;
+    let single_10k = terminate_ms(&single, &[&single], PER_NODE).await;
+    let single_30k = terminate_ms(&single, &[&single], PER_NODE * 3).await;
+    drop(single);
+
+    let redis = redis_server();
+    let cluster = |id: &str| {
+        format!(
+            "node_id={id}\ncluster_redis_url=redis://127.0.0.1:{}\ncluster_node_ttl=5000\ncluster_answer_timeout=5000\n",
+            redis.1
+        )
+    };
+    let (n1, _d1) = node(&cluster("n1")).await;
+    let (n2, _d2) = node(&cluster("n2")).await;
+    let (n3, _d3) = node(&cluster("n3")).await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // every node in every view
+    let nodes = [&n1, &n2, &n3];
+    let cluster_30k = terminate_ms(&n1, &nodes, PER_NODE).await;
+
+    // Redis commands with 3 × 10 000 streams live, over one keep-alive interval.
+    for node in nodes {
+        fill(node, PER_NODE);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = commands_processed(redis.1);
+    tokio::time::sleep(KEEPALIVE_INTERVAL).await;
+    let commands = commands_processed(redis.1) - before - 1; // less our own INFO
+    let per_stream = commands as f64 / (PER_NODE * 3) as f64;
+
+    println!("cluster terminate, median of {ROUNDS}:");
+    println!("  single node, 10 000 streams: {single_10k:.1} ms");
+    println!("  single node, 30 000 streams: {single_30k:.1} ms");
+    println!("  3 nodes x 10 000 streams, asked on n1: {cluster_30k:.1} ms");
+    result(
+        "cluster_terminate",
+        "3 nodes x 10 000 streams, terminate all",
+        &format!("{cluster_30k:.1} ms"),
+        &format!("single node 30 000: {single_30k:.1} ms"),
+        cluster_30k / single_30k,
+    );
+    result(
+        "cluster_terminate_vs_10k",
+        "3 nodes x 10 000 streams, terminate all",
+        &format!("{cluster_30k:.1} ms"),
+        &format!("single node 10 000: {single_10k:.1} ms"),
+        cluster_30k / single_10k,
+    );
+    println!(
+        "redis: {commands} commands in one {KEEPALIVE_INTERVAL:?} keep-alive interval with 30 000 streams: {per_stream:.5} per stream per interval"
+    );
+}
