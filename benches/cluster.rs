@@ -9,11 +9,14 @@
 //!
 //! Run: `cargo bench --bench cluster`.
 
+#[path = "../tests/common/redis.rs"]
+mod redis;
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use redis::Redis;
 use sluice::registry::NewStream;
 use support::result;
 
@@ -21,54 +24,9 @@ const PER_NODE: usize = 10_000;
 const ROUNDS: usize = 5;
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("port")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-struct RedisServer(Child, u16);
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn redis_server() -> RedisServer {
-    let port = free_port();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server (scripts/test installs it)");
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return RedisServer(child, port);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let mut redis = RedisServer(child, port);
-    let _ = redis.0.kill();
-    let _ = redis.0.wait();
-    panic!("redis-server did not listen");
-}
-
-fn commands_processed(port: u16) -> u64 {
+fn commands_processed(redis: &Redis) -> u64 {
     let out = Command::new("redis-cli")
-        .args(["-p", &port.to_string(), "INFO", "stats"])
+        .args(["-u", &redis.url(), "INFO", "stats"])
         .output()
         .expect("redis-cli");
     String::from_utf8_lossy(&out.stdout)
@@ -151,11 +109,11 @@ async fn main() {
     let single_30k = terminate_ms(&single, &[&single], PER_NODE * 3).await;
     drop(single);
 
-    let redis = redis_server();
+    let redis = Redis::start();
     let cluster = |id: &str| {
         format!(
-            "node_id={id}\ncluster_redis_url=redis://127.0.0.1:{}\ncluster_node_ttl=5000\ncluster_answer_timeout=5000\n",
-            redis.1
+            "node_id={id}\ncluster_redis_url={}\ncluster_node_ttl=5000\ncluster_answer_timeout=5000\n",
+            redis.url()
         )
     };
     let (n1, _d1) = node(&cluster("n1")).await;
@@ -170,9 +128,9 @@ async fn main() {
         fill(node, PER_NODE);
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = commands_processed(redis.1);
+    let before = commands_processed(&redis);
     tokio::time::sleep(KEEPALIVE_INTERVAL).await;
-    let commands = commands_processed(redis.1) - before - 1; // less our own INFO
+    let commands = commands_processed(&redis) - before - 1; // less our own INFO
     let per_stream = commands as f64 / (PER_NODE * 3) as f64;
 
     println!("cluster terminate, median of {ROUNDS}:");

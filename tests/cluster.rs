@@ -84,6 +84,13 @@ async fn wait_nodes(server: &TestServer, expected: &[&str], within: Duration) ->
     }
 }
 
+/// Nodes n1, n2 and n3 on `redis`, once each is in n1's view.
+async fn three_nodes(redis: &Redis) -> [TestServer; 3] {
+    let nodes = ["n1", "n2", "n3"].map(|id| node(redis, id));
+    wait_nodes(&nodes[0], &["n1", "n2", "n3"], Duration::from_secs(10)).await;
+    nodes
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finds_answer_for_every_node_and_a_killed_node_leaves_the_view() {
     let redis = Redis::start();
@@ -255,10 +262,7 @@ async fn final_info(events_url: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminate_on_one_node_stops_streams_on_the_others_each_told_why_and_is_recorded_once() {
     let redis = Redis::start();
-    let n1 = node(&redis, "n1");
-    let n2 = node(&redis, "n2");
-    let n3 = node(&redis, "n3");
-    wait_nodes(&n1, &["n1", "n2", "n3"], Duration::from_secs(10)).await;
+    let [n1, n2, n3] = three_nodes(&redis).await;
     let client = Client::new().unwrap();
     let on_n2 = client
         .publish(&n2.url("/whip/show"), SyntheticMedia::default())
@@ -423,10 +427,7 @@ async fn publish_status(client: &Client, server: &TestServer, name: &str) -> Opt
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hold_set_on_one_node_refuses_the_republish_on_every_node_and_outlives_its_asker() {
     let redis = Redis::start();
-    let n1 = node(&redis, "n1");
-    let n2 = node(&redis, "n2");
-    let n3 = node(&redis, "n3");
-    wait_nodes(&n1, &["n1", "n2", "n3"], Duration::from_secs(10)).await;
+    let [n1, n2, n3] = three_nodes(&redis).await;
     let client = Client::new().unwrap();
     let encoder = client
         .publish(&n2.url("/whip/held"), SyntheticMedia::default())
