@@ -208,6 +208,9 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
         }
         None => None,
     };
+    if let Some(cluster) = &cluster {
+        sessions.set_cluster(cluster.clone());
+    }
     let state = AppState {
         media: media.clone(),
         registry: registry.clone(),

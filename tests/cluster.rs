@@ -5,6 +5,8 @@
 //! cannot answer, and the view comes back by itself; terminates and holds across nodes,
 //! and keep-alive verdicts and status events not duplicated by the cluster.
 
+#[path = "common/cluster.rs"]
+mod cluster;
 mod common;
 #[path = "common/redis.rs"]
 mod redis;
@@ -12,84 +14,11 @@ mod redis;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use cluster::{Backend, final_info, hooked_node, node, post, three_nodes, view, wait_nodes};
 use common::TestServer;
 use redis::Redis;
 use serde_json::{Value, json};
 use sluice_client::{Client, SyntheticMedia};
-
-fn node(redis: &Redis, id: &str) -> TestServer {
-    TestServer::start(&format!(
-        "rest_api_https_port=0\nnode_id={id}\ncluster_redis_url={}\ncluster_node_ttl=1500\ncluster_answer_timeout=500\n",
-        redis.url()
-    ))
-}
-
-async fn post(server: &TestServer, path: &str, body: Value) -> (u16, Option<String>, Value) {
-    let response = server
-        .http_client
-        .post(server.url(path))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let unanswered = response
-        .headers()
-        .get("sluice-unanswered-nodes")
-        .map(|v| v.to_str().unwrap().to_string());
-    (
-        status,
-        unanswered,
-        response.json().await.unwrap_or(Value::Null),
-    )
-}
-
-async fn view(server: &TestServer) -> (u16, Value) {
-    let response = server
-        .http_client
-        .get(server.url("/rest-api/cluster"))
-        .send()
-        .await
-        .unwrap();
-    (
-        response.status().as_u16(),
-        response.json().await.unwrap_or(Value::Null),
-    )
-}
-
-fn node_ids(view: &Value) -> Vec<String> {
-    view["nodes"]
-        .as_array()
-        .map(|nodes| {
-            nodes
-                .iter()
-                .map(|n| n["nodeId"].as_str().unwrap().to_string())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-async fn wait_nodes(server: &TestServer, expected: &[&str], within: Duration) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        let (status, body) = view(server).await;
-        if status == 200 && node_ids(&body) == expected {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the view is {status} {body}, waited for {expected:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Nodes n1, n2 and n3 on `redis`, once each is in n1's view.
-async fn three_nodes(redis: &Redis) -> [TestServer; 3] {
-    let nodes = ["n1", "n2", "n3"].map(|id| node(redis, id));
-    wait_nodes(&nodes[0], &["n1", "n2", "n3"], Duration::from_secs(10)).await;
-    nodes
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finds_answer_for_every_node_and_a_killed_node_leaves_the_view() {
@@ -248,15 +177,6 @@ async fn with_redis_down_nodes_serve_their_own_streams_and_the_view_comes_back()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-async fn final_info(events_url: &str) -> String {
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let events = common::read_status_events(&client, events_url, Duration::from_secs(10)).await;
-    events
-        .last()
-        .map(|e| e["info"].as_str().unwrap_or("").to_string())
-        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -478,79 +398,13 @@ async fn a_hold_set_on_one_node_refuses_the_republish_on_every_node_and_outlives
     assert_eq!(status, 404, "released once: {again}");
 }
 
-/// A web back end on a loopback port that records every hook call by method.
-#[derive(Clone, Default)]
-struct Backend {
-    calls: std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>,
-}
-
-impl Backend {
-    async fn serve(&self) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
-        let recorder = self.clone();
-        let app = axum::Router::new().route(
-            "/api/{method}",
-            axum::routing::post(
-                move |axum::extract::Path(method): axum::extract::Path<String>,
-                      axum::Json(body): axum::Json<Value>| {
-                    let recorder = recorder.clone();
-                    async move {
-                        recorder.calls.lock().unwrap().push((method, body));
-                        axum::Json(json!({}))
-                    }
-                },
-            ),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        (addr, task)
-    }
-
-    /// How many calls of `method` each stream got.
-    fn per_stream(&self, method: &str) -> std::collections::BTreeMap<String, usize> {
-        let mut counts = std::collections::BTreeMap::new();
-        for (m, body) in self.calls.lock().unwrap().iter() {
-            if m == method {
-                let id = body["mediaSessionId"].as_str().unwrap_or("").to_string();
-                *counts.entry(id).or_insert(0) += 1;
-            }
-        }
-        counts
-    }
-
-    fn finals(&self) -> std::collections::BTreeMap<String, usize> {
-        let mut counts = std::collections::BTreeMap::new();
-        for (m, body) in self.calls.lock().unwrap().iter() {
-            if m == "StreamStatusEvent" && body["final"] == true {
-                let id = body["mediaSessionId"].as_str().unwrap_or("").to_string();
-                *counts.entry(id).or_insert(0) += 1;
-            }
-        }
-        counts
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_verdicts_and_status_events_are_not_duplicated_by_the_cluster() {
     let backend = Backend::default();
     let (addr, serving) = backend.serve().await;
     let redis = Redis::start();
     const INTERVAL_MS: u64 = 400;
-    let apps = format!(
-        "[apps.defaultApp]\nurl = \"http://{addr}/api\"\n[apps.defaultApp.methods.StreamKeepAliveEvent]\n[apps.defaultApp.methods.StreamStatusEvent]\n"
-    );
-    let start = |id: &str| {
-        TestServer::start_with(
-            &format!(
-                "{}keep_alive_streaming_sessions_enabled=true\nstreaming_sessions_keep_alive_interval={INTERVAL_MS}\nrest_api_https_port=0\nnode_id={id}\ncluster_redis_url={}\ncluster_node_ttl=1500\ncluster_answer_timeout=500\n",
-                common::LOOPBACK,
-                redis.url()
-            ),
-            Some(&apps),
-        )
-    };
+    let start = |id: &str| hooked_node(&redis, id, &addr, INTERVAL_MS);
     let n1 = start("n1");
     let n2 = start("n2");
     let n3 = start("n3");

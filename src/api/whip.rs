@@ -238,6 +238,7 @@ fn media_error(e: MediaError) -> Response {
         MediaError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
         // The stream exists, in no form this player accepts.
         MediaError::CodecMismatch(_) => StatusCode::NOT_ACCEPTABLE,
+        MediaError::Origin(_) => StatusCode::BAD_GATEWAY,
         MediaError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     if status == StatusCode::INTERNAL_SERVER_ERROR {

@@ -7,6 +7,7 @@
 //! The wire format and the gathering of replies are in `protocol.rs`, without I/O.
 
 pub mod holds;
+pub mod origin;
 pub mod protocol;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+pub use origin::OriginStream;
 use protocol::{Gathering, NODES, REQUESTS, Request, node_key, replies_channel};
 pub use protocol::{NodeInfo, NodeLoad, Op, Reply};
 

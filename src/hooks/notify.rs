@@ -60,6 +60,10 @@ pub fn spawn(
             let Some(event): Option<StatusEvent> = event else {
                 return;
             };
+            // An edge relay's events are the cluster's plumbing: the origin reports the stream.
+            if event.edge {
+                continue;
+            }
             let config = store.load();
             let Some(app) = config.apps.get(&event.app_key) else {
                 continue;

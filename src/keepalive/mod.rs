@@ -267,7 +267,8 @@ impl KeepAlive {
         // The due streams come from the phase index: a tick costs what is due, not the table.
         let due = self.registry.due(&window.phase_ranges(interval), |r| {
             let app = r.app_key.as_str();
-            plugin_apps.contains(app) || per_stream.contains_key(app)
+            // An edge relay is verdicted on its origin, as the stream it copies.
+            r.origin_node.is_none() && (plugin_apps.contains(app) || per_stream.contains_key(app))
         });
         let mut for_plugins: BTreeMap<String, Vec<StreamRecord>> = BTreeMap::new();
         for record in due {

@@ -3,6 +3,7 @@
 //! stop it. Following a live session (tracks, state, RTCP, its supervisor) is in `supervise.rs`.
 
 pub mod codecs;
+mod edge;
 pub mod engine;
 mod ice;
 pub mod offer;
@@ -11,6 +12,7 @@ pub mod sdpfrag;
 mod session;
 mod supervise;
 
+pub use edge::Origin;
 pub use ice::{IceError, IcePatch, IfMatch};
 pub use relay::{RelayLedger, RelayStats, RelayTotals, RelayTrack};
 
@@ -55,6 +57,9 @@ pub enum MediaError {
     /// The player's offer accepts none of the codecs the publisher sends (for a kind it asks).
     #[error("{0}")]
     CodecMismatch(String),
+    /// An edge could not pull the stream from the node that publishes it.
+    #[error("{0}")]
+    Origin(String),
     #[error("media error: {0}")]
     Internal(String),
 }
@@ -110,12 +115,18 @@ pub struct Media {
     pub relays: Arc<RelayLedger>,
     /// The server's tasks: every session's supervisor runs in it.
     tasks: TaskTracker,
+    /// Held while an edge pull is set up, so concurrent first players share one.
+    edges: tokio::sync::Mutex<()>,
+    /// For the WHEP exchange of edge pulls.
+    http: reqwest::Client,
 }
 
 /// How long ICE gathering may take before the answer goes out with what was gathered.
 const GATHER_TIMEOUT: Duration = Duration::from_secs(3);
 /// A session that has not connected by then is stopped.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// An edge's WHEP request to the origin (which gathers for up to its own 3 s) may take this.
+const EDGE_HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Media {
     /// Builds the WebRTC engine from the settings in force now (its keys need a restart).
@@ -134,6 +145,13 @@ impl Media {
             relays: Arc::default(),
             mux_addr: engine.mux_addr,
             tasks,
+            edges: tokio::sync::Mutex::new(()),
+            // Node to node, like the hooks: never through a proxy from the environment.
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(EDGE_HTTP_TIMEOUT)
+                .build()
+                .map_err(|e| MediaError::Internal(format!("HTTP client: {e}")))?,
         }))
     }
 
@@ -143,9 +161,15 @@ impl Media {
     }
 
     /// The checks a request can fail without any media work: the offer, and whether the name
-    /// is free (publish) or published (play). Run before admission hooks, so that a request
-    /// that cannot succeed costs the web server nothing.
-    pub fn precheck(&self, request: &OfferRequest, publish: bool) -> Result<(), MediaError> {
+    /// is free (publish) or published (play; here, or on another node when
+    /// `published_elsewhere`). Run before admission hooks, so that a request that cannot
+    /// succeed costs the web server nothing.
+    pub fn precheck(
+        &self,
+        request: &OfferRequest,
+        publish: bool,
+        published_elsewhere: bool,
+    ) -> Result<(), MediaError> {
         if self.registry.is_draining() {
             return Err(RegistryError::Draining.into());
         }
@@ -169,7 +193,7 @@ impl Media {
             if summary.receiving.is_empty() {
                 return Err(MediaError::NoMedia("play"));
             }
-            if self.registry.publisher_of(&request.name).is_none() {
+            if !published_elsewhere && self.registry.publisher_of(&request.name).is_none() {
                 return Err(RegistryError::NotPublishing(request.name.clone()).into());
             }
         }
@@ -197,7 +221,7 @@ impl Media {
             expected_tracks: summary.sending.len(),
             tracks: watch::channel(Vec::new()).0,
         });
-        self.on_publisher_track(&pc, id, &publisher, &control, &tasks, &cancel);
+        self.on_publisher_track(&pc, id, &publisher, &control, &tasks, &cancel, false);
         self.on_state_change(&pc, id, false, &control, &tasks, &cancel, Vec::new);
 
         let answer = match self.negotiate(&pc, &request.sdp).await {

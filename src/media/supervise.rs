@@ -31,6 +31,7 @@ pub(super) async fn read_player_rtcp(
 }
 
 impl Media {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn on_publisher_track(
         &self,
         pc: &Arc<RTCPeerConnection>,
@@ -39,7 +40,14 @@ impl Media {
         control: &Arc<SessionControl>,
         tasks: &TaskTracker,
         cancel: &CancellationToken,
+        edge: bool,
     ) {
+        // The client's BYE: a publisher that leaves, or, for an edge, the origin's publisher.
+        let on_bye = if edge {
+            StopReason::PublisherStopped
+        } else {
+            StopReason::ClientLeft
+        };
         let weak_pc = Arc::downgrade(pc);
         let publisher = Arc::downgrade(publisher);
         let registry = self.registry.clone();
@@ -62,6 +70,7 @@ impl Media {
             tasks.spawn(relay.clone().pump(remote, cancel.clone()));
             let control = control.clone();
             let cancel = cancel.clone();
+            let on_bye = on_bye.clone();
             tasks.spawn(async move {
                 loop {
                     let read = tokio::select! {
@@ -70,7 +79,7 @@ impl Media {
                     };
                     let Ok((packets, _)) = read else { break };
                     if packets.iter().any(|p| p.as_any().is::<Goodbye>()) {
-                        control.stop(StopReason::ClientLeft);
+                        control.stop(on_bye.clone());
                     }
                 }
             });

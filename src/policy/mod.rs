@@ -419,7 +419,7 @@ impl PolicyHost {
                     event = events.recv() => event,
                 };
                 match event {
-                    Ok(event) if event.status.is_final() => this.stopped(&event),
+                    Ok(event) if event.status.is_final() && !event.edge => this.stopped(&event),
                     Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     Err(_) => return,
                 }

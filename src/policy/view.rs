@@ -60,6 +60,7 @@ impl StreamView {
             bearer: crate::registry::Bearer::default(),
             audio_codec: None,
             video_codec: None,
+            origin_node: None,
         }
     }
 }
@@ -82,6 +83,7 @@ pub(super) fn record_of_event(event: &StatusEvent, node_id: &str) -> StreamRecor
         bearer: crate::registry::Bearer::default(),
         audio_codec: None,
         video_codec: None,
+        origin_node: None,
     }
 }
 

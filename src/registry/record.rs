@@ -157,6 +157,8 @@ pub struct NewStream {
     /// The codecs agreed on, by name (`opus`, `VP8`, …).
     pub audio_codec: Option<String>,
     pub video_codec: Option<String>,
+    /// For an edge relay: the node that publishes the stream (see [`StreamRecord::origin_node`]).
+    pub origin_node: Option<String>,
 }
 
 impl NewStream {
@@ -182,6 +184,7 @@ impl NewStream {
             publisher_id: None,
             audio_codec: None,
             video_codec: None,
+            origin_node: None,
         }
     }
 }
@@ -205,6 +208,10 @@ pub struct StreamRecord {
     pub bearer: Bearer,
     pub audio_codec: Option<String>,
     pub video_codec: Option<String>,
+    /// Set on an edge relay: this node's copy of a stream another node of the cluster
+    /// publishes, pulled for local players. It is plumbing, not a stream of its own: no
+    /// keep-alive verdicts, no status hook, no `on_stop`; those run for the origin's stream.
+    pub origin_node: Option<String>,
 }
 
 /// The model's stream object, with WCS's field names (so back-office scripts written for
@@ -243,6 +250,8 @@ struct ModelStream<'a> {
     remote_address: &'a str,
     media_kinds: &'a [MediaKind],
     custom: &'a BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    origin_node_id: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -283,6 +292,7 @@ impl Serialize for StreamRecord {
             remote_address: &self.remote_address,
             media_kinds: &self.media_kinds,
             custom: &self.custom,
+            origin_node_id: self.origin_node.as_deref(),
         }
         .serialize(serializer)
     }
@@ -320,6 +330,7 @@ impl StreamRecord {
             bearer: new.bearer,
             audio_codec: new.audio_codec,
             video_codec: new.video_codec,
+            origin_node: new.origin_node,
         }
     }
 }
@@ -362,6 +373,10 @@ pub struct StatusEvent {
     /// (without the `info` wording), for protocols that show it as it is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The event is an edge relay's (see [`StreamRecord::origin_node`]): the status hook
+    /// and `on_stop` leave it to the origin's own events.
+    #[serde(skip)]
+    pub edge: bool,
 }
 
 impl StatusEvent {
@@ -371,6 +386,7 @@ impl StatusEvent {
             seq,
             hint: None,
             reason: None,
+            edge: record.origin_node.is_some(),
             media_session_id: record.media_session_id,
             session_id: record.session_id.clone(),
             name: record.name.clone(),

@@ -14,12 +14,13 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
+use crate::cluster::Cluster;
 use crate::config::ConfigStore;
 use crate::hooks::HookClient;
 use crate::hooks::admission::{self, Admission};
-use crate::media::{Media, MediaError, OfferRequest, SessionAnswer, resource_path};
+use crate::media::{Media, MediaError, OfferRequest, Origin, SessionAnswer, resource_path};
 use crate::policy::{AdmissionRequest, Code, PolicyHost};
-use crate::registry::{Bearer, Hold, NewStream, Registry, StopReason, StreamRecord};
+use crate::registry::{Bearer, Hold, MediaKind, NewStream, Registry, StopReason, StreamRecord};
 
 /// A stream name is at most this long (and printable).
 pub const MAX_NAME_LEN: usize = 256;
@@ -92,6 +93,8 @@ pub struct Sessions {
     hooks: HookClient,
     policy: Arc<PolicyHost>,
     offers: limits::OfferLimiter,
+    /// Set when the node is in a cluster: where streams published elsewhere are found.
+    cluster: std::sync::OnceLock<Arc<Cluster>>,
 }
 
 impl Sessions {
@@ -109,6 +112,7 @@ impl Sessions {
             hooks,
             policy,
             offers: limits::OfferLimiter::default(),
+            cluster: std::sync::OnceLock::new(),
         })
     }
 
@@ -136,7 +140,12 @@ impl Sessions {
             tracing::info!(name = %request.name, app = %request.app_key, publish, hold = hold.hold_id, "request refused by a hold");
             return Err(Refusal::Held(Box::new(hold.clone())));
         }
-        self.media.precheck(&request, publish)?;
+        let origin = if publish {
+            None
+        } else {
+            self.origin_of(&request).await?
+        };
+        self.media.precheck(&request, publish, origin.is_some())?;
         match self.admit(&request, publish).await {
             Admission::Admit { custom } => {
                 if let Some(custom) = custom {
@@ -166,6 +175,11 @@ impl Sessions {
             request.app_key.clone(),
             request.remote_address.clone(),
         );
+        if let Some(origin) = &origin {
+            self.media
+                .open_edge(&request.name, &request.app_key, origin)
+                .await?;
+        }
         let answer = if publish {
             self.media.publish(request).await?
         } else {
@@ -173,6 +187,52 @@ impl Sessions {
         };
         tracing::info!(stream = %answer.id, %name, %app, published = publish, %remote, "session created");
         Ok(answer)
+    }
+
+    /// Where a stream to play is published when it is not published here: another node of
+    /// the cluster (then this node becomes its edge), or nowhere (`None`). When the cluster
+    /// cannot be asked, the player is told so (`503`), not that the stream does not exist.
+    async fn origin_of(&self, request: &OfferRequest) -> Result<Option<Origin>, Refusal> {
+        let Some(cluster) = self.cluster.get() else {
+            return Ok(None);
+        };
+        if self.registry.publisher_of(&request.name).is_some() {
+            return Ok(None);
+        }
+        let located = cluster
+            .locate(&request.name, &request.app_key)
+            .await
+            .map_err(|e| Refusal::Rejected {
+                status: 503,
+                reason: format!(
+                    "'{}' is not published on this node, and the cluster cannot be asked: {e}",
+                    request.name
+                ),
+                answer: None,
+            })?;
+        Ok(located.map(|found| Origin {
+            address: found
+                .http_url
+                .trim_start_matches("http://")
+                .trim_start_matches("https://")
+                .to_string(),
+            node_id: found.node_id,
+            whep_url: found.whep_url,
+            media_kinds: found
+                .media_kinds
+                .iter()
+                .filter_map(|kind| match kind.as_str() {
+                    "audio" => Some(MediaKind::Audio),
+                    "video" => Some(MediaKind::Video),
+                    _ => None,
+                })
+                .collect(),
+        }))
+    }
+
+    /// Plays of streams published on other nodes go through `cluster` from now on.
+    pub fn set_cluster(&self, cluster: Arc<Cluster>) {
+        let _ = self.cluster.set(cluster);
     }
 
     /// The client ends its own session. `false` when there is no such session.

@@ -461,69 +461,84 @@ impl Client {
         pc: &RTCPeerConnection,
         exchange: Exchange<'_>,
     ) -> Result<SessionLinks, ClientError> {
-        let offer = pc.create_offer(None).await?;
-        let mut gathered = pc.gathering_complete_promise().await;
-        pc.set_local_description(offer).await?;
-        let _ = tokio::time::timeout(Duration::from_secs(3), gathered.recv()).await;
-        let local = pc
-            .local_description()
-            .await
-            .ok_or_else(|| ClientError::Protocol("no local description".into()))?;
-        let url = match exchange {
-            Exchange::Http(url) => url,
+        match exchange {
+            Exchange::Http(url) => whep_offer(&self.http, pc, url).await,
             Exchange::Wcs(connection, stream) => {
-                let answer = connection.offer(&stream, &local.sdp).await?;
+                let local = gathered_offer(pc).await?;
+                let answer = connection.offer(&stream, &local).await?;
                 pc.set_remote_description(RTCSessionDescription::answer(answer)?)
                     .await?;
-                return Ok(SessionLinks {
+                Ok(SessionLinks {
                     resource: String::new(),
                     events: None,
                     etag: None,
-                });
+                })
             }
-        };
-        let response = self
-            .http
-            .post(url)
-            .header(reqwest::header::CONTENT_TYPE, "application/sdp")
-            .body(local.sdp)
-            .send()
-            .await?;
-        let status = response.status().as_u16();
-        let base = response.url().clone();
-        let header = |name: reqwest::header::HeaderName| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(String::from)
-        };
-        let location = header(reqwest::header::LOCATION);
-        let link = header(reqwest::header::LINK);
-        let etag = header(reqwest::header::ETAG);
-        let body = response.text().await?;
-        if status != 201 {
-            return Err(ClientError::Refused { status, body });
         }
-        let location =
-            location.ok_or_else(|| ClientError::Protocol("201 without Location".into()))?;
-        let resource = base
-            .join(&location)
-            .map_err(|e| ClientError::Protocol(format!("bad Location: {e}")))?
-            .to_string();
-        let events = link.and_then(|l| {
-            let start = l.find('<')? + 1;
-            let end = l.find('>')?;
-            base.join(&l[start..end]).ok().map(|u| u.to_string())
-        });
-        pc.set_remote_description(RTCSessionDescription::answer(body)?)
-            .await?;
-        Ok(SessionLinks {
-            resource,
-            events,
-            etag,
-        })
     }
+}
+
+/// Makes `pc`'s offer and waits (at most 3 s) for its candidates: a non-trickle offer.
+async fn gathered_offer(pc: &RTCPeerConnection) -> Result<String, ClientError> {
+    let offer = pc.create_offer(None).await?;
+    let mut gathered = pc.gathering_complete_promise().await;
+    pc.set_local_description(offer).await?;
+    let _ = tokio::time::timeout(Duration::from_secs(3), gathered.recv()).await;
+    let local = pc
+        .local_description()
+        .await
+        .ok_or_else(|| ClientError::Protocol("no local description".into()))?;
+    Ok(local.sdp)
+}
+
+/// The WHIP/WHEP exchange for any peer connection whose transceivers are set up: its offer
+/// `POST`ed to `url`, the `201`'s answer applied, and what the `201` said of the session.
+/// Sluice's edge nodes pull a stream from its origin with this, on their own media engine.
+pub async fn whep_offer(
+    http: &reqwest::Client,
+    pc: &RTCPeerConnection,
+    url: &str,
+) -> Result<SessionLinks, ClientError> {
+    let local = gathered_offer(pc).await?;
+    let response = http
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/sdp")
+        .body(local)
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    let base = response.url().clone();
+    let header = |name: reqwest::header::HeaderName| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from)
+    };
+    let location = header(reqwest::header::LOCATION);
+    let link = header(reqwest::header::LINK);
+    let etag = header(reqwest::header::ETAG);
+    let body = response.text().await?;
+    if status != 201 {
+        return Err(ClientError::Refused { status, body });
+    }
+    let location = location.ok_or_else(|| ClientError::Protocol("201 without Location".into()))?;
+    let resource = base
+        .join(&location)
+        .map_err(|e| ClientError::Protocol(format!("bad Location: {e}")))?
+        .to_string();
+    let events = link.and_then(|l| {
+        let start = l.find('<')? + 1;
+        let end = l.find('>')?;
+        base.join(&l[start..end]).ok().map(|u| u.to_string())
+    });
+    pc.set_remote_description(RTCSessionDescription::answer(body)?)
+        .await?;
+    Ok(SessionLinks {
+        resource,
+        events,
+        etag,
+    })
 }
 
 fn capability(mime: &str, clock_rate: u32, channels: u16) -> RTCRtpCodecCapability {

@@ -487,6 +487,7 @@ mod tests {
             info: info.into(),
             hint,
             reason: reason.map(String::from),
+            edge: false,
         }
     }
 

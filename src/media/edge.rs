@@ -1,0 +1,153 @@
+//! Edge relays: a stream another node of the cluster publishes, pulled once over WHEP (with
+//! `sluice-client`'s exchange, on this server's own media engine) and registered here as a
+//! publisher marked with its origin node, so local players wire to it as to any publisher.
+//! The pull ends with its last player (after a short linger), and its players end with
+//! `Stopped by publisher stop` when the origin's publisher stops (the origin's RTCP BYE).
+
+use std::time::Instant;
+
+use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
+use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
+
+use super::*;
+
+/// Where to pull a stream from: what the cluster located.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub node_id: String,
+    pub whep_url: String,
+    /// The origin node's address, shown as the edge record's `remoteAddress`.
+    pub address: String,
+    pub media_kinds: Vec<MediaKind>,
+}
+
+/// How often an edge looks whether it still has players.
+const IDLE_CHECK: Duration = Duration::from_millis(250);
+/// How long an edge that had players stays up with none, for a player that reconnects.
+const LINGER: Duration = Duration::from_secs(1);
+/// How long the `DELETE` of the pull on the origin may take at teardown.
+const HANG_UP_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Media {
+    /// Makes sure `name` has a publisher here: a live one, or an edge relay of `origin`
+    /// pulled now. One pull at a time, so concurrent first players share one.
+    pub async fn open_edge(
+        self: &Arc<Self>,
+        name: &str,
+        app_key: &str,
+        origin: &Origin,
+    ) -> Result<(), MediaError> {
+        let _one_pull_at_a_time = self.edges.lock().await;
+        if self.registry.publisher_of(name).is_some() {
+            return Ok(());
+        }
+        if origin.media_kinds.is_empty() {
+            return Err(MediaError::NoMedia("pull from the origin"));
+        }
+        let id = Uuid::new_v4();
+        let pc = self.new_peer_connection().await?;
+        let (control, stop_rx) = SessionControl::new();
+        let tasks = TaskTracker::new();
+        let cancel = CancellationToken::new();
+        for kind in &origin.media_kinds {
+            let kind = match kind {
+                MediaKind::Audio => RTPCodecType::Audio,
+                MediaKind::Video => RTPCodecType::Video,
+            };
+            let init = RTCRtpTransceiverInit {
+                direction: RTCRtpTransceiverDirection::Recvonly,
+                send_encodings: vec![],
+            };
+            if let Err(e) = pc.add_transceiver_from_kind(kind, Some(init)).await {
+                abandon(&pc, &tasks, &cancel).await;
+                return Err(e.into());
+            }
+        }
+        let publisher = Arc::new(Publisher {
+            expected_tracks: origin.media_kinds.len(),
+            tracks: watch::channel(Vec::new()).0,
+        });
+        self.on_publisher_track(&pc, id, &publisher, &control, &tasks, &cancel, true);
+        self.on_state_change(&pc, id, false, &control, &tasks, &cancel, Vec::new);
+        let links = match sluice_client::whep_offer(&self.http, &pc, &origin.whep_url).await {
+            Ok(links) => links,
+            Err(e) => {
+                abandon(&pc, &tasks, &cancel).await;
+                return Err(match e.status() {
+                    Some(404) => RegistryError::NotPublishing(name.to_string()).into(),
+                    _ => MediaError::Origin(format!(
+                        "pulling '{name}' from node {} failed: {e}",
+                        origin.node_id
+                    )),
+                });
+            }
+        };
+        let mut new = NewStream::publisher(name, app_key);
+        new.media_session_id = Some(id);
+        new.session_id = links.resource.clone();
+        new.remote_address = origin.address.clone();
+        new.media_kinds = kinds(&origin.media_kinds);
+        new.origin_node = Some(origin.node_id.clone());
+        if let Err(e) = self.register(new, &control) {
+            let _ = tokio::time::timeout(HANG_UP_TIMEOUT, self.http.delete(&links.resource).send())
+                .await;
+            abandon(&pc, &tasks, &cancel).await;
+            return Err(e.into());
+        }
+        self.lock_publishers().insert(id, publisher);
+        tasks.spawn(stop_when_idle(
+            self.registry.clone(),
+            name.to_string(),
+            control.clone(),
+            cancel.clone(),
+            self.config.load().settings.player_wait_for_publisher + 2 * GATHER_TIMEOUT,
+        ));
+        tasks.spawn(hang_up_at_teardown(
+            self.http.clone(),
+            links.resource,
+            cancel.clone(),
+        ));
+        tracing::info!(stream = %id, %name, app = %app_key, origin = %origin.node_id, "edge: pulling from the origin");
+        self.spawn_supervisor(id, pc, tasks, cancel, stop_rx);
+        Ok(())
+    }
+}
+
+/// Stops the edge once it has had no player for [`LINGER`] (or, before its first player,
+/// for `first_player_grace`: the first player's own negotiation).
+async fn stop_when_idle(
+    registry: Arc<Registry>,
+    name: String,
+    control: Arc<SessionControl>,
+    cancel: CancellationToken,
+    first_player_grace: Duration,
+) {
+    let mut idle_since = Instant::now();
+    let mut linger = first_player_grace;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(IDLE_CHECK) => {}
+        }
+        if registry.viewer_count(&name) > 0 {
+            idle_since = Instant::now();
+            linger = LINGER;
+        } else if idle_since.elapsed() >= linger {
+            control.stop(StopReason::ClientLeft);
+            return;
+        }
+    }
+}
+
+/// The WHEP way to leave: `DELETE` of the pull's resource on the origin, as the edge ends
+/// (the origin has usually seen its RTCP BYE already; a `404` then is fine).
+async fn hang_up_at_teardown(http: reqwest::Client, resource: String, cancel: CancellationToken) {
+    cancel.cancelled().await;
+    match tokio::time::timeout(HANG_UP_TIMEOUT, http.delete(&resource).send()).await {
+        Ok(Ok(response)) => {
+            tracing::debug!(%resource, status = %response.status(), "edge: pull hung up")
+        }
+        Ok(Err(e)) => tracing::debug!(%resource, error = %e, "edge: pull hang-up failed"),
+        Err(_) => tracing::debug!(%resource, "edge: pull hang-up timed out"),
+    }
+}
