@@ -10,6 +10,7 @@ mod common;
 #[path = "common/redis.rs"]
 mod redis;
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use cluster::{Backend, final_info, hooked_node, post, three_nodes, wait_nodes};

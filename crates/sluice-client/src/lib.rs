@@ -74,6 +74,8 @@ pub struct SessionLinks {
 #[derive(Debug, Default)]
 pub struct Counters {
     pub video_packets: AtomicU64,
+    /// Video packets with the RTP marker bit: the last packet of each frame.
+    pub video_frames: AtomicU64,
     pub audio_packets: AtomicU64,
     pub bytes: AtomicU64,
     pub keyframe_requests: AtomicU64,
@@ -390,6 +392,9 @@ impl Client {
                         &counters.audio_packets
                     };
                     counter.fetch_add(1, Ordering::Relaxed);
+                    if video && packet.header.marker {
+                        counters.video_frames.fetch_add(1, Ordering::Relaxed);
+                    }
                     counters
                         .bytes
                         .fetch_add(packet.payload.len() as u64, Ordering::Relaxed);
