@@ -116,7 +116,7 @@ pub(super) async fn terminate(
         let termination_id = (!request.dry_run).then(|| {
             let named: Vec<TerminatedStream> = streams
                 .iter()
-                .filter_map(|s| serde_json::from_value(s.clone()).ok())
+                .filter_map(|s| serde::Deserialize::deserialize(s).ok())
                 .collect();
             let id = state
                 .registry
@@ -171,15 +171,16 @@ fn gather_streams(
 ) -> Result<(Vec<Value>, BTreeMap<String, Vec<Value>>, Vec<String>), Response> {
     let mut streams: Vec<Value> = Vec::new();
     let mut by_node: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    for (node, reply) in &replies {
+    // The replies are moved, not copied: a node's reply can name tens of thousands of streams.
+    for (node, mut reply) in replies {
         match reply.status {
             200 => {
-                let list = reply.body["streams"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default();
+                let list = match reply.body["streams"].take() {
+                    Value::Array(list) => list,
+                    _ => Vec::new(),
+                };
                 by_node.insert(
-                    node.clone(),
+                    node,
                     list.iter().map(|s| s["mediaSessionId"].clone()).collect(),
                 );
                 streams.extend(list);
@@ -188,7 +189,7 @@ fn gather_streams(
             status => {
                 return Err((
                     StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
-                    Json(reply.body.clone()),
+                    Json(reply.body),
                 )
                     .into_response());
             }
