@@ -85,19 +85,21 @@ async fn an_edge_pulls_once_fans_out_and_its_players_end_with_the_origins_publis
             p.counters.packets()
         );
     }
-    assert!(
-        first
-            .counters
-            .video_packets
-            .load(std::sync::atomic::Ordering::Relaxed)
-            > 0
-            && first
-                .counters
-                .audio_packets
-                .load(std::sync::atomic::Ordering::Relaxed)
-                > 0,
-        "video and audio both reach an edge player"
-    );
+    // Whole video frames (the marker bit ends each) and audio reach every edge player.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for p in [&first, &second, &third] {
+        while p.counters.video_frames.load(Relaxed) < 30 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            p.counters.video_frames.load(Relaxed) >= 30,
+            "frames at an edge player"
+        );
+        assert!(
+            p.counters.audio_packets.load(Relaxed) > 0,
+            "audio at an edge player"
+        );
+    }
     // n1 serves one pull per edge node, not one per edge player.
     let mut expected = vec![
         ("n1".to_string(), true, None),
