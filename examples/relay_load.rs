@@ -79,7 +79,7 @@ async fn main() -> anyhow::Result<()> {
     let client = Client::new()?;
     let me = std::process::id();
     println!(
-        "{:>7} {:>9} {:>9} {:>8} {:>11} {:>10} {:>10} {:>12} {:>12}",
+        "{:>7} {:>9} {:>9} {:>8} {:>11} {:>10} {:>10} {:>12} {:>12} {:>20}",
         "players",
         "sent/s",
         "recv/s",
@@ -88,7 +88,8 @@ async fn main() -> anyhow::Result<()> {
         "srv CPU%",
         "gen CPU%",
         "srv µs/pkt",
-        "srv KiB/plr"
+        "srv KiB/plr",
+        "RSS MiB before/live/after"
     );
     for (round, &players) in args.players.iter().enumerate() {
         let name = format!("load{round}");
@@ -151,8 +152,18 @@ async fn main() -> anyhow::Result<()> {
         let per_player = rss_before
             .zip(rss_live)
             .map(|(a, b)| b.saturating_sub(a) / players as u64);
+        for (_, player) in &sessions {
+            player.close().await;
+        }
+        publisher.hang_up().await?;
+        drop(sessions);
+        // What the server gives back once every player has gone: RSS 2 s after.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let rss_after = args.server_pid.and_then(rss_kib);
+        let mib =
+            |k: Option<u64>| k.map_or("-".to_string(), |k| format!("{:.1}", k as f64 / 1024.0));
         println!(
-            "{:>7} {:>9.0} {:>9.0} {:>8.2} {:>11} {:>10} {:>10.0} {:>12} {:>12}",
+            "{:>7} {:>9.0} {:>9.0} {:>8.2} {:>11} {:>10} {:>10.0} {:>12} {:>12} {:>9}/{}/{}",
             players,
             sent as f64 / elapsed,
             received as f64 / elapsed,
@@ -170,23 +181,24 @@ async fn main() -> anyhow::Result<()> {
             per_player
                 .map(|k| k.to_string())
                 .unwrap_or_else(|| "-".into()),
+            mib(rss_before),
+            mib(rss_live),
+            mib(rss_after),
         );
         if let Some(label) = &args.label {
-            // label|players|server µs per packet|loss %|first packet ms|server CPU %|generator CPU %|server KiB per player
+            // label|players|server µs per packet|loss %|first packet ms|server CPU %|generator CPU %|server KiB per player|server RSS KiB before|live|2 s after the players left
             println!(
-                "RELAY|{label}|{players}|{:.2}|{loss:.2}|{:.1}|{:.0}|{:.0}|{}",
+                "RELAY|{label}|{players}|{:.2}|{loss:.2}|{:.1}|{:.0}|{:.0}|{}|{}|{}|{}",
                 per_packet.unwrap_or(f64::NAN),
                 median_first.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0),
                 server_cpu.map_or(f64::NAN, |c| c * 100.0 / elapsed),
                 my_cpu.map_or(f64::NAN, |c| c * 100.0 / elapsed),
                 per_player.map_or("-".to_string(), |k| k.to_string()),
+                rss_before.map_or("-".to_string(), |k| k.to_string()),
+                rss_live.map_or("-".to_string(), |k| k.to_string()),
+                rss_after.map_or("-".to_string(), |k| k.to_string()),
             );
         }
-        for (_, player) in &sessions {
-            player.close().await;
-        }
-        publisher.hang_up().await?;
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     Ok(())
 }

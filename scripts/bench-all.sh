@@ -46,7 +46,7 @@ kill "$sluice_pid" "$base_pid" 2>/dev/null || true
 {
   echo "benchmark|workload|figure|baseline|ratio"
   cat "$out"/*.txt | { grep '^RESULT|' || true; } | cut -d'|' -f2-
-  # RELAY|label|players|µs/pkt|loss|first ms|srv CPU|gen CPU|KiB/player
+  # RELAY|label|players|µs/pkt|loss|first ms|srv CPU|gen CPU|KiB/player|RSS KiB before|live|after
   awk -F'|' '
     /^RELAY\|sluice\|/   { s[$3] = $0; order[++count] = $3 }
     /^RELAY\|baseline\|/ { b[$3] = $0 }
@@ -55,6 +55,7 @@ kill "$sluice_pid" "$base_pid" 2>/dev/null || true
         split(s[n], x, "|"); split(b[n], y, "|");
         printf "relay server CPU per forwarded packet|1 publisher (1.5 Mbit/s VP8 + Opus), %s players|%s µs (loss %s %%, first pkt %s ms, gen CPU %s %%)|%s µs (loss %s %%, first pkt %s ms)|%.2f\n", n, x[4], x[5], x[6], x[8], y[4], y[5], y[6], x[4] / y[4];
         if (x[9] != "-" && y[9] != "-") printf "relay server memory per player|%s players|%s KiB|%s KiB (baseline)|%.2f\n", n, x[9], y[9], (y[9] > 0 ? x[9] / y[9] : 0);
+        if (x[12] != "" && x[12] != "-" && y[12] != "" && y[12] != "-") printf "relay server RSS 2 s after the players left, over RSS before they came|%s players|%.1f MiB after, %.1f before (%.1f live)|%.1f MiB after, %.1f before (baseline)|%.2f\n", n, x[12] / 1024, x[10] / 1024, x[11] / 1024, y[12] / 1024, y[10] / 1024, (x[10] > 0 ? x[12] / x[10] : 0);
       }
     }' "$out/relay.txt"
 } | column -t -s'|'

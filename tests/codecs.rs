@@ -76,7 +76,12 @@ window.inbound = async function () {
     if (s.type !== 'inbound-rtp') continue;
     const codec = s.codecId ? stats.get(s.codecId) : null;
     out[s.kind] = {codec: codec ? codec.mimeType : null, fmtp: codec ? (codec.sdpFmtpLine || '') : null,
-      frames: s.framesDecoded || 0, samples: s.totalSamplesReceived || 0};
+      frames: s.framesDecoded || 0, samples: s.totalSamplesReceived || 0,
+      // For a failure's message: a starved encoder shows few packets; a missing key frame,
+      // packets but no key frame decoded and PLIs sent.
+      packets: s.packetsReceived || 0, lost: s.packetsLost || 0, keyFrames: s.keyFramesDecoded || 0,
+      framesReceived: s.framesReceived || 0, framesDropped: s.framesDropped || 0,
+      pli: s.pliCount || 0, nack: s.nackCount || 0};
   }
   return out;
 };
@@ -326,10 +331,18 @@ async fn check(label: &str, source: Source, expect: Expect) {
             if audio && video {
                 break inbound;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{label}: Chromium decoded too little: {inbound}"
-            );
+            if Instant::now() >= deadline {
+                // What the server answered and what it registered, to tell a negotiation
+                // that left a kind out from a stream that stalled.
+                let answer = page
+                    .js("return window.player.currentRemoteDescription.sdp;")
+                    .await;
+                let player = record(&server, &name, false).await;
+                panic!(
+                    "{label}: Chromium decoded too little: {inbound}\nplayer record: {player}\nanswer: {}",
+                    answer.as_str().unwrap_or("")
+                );
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
         assert_eq!(inbound["audio"]["codec"], "audio/opus", "{inbound}");
@@ -523,6 +536,24 @@ async fn vp8_and_h264_from_gstreamer_play_in_chromium_and_aiortc() {
             video: Some(("video/H264", "packetization-mode=1")),
             chromium_plays: true,
             aiortc_plays: true,
+        },
+    )
+    .await;
+}
+
+/// VP9 from GStreamer's `vp9enc`: Chromium decodes it; aiortc, which has no VP9, is told.
+/// Ignored: about one full run in seven, Chromium's player gets no video RTP at all (no
+/// video `inbound-rtp`, audio fine) — see the README's known gap; run it with `--ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known gap: intermittently no VP9 RTP reaches Chromium from a GStreamer publisher (README)"]
+async fn vp9_from_gstreamer_plays_in_chromium_and_aiortc_is_told_it_cannot() {
+    check(
+        "gst-vp9",
+        Source::Gstreamer("VP9"),
+        Expect {
+            video: Some(("video/VP9", "")),
+            chromium_plays: true,
+            aiortc_plays: false,
         },
     )
     .await;
