@@ -75,8 +75,10 @@ async fn an_edge_pulls_once_fans_out_and_its_players_end_with_the_origins_publis
         .unwrap();
 
     // Two players on n2 and one on n3, of a stream only n1 has: media flows to all three.
-    let first = client.play(&n2.url("/whep/show")).await.unwrap();
-    let second = client.play(&n2.url("/whep/show")).await.unwrap();
+    // The two on n2 ask at the same moment: they share one pull.
+    let on_n2 = n2.url("/whep/show");
+    let (first, second) = tokio::join!(client.play(&on_n2), client.play(&on_n2));
+    let (first, second) = (first.unwrap(), second.unwrap());
     let third = client.play(&n3.url("/whep/show")).await.unwrap();
     for (i, p) in [&first, &second, &third].iter().enumerate() {
         assert!(

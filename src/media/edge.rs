@@ -30,17 +30,42 @@ const HANG_UP_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Media {
     /// Makes sure `name` has a publisher here: a live one, or an edge relay of `origin`
-    /// pulled now. One pull at a time, so concurrent first players share one.
+    /// pulled now.
     pub async fn open_edge(
         self: &Arc<Self>,
         name: &str,
         app_key: &str,
         origin: &Origin,
     ) -> Result<(), MediaError> {
-        let _one_pull_at_a_time = self.edges.lock().await;
-        if self.registry.publisher_of(name).is_some() {
-            return Ok(());
+        // One pull per name at a time (concurrent first players share it); other names'
+        // pulls do not wait behind a slow origin.
+        let slot = self
+            .lock_edges()
+            .entry(name.to_string())
+            .or_default()
+            .clone();
+        let pulled = {
+            let _one_pull_of_this_name = slot.lock().await;
+            if self.registry.publisher_of(name).is_some() {
+                Ok(())
+            } else {
+                self.pull(name, app_key, origin).await
+            }
+        };
+        // The slot goes when no other caller holds it (the map keeps one `Arc`).
+        let mut edges = self.lock_edges();
+        if edges.get(name).is_some_and(|s| Arc::strong_count(s) <= 2) {
+            edges.remove(name);
         }
+        pulled
+    }
+
+    async fn pull(
+        self: &Arc<Self>,
+        name: &str,
+        app_key: &str,
+        origin: &Origin,
+    ) -> Result<(), MediaError> {
         if origin.media_kinds.is_empty() {
             return Err(MediaError::NoMedia("pull from the origin"));
         }
@@ -111,7 +136,14 @@ impl Media {
         self.spawn_supervisor(id, pc, tasks, cancel, stop_rx);
         Ok(())
     }
+
+    fn lock_edges(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<EdgeSlot>>> {
+        self.edges.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
+
+/// Held while one name's edge pull is set up.
+pub(super) type EdgeSlot = tokio::sync::Mutex<()>;
 
 /// Stops the edge once it has had no player for [`LINGER`] (or, before its first player,
 /// for `first_player_grace`: the first player's own negotiation).

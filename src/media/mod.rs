@@ -115,8 +115,8 @@ pub struct Media {
     pub relays: Arc<RelayLedger>,
     /// The server's tasks: every session's supervisor runs in it.
     tasks: TaskTracker,
-    /// Held while an edge pull is set up, so concurrent first players share one.
-    edges: tokio::sync::Mutex<()>,
+    /// One slot per name whose edge pull is being set up (see `edge.rs`).
+    edges: Mutex<HashMap<String, Arc<edge::EdgeSlot>>>,
     /// For the WHEP exchange of edge pulls.
     http: reqwest::Client,
 }
@@ -145,7 +145,7 @@ impl Media {
             relays: Arc::default(),
             mux_addr: engine.mux_addr,
             tasks,
-            edges: tokio::sync::Mutex::new(()),
+            edges: Mutex::new(HashMap::new()),
             // Node to node, like the hooks: never through a proxy from the environment.
             http: reqwest::Client::builder()
                 .no_proxy()
