@@ -11,6 +11,7 @@ pub mod config;
 pub mod hooks;
 pub mod keepalive;
 pub mod media;
+pub mod memory;
 pub mod policy;
 pub mod procstat;
 pub mod registry;

@@ -168,6 +168,10 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<RunningServer> {
     );
     // `on_stop` calls end with the streams: stopped at the flush, after the last stream.
     policy.spawn_stop_notifier(flush.clone());
+    tasks.spawn(crate::memory::give_back_after_churn(
+        registry.clone(),
+        flush.clone(),
+    ));
     let (watcher, mut touches) = watch::spawn(
         config.clone(),
         vec![settings.plugin_dir.clone()],

@@ -86,6 +86,10 @@ impl Media {
             if let Some(publisher) = publisher.upgrade() {
                 let mut all_arrived = false;
                 publisher.tracks.send_modify(|tracks| {
+                    if let Some(twin) = tracks.iter().find(|t| t.kind == relay.kind) {
+                        // A second source of one kind (another SSRC on the same m-line).
+                        tracks::warn_twin(id, twin, &relay);
+                    }
                     tracks.push(relay);
                     all_arrived = tracks.len() == publisher.expected_tracks;
                 });
@@ -182,5 +186,21 @@ impl Media {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.registry.len()
+    }
+}
+
+mod tracks {
+    use super::*;
+
+    pub(super) fn warn_twin(id: Uuid, first: &RelayTrack, second: &RelayTrack) {
+        tracing::warn!(
+            stream = %id,
+            kind = ?second.kind,
+            first_codec = %first.codec.mime_type,
+            first_ssrc = first.ssrc,
+            second_codec = %second.codec.mime_type,
+            second_ssrc = second.ssrc,
+            "a publisher sent a second track of one kind"
+        );
     }
 }
