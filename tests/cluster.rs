@@ -14,7 +14,7 @@ mod redis;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cluster::{Backend, final_info, hooked_node, node, post, three_nodes, view, wait_nodes};
+use cluster::{Backend, final_infos, hooked_node, node, post, three_nodes, view, wait_nodes};
 use common::TestServer;
 use redis::Redis;
 use serde_json::{Value, json};
@@ -213,14 +213,7 @@ async fn a_terminate_on_one_node_stops_streams_on_the_others_each_told_why_and_i
     assert_eq!(n3.streams().await, 2);
 
     // The terminate on n1 stops the streams on n2 and n3, each client told the reason.
-    let watch = [&on_n2, &on_n3, &player].map(|s| s.links.events.clone().unwrap());
-    let infos = tokio::spawn(async move {
-        let mut infos = Vec::new();
-        for url in watch {
-            infos.push(final_info(&url).await);
-        }
-        infos
-    });
+    let infos = final_infos(&[&on_n2, &on_n3, &player]);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (status, unanswered, answer) = post(
         &n1,

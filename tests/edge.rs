@@ -13,7 +13,7 @@ mod redis;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use cluster::{Backend, final_info, hooked_node, post, three_nodes, wait_nodes};
+use cluster::{Backend, final_infos, hooked_node, post, three_nodes, wait_nodes};
 use common::TestServer;
 use redis::Redis;
 use serde_json::{Value, json};
@@ -148,14 +148,7 @@ async fn an_edge_pulls_once_fans_out_and_its_players_end_with_the_origins_publis
     );
 
     // The origin's publisher stops: n2's players are told, by status event and RTCP BYE.
-    let watch = [&first, &second].map(|s| s.links.events.clone().unwrap());
-    let infos = tokio::spawn(async move {
-        let mut infos = Vec::new();
-        for url in watch {
-            infos.push(final_info(&url).await);
-        }
-        infos
-    });
+    let infos = final_infos(&[&first, &second]);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let stopped = Instant::now();
     publisher.hang_up().await.unwrap();

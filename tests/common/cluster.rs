@@ -104,6 +104,23 @@ pub async fn three_nodes(redis: &Redis) -> [TestServer; 3] {
     nodes
 }
 
+/// Follows the status streams of `sessions` from now on; resolves to each one's final `info`.
+pub fn final_infos(
+    sessions: &[&sluice_client::ClientSession],
+) -> tokio::task::JoinHandle<Vec<String>> {
+    let watch: Vec<String> = sessions
+        .iter()
+        .map(|s| s.links.events.clone().unwrap())
+        .collect();
+    tokio::spawn(async move {
+        let mut infos = Vec::new();
+        for url in watch {
+            infos.push(final_info(&url).await);
+        }
+        infos
+    })
+}
+
 /// The `info` of the last status event of a stream's status stream (read to its end).
 pub async fn final_info(events_url: &str) -> String {
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
