@@ -17,8 +17,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use redis::Redis;
-use sluice::registry::NewStream;
-use support::result;
+use support::{fill_synthetic as fill, in_process_server as node, result};
 
 const PER_NODE: usize = 10_000;
 const ROUNDS: usize = 5;
@@ -34,37 +33,6 @@ fn commands_processed(redis: &Redis) -> u64 {
         .find_map(|l| l.strip_prefix("total_commands_processed:"))
         .and_then(|v| v.trim().parse().ok())
         .expect("total_commands_processed")
-}
-
-async fn node(extra: &str) -> (sluice::RunningServer, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("dir");
-    std::fs::write(
-        dir.path().join("server.properties"),
-        format!("ice_loopback_only=true\nmedia_port_from=0\nmedia_port_to=0\nrest_api_https_port=0\n{extra}"),
-    )
-    .expect("properties");
-    let server = sluice::start(sluice::ServerOptions {
-        config_dir: Some(dir.path().to_path_buf()),
-        http_listen: Some("127.0.0.1:0".parse().expect("addr")),
-        https_listen: Some("127.0.0.1:0".parse().expect("addr")),
-        ws_listen: Some("127.0.0.1:0".parse().expect("addr")),
-        wss_listen: Some("127.0.0.1:0".parse().expect("addr")),
-    })
-    .await
-    .expect("server");
-    (server, dir)
-}
-
-fn fill(server: &sluice::RunningServer, streams: usize) {
-    for i in 0..streams {
-        let name = format!("s{}", i / 4);
-        let new = if i % 4 == 0 {
-            NewStream::publisher(&name, "defaultApp")
-        } else {
-            NewStream::player(&name, "defaultApp")
-        };
-        server.registry.register_synthetic(new).expect("stream");
-    }
 }
 
 /// The median milliseconds of a terminate of every stream on `asker`, refilled each round.

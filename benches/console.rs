@@ -10,7 +10,6 @@ mod support;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use sluice::registry::NewStream;
 use support::cpu_seconds;
 
 const STREAMS: usize = 1_000;
@@ -32,30 +31,8 @@ struct Row {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let dir = tempfile::tempdir().expect("dir");
-    std::fs::write(
-        dir.path().join("server.properties"),
-        "ice_loopback_only=true\nmedia_port_from=0\nmedia_port_to=0\n",
-    )
-    .expect("properties");
-    let server = sluice::start(sluice::ServerOptions {
-        config_dir: Some(dir.path().to_path_buf()),
-        http_listen: Some("127.0.0.1:0".parse().expect("addr")),
-        https_listen: Some("127.0.0.1:0".parse().expect("addr")),
-        ws_listen: Some("127.0.0.1:0".parse().expect("addr")),
-        wss_listen: Some("127.0.0.1:0".parse().expect("addr")),
-    })
-    .await
-    .expect("server");
-    for i in 0..STREAMS {
-        let name = format!("s{}", i / 4);
-        let new = if i % 4 == 0 {
-            NewStream::publisher(&name, "defaultApp")
-        } else {
-            NewStream::player(&name, "defaultApp")
-        };
-        server.registry.register_synthetic(new).expect("stream");
-    }
+    let (server, _dir) = support::in_process_server("").await;
+    support::fill_synthetic(&server, STREAMS);
     let http = server.http_addr.expect("http");
     let url = format!("http://{http}/rest-api/console/feed");
     let me = std::process::id();

@@ -1,6 +1,7 @@
 #![allow(dead_code)]
-//! What the benchmarks share: CPU time of a process, and the local web back end
-//! (`examples/hook_echo.rs`) started as a separate process.
+//! What the benchmarks share: CPU time of a process, the local web back end
+//! (`examples/hook_echo.rs`) started as a separate process, and a server in the bench's own
+//! process filled with synthetic streams.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -79,4 +80,38 @@ pub fn rss_kib(pid: u32) -> u64 {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// A server in this process on loopback ports, with `extra` lines in its
+/// `server.properties`; the directory lives as long as the returned guard.
+pub async fn in_process_server(extra: &str) -> (sluice::RunningServer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("server.properties"),
+        format!("ice_loopback_only=true\nmedia_port_from=0\nmedia_port_to=0\nrest_api_https_port=0\n{extra}"),
+    )
+    .expect("properties");
+    let server = sluice::start(sluice::ServerOptions {
+        config_dir: Some(dir.path().to_path_buf()),
+        http_listen: Some("127.0.0.1:0".parse().expect("addr")),
+        https_listen: Some("127.0.0.1:0".parse().expect("addr")),
+        ws_listen: Some("127.0.0.1:0".parse().expect("addr")),
+        wss_listen: Some("127.0.0.1:0".parse().expect("addr")),
+    })
+    .await
+    .expect("server");
+    (server, dir)
+}
+
+/// Registers `streams` synthetic streams: one publisher and three players per name.
+pub fn fill_synthetic(server: &sluice::RunningServer, streams: usize) {
+    for i in 0..streams {
+        let name = format!("s{}", i / 4);
+        let new = if i % 4 == 0 {
+            sluice::registry::NewStream::publisher(&name, "defaultApp")
+        } else {
+            sluice::registry::NewStream::player(&name, "defaultApp")
+        };
+        server.registry.register_synthetic(new).expect("stream");
+    }
 }
