@@ -1,7 +1,7 @@
 //! Builds the one webrtc-rs `API` every peer connection of the server is made from: codecs,
 //! interceptors, and the ICE settings (loopback candidates, UDP mux or port range, public IP).
 
-use webrtc::api::interceptor_registry::register_default_interceptors;
+use webrtc::api::interceptor_registry::{configure_rtcp_reports, configure_twcc_receiver_only};
 use webrtc::api::media_engine::MediaEngine;
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::{API, APIBuilder};
@@ -10,7 +10,11 @@ use webrtc::ice::network_type::NetworkType;
 use webrtc::ice::udp_mux::{UDPMuxDefault, UDPMuxParams};
 use webrtc::ice::udp_network::{EphemeralUDP, UDPNetwork};
 use webrtc::ice_transport::ice_candidate_type::RTCIceCandidateType;
+use webrtc::interceptor::nack::generator::Generator;
+use webrtc::interceptor::nack::responder::Responder;
 use webrtc::interceptor::registry::Registry as InterceptorRegistry;
+use webrtc::rtp_transceiver::RTCPFeedback;
+use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
 
 use crate::config::{MediaPorts, Settings};
 
@@ -25,10 +29,36 @@ pub struct Engine {
 /// ICE keep-alive interval: consent checks this often keep a live peer from looking silent.
 const ICE_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// The NACK responder keeps this many sent packets per video stream (a power of two) to
+/// resend: 512 is over 3 s of a 1.5 Mbit/s stream, far beyond any retransmission's use.
+/// webrtc-rs' default of 8 192 slots was most of a player's memory (about 0.9 MiB each).
+const NACK_HISTORY_LOG2: u8 = 9;
+
+/// webrtc-rs' default interceptors (NACK both ways, RTCP reports, TWCC receiving), with a
+/// NACK history sized for a relay of many players.
+fn interceptors(media: &mut MediaEngine) -> Result<InterceptorRegistry, MediaError> {
+    for parameter in ["", "pli"] {
+        media.register_feedback(
+            RTCPFeedback {
+                typ: "nack".to_owned(),
+                parameter: parameter.to_owned(),
+            },
+            RTPCodecType::Video,
+        );
+    }
+    let mut registry = InterceptorRegistry::new();
+    registry.add(Box::new(
+        Responder::builder().with_log2_size(NACK_HISTORY_LOG2),
+    ));
+    registry.add(Box::new(Generator::builder()));
+    let registry = configure_rtcp_reports(registry);
+    Ok(configure_twcc_receiver_only(registry, media)?)
+}
+
 pub async fn build(settings: &Settings) -> Result<Engine, MediaError> {
     let mut media = MediaEngine::default();
     media.register_default_codecs()?;
-    let interceptors = register_default_interceptors(InterceptorRegistry::new(), &mut media)?;
+    let interceptors = interceptors(&mut media)?;
 
     let mut s = SettingEngine::default();
     s.set_include_loopback_candidate(settings.ice_include_loopback || settings.ice_loopback_only);
