@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 
 use super::{Cluster, ClusterError, NodeInfo, Op, Reply};
+use crate::registry::MediaKind;
 
 /// A stream published on another node, and where to pull it from over WHEP.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,10 +15,10 @@ pub struct OriginStream {
     pub node_id: String,
     /// `http://host:port/whep/{name}?app={app}` on the origin node.
     pub whep_url: String,
-    /// The origin node's `http://host:port`, for records and logs.
-    pub http_url: String,
-    /// `audio`, `video`: the tracks the origin's publisher sends.
-    pub media_kinds: Vec<String>,
+    /// The origin node's `host:port`, for the edge record's `remoteAddress`.
+    pub address: String,
+    /// The tracks the origin's publisher sends.
+    pub media_kinds: Vec<MediaKind>,
 }
 
 impl Cluster {
@@ -51,9 +52,8 @@ pub fn choose_origin(
         .values()
         .filter(|reply| reply.node != this_node && reply.status == 200)
         .flat_map(|reply| {
-            let list = reply.body.as_array().cloned().unwrap_or_default();
-            list.into_iter()
-                .map(move |stream| (reply.node.clone(), stream))
+            let list = reply.body.as_array().map(Vec::as_slice).unwrap_or_default();
+            list.iter().map(move |stream| (&reply.node, stream))
         })
         .filter(|(_, stream)| {
             stream["published"] == Value::Bool(true)
@@ -62,23 +62,22 @@ pub fn choose_origin(
                 && stream.get("originNodeId").is_none()
         })
         .find_map(|(node, stream)| {
-            let http_url = nodes.iter().find(|n| n.node_id == node)?.http_url.clone()?;
-            let media_kinds = stream["mediaKinds"]
-                .as_array()
-                .map(|kinds| {
-                    kinds
-                        .iter()
-                        .filter_map(|k| k.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let http_url = nodes
+                .iter()
+                .find(|n| &n.node_id == node)?
+                .http_url
+                .clone()?;
+            let media_kinds = serde_json::from_value(stream["mediaKinds"].clone()).ok()?;
             let query = serde_urlencoded::to_string([("app", app)]).ok()?;
             let path =
                 percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC);
             Some(OriginStream {
                 whep_url: format!("{http_url}/whep/{path}?{query}"),
-                node_id: node,
-                http_url,
+                node_id: node.clone(),
+                address: http_url
+                    .trim_start_matches("http://")
+                    .trim_start_matches("https://")
+                    .to_string(),
                 media_kinds,
             })
         })
@@ -140,7 +139,8 @@ mod tests {
             origin.whep_url,
             "http://127.0.0.1:1/whep/cam%20one?app=defaultApp"
         );
-        assert_eq!(origin.media_kinds, ["audio", "video"]);
+        assert_eq!(origin.media_kinds, [MediaKind::Audio, MediaKind::Video]);
+        assert_eq!(origin.address, "127.0.0.1:1");
         // Asked on the origin itself, or with only an edge copy elsewhere: none.
         assert_eq!(
             choose_origin("n1", "cam one", "defaultApp", &answers, &nodes),

@@ -92,7 +92,15 @@ impl Media {
             expected_tracks: origin.media_kinds.len(),
             tracks: watch::channel(Vec::new()).0,
         });
-        self.on_publisher_track(&pc, id, &publisher, &control, &tasks, &cancel, true);
+        self.on_publisher_track(
+            &pc,
+            id,
+            &publisher,
+            &control,
+            &tasks,
+            &cancel,
+            StopReason::PublisherStopped,
+        );
         self.on_state_change(&pc, id, false, &control, &tasks, &cancel, Vec::new);
         let links = match sluice_client::whep_offer(&self.http, &pc, &origin.whep_url).await {
             Ok(links) => links,

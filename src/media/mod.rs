@@ -221,7 +221,15 @@ impl Media {
             expected_tracks: summary.sending.len(),
             tracks: watch::channel(Vec::new()).0,
         });
-        self.on_publisher_track(&pc, id, &publisher, &control, &tasks, &cancel, false);
+        self.on_publisher_track(
+            &pc,
+            id,
+            &publisher,
+            &control,
+            &tasks,
+            &cancel,
+            StopReason::ClientLeft,
+        );
         self.on_state_change(&pc, id, false, &control, &tasks, &cancel, Vec::new);
 
         let answer = match self.negotiate(&pc, &request.sdp).await {

@@ -40,14 +40,9 @@ impl Media {
         control: &Arc<SessionControl>,
         tasks: &TaskTracker,
         cancel: &CancellationToken,
-        edge: bool,
+        // What the client's BYE means: a publisher that left, or, for an edge, the origin's.
+        on_bye: StopReason,
     ) {
-        // The client's BYE: a publisher that leaves, or, for an edge, the origin's publisher.
-        let on_bye = if edge {
-            StopReason::PublisherStopped
-        } else {
-            StopReason::ClientLeft
-        };
         let weak_pc = Arc::downgrade(pc);
         let publisher = Arc::downgrade(publisher);
         let registry = self.registry.clone();
@@ -88,7 +83,15 @@ impl Media {
                 publisher.tracks.send_modify(|tracks| {
                     if let Some(twin) = tracks.iter().find(|t| t.kind == relay.kind) {
                         // A second source of one kind (another SSRC on the same m-line).
-                        tracks::warn_twin(id, twin, &relay);
+                        tracing::warn!(
+                            stream = %id,
+                            kind = ?relay.kind,
+                            first_codec = %twin.codec.mime_type,
+                            first_ssrc = twin.ssrc,
+                            second_codec = %relay.codec.mime_type,
+                            second_ssrc = relay.ssrc,
+                            "a publisher sent a second track of one kind"
+                        );
                     }
                     tracks.push(relay);
                     all_arrived = tracks.len() == publisher.expected_tracks;
@@ -186,21 +189,5 @@ impl Media {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.registry.len()
-    }
-}
-
-mod tracks {
-    use super::*;
-
-    pub(super) fn warn_twin(id: Uuid, first: &RelayTrack, second: &RelayTrack) {
-        tracing::warn!(
-            stream = %id,
-            kind = ?second.kind,
-            first_codec = %first.codec.mime_type,
-            first_ssrc = first.ssrc,
-            second_codec = %second.codec.mime_type,
-            second_ssrc = second.ssrc,
-            "a publisher sent a second track of one kind"
-        );
     }
 }

@@ -20,7 +20,7 @@ use crate::hooks::HookClient;
 use crate::hooks::admission::{self, Admission};
 use crate::media::{Media, MediaError, OfferRequest, Origin, SessionAnswer, resource_path};
 use crate::policy::{AdmissionRequest, Code, PolicyHost};
-use crate::registry::{Bearer, Hold, MediaKind, NewStream, Registry, StopReason, StreamRecord};
+use crate::registry::{Bearer, Hold, NewStream, Registry, StopReason, StreamRecord};
 
 /// A stream name is at most this long (and printable).
 pub const MAX_NAME_LEN: usize = 256;
@@ -211,22 +211,10 @@ impl Sessions {
                 answer: None,
             })?;
         Ok(located.map(|found| Origin {
-            address: found
-                .http_url
-                .trim_start_matches("http://")
-                .trim_start_matches("https://")
-                .to_string(),
             node_id: found.node_id,
             whep_url: found.whep_url,
-            media_kinds: found
-                .media_kinds
-                .iter()
-                .filter_map(|kind| match kind.as_str() {
-                    "audio" => Some(MediaKind::Audio),
-                    "video" => Some(MediaKind::Video),
-                    _ => None,
-                })
-                .collect(),
+            address: found.address,
+            media_kinds: found.media_kinds,
         }))
     }
 
