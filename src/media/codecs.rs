@@ -37,7 +37,7 @@ pub fn offered(sdp: &str) -> Vec<Offered> {
             _ => continue,
         };
         let has = |name: &str| media.attributes.iter().any(|a| a.key == name);
-        if media.media_name.port.value == 0 || has("sendonly") || has("inactive") {
+        if super::offer::is_rejected(media) || has("sendonly") || has("inactive") {
             continue;
         }
         let values = |key: &str| -> HashMap<String, String> {

@@ -274,6 +274,12 @@ impl Media {
             return Err(MediaError::NoMedia("play"));
         }
         let (publisher_id, tracks) = self.publisher_tracks(&request.name).await?;
+        tracing::debug!(
+            stream = %request.name,
+            tracks = ?tracks.iter().map(|t| (t.kind, t.codec.mime_type.as_str())).collect::<Vec<_>>(),
+            receiving = ?summary.receiving,
+            "player asks for the publisher's tracks"
+        );
         let sent: Vec<_> = tracks.iter().map(|t| (t.kind, &t.codec)).collect();
         let chosen = codecs::choose(&request.name, &sent, &codecs::offered(&request.sdp))
             .map_err(MediaError::CodecMismatch)?;

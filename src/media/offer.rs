@@ -44,8 +44,7 @@ pub fn inspect(sdp: &str) -> Result<OfferSummary, MediaError> {
             }
             _ => continue,
         };
-        // A rejected section (port 0) carries nothing.
-        if media.media_name.port.value == 0 {
+        if is_rejected(media) {
             continue;
         }
         let has = |name: &str| media.attributes.iter().any(|a| a.key == name);
@@ -68,6 +67,13 @@ pub fn inspect(sdp: &str) -> Result<OfferSummary, MediaError> {
     Ok(summary)
 }
 
+/// A section with port 0 is rejected and carries nothing — unless it is `a=bundle-only`
+/// (RFC 8843 §7.2): then port 0 only says it rides the bundle's transport, as GStreamer's
+/// webrtcbin offers every section after the first under `max-bundle`.
+pub(super) fn is_rejected(media: &webrtc::sdp::MediaDescription) -> bool {
+    media.media_name.port.value == 0 && !media.attributes.iter().any(|a| a.key == "bundle-only")
+}
+
 /// The codec each kind of media was agreed on, read from an answer: the first payload type
 /// of each live section, by its `rtpmap` name (`opus`, `VP8`, `H264`, …).
 pub fn agreed_codecs(answer: &str) -> (Option<String>, Option<String>) {
@@ -76,7 +82,7 @@ pub fn agreed_codecs(answer: &str) -> (Option<String>, Option<String>) {
     };
     let (mut audio, mut video) = (None, None);
     for media in &parsed.media_descriptions {
-        if media.media_name.port.value == 0 {
+        if is_rejected(media) {
             continue;
         }
         let Some(first) = media.media_name.formats.first() else {
@@ -150,5 +156,17 @@ mod tests {
         ))
         .unwrap();
         assert!(s.sending.is_empty());
+    }
+
+    #[test]
+    fn a_bundle_only_section_is_live_despite_port_zero() {
+        // GStreamer's max-bundle offer: every section after the first has port 0.
+        let s = inspect(&offer(
+            "a=group:BUNDLE video0 audio1\r\n\
+             m=video 9 UDP/TLS/RTP/SAVPF 98\r\nc=IN IP4 0.0.0.0\r\na=sendonly\r\na=mid:video0\r\n\
+             m=audio 0 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=bundle-only\r\na=sendonly\r\na=mid:audio1\r\n",
+        ))
+        .unwrap();
+        assert_eq!(s.sending, vec![MediaKind::Video, MediaKind::Audio]);
     }
 }

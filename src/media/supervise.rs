@@ -50,11 +50,19 @@ impl Media {
         let control = control.clone();
         let tasks = tasks.clone();
         let cancel = cancel.clone();
-        pc.on_track(Box::new(move |remote, receiver, _transceiver| {
+        pc.on_track(Box::new(move |remote, receiver, transceiver| {
             let kind = match remote.kind() {
                 RTPCodecType::Audio => MediaKind::Audio,
                 _ => MediaKind::Video,
             };
+            tracing::debug!(
+                stream = %id,
+                ?kind,
+                codec = %remote.codec().capability.mime_type,
+                ssrc = remote.ssrc(),
+                mid = ?transceiver.mid(),
+                "publisher track arrived"
+            );
             let relay = RelayTrack::new(
                 kind,
                 remote.codec().capability,
