@@ -18,6 +18,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$ou
 
 echo "building (release)…" >&2
 cargo build --release --benches --examples --bin sluice >&2
+cargo build --release -p relay-021 >&2
 
 # RELAY_ONLY=1 skips the cargo benches (for profiling the relay).
 if [ -z "${RELAY_ONLY:-}" ]; then
@@ -36,12 +37,14 @@ start_server() { # $1 = label, rest = command; prints "PID ADDR"
 }
 read -r sluice_pid sluice_url < <(start_server sluice ./target/release/sluice serve --config scripts/loopback --http 127.0.0.1:0)
 read -r base_pid base_url < <(start_server baseline ./target/release/examples/baseline_relay 127.0.0.1:0)
+read -r r021_pid r021_url < <(start_server relay-021 ./target/release/relay-021 127.0.0.1:0)
 for n in $players; do
-  echo "relay: $n players, Sluice then baseline…" >&2
+  echo "relay: $n players, Sluice, baseline, then the 0.21 relay…" >&2
   ./target/release/examples/relay_load --url "$sluice_url" --server-pid "$sluice_pid" --label sluice "$n" | tee -a "$out/relay.txt" >&2
   ./target/release/examples/relay_load --url "$base_url" --server-pid "$base_pid" --label baseline "$n" | tee -a "$out/relay.txt" >&2
+  ./target/release/examples/relay_load --url "$r021_url" --server-pid "$r021_pid" --label webrtc-0.21 "$n" | tee -a "$out/relay.txt" >&2
 done
-kill "$sluice_pid" "$base_pid" 2>/dev/null || true
+kill "$sluice_pid" "$base_pid" "$r021_pid" 2>/dev/null || true
 
 {
   echo "benchmark|workload|figure|baseline|ratio"
@@ -50,11 +53,16 @@ kill "$sluice_pid" "$base_pid" 2>/dev/null || true
   awk -F'|' '
     /^RELAY\|sluice\|/   { s[$3] = $0; order[++count] = $3 }
     /^RELAY\|baseline\|/ { b[$3] = $0 }
+    /^RELAY\|webrtc-0.21\|/ { r[$3] = $0 }
     END {
       for (i = 1; i <= count; i++) { n = order[i]; if (!(n in b)) continue;
         split(s[n], x, "|"); split(b[n], y, "|");
         printf "relay server CPU per forwarded packet|1 publisher (1.5 Mbit/s VP8 + Opus), %s players|%s µs (loss %s %%, first pkt %s ms, gen CPU %s %%)|%s µs (loss %s %%, first pkt %s ms)|%.2f\n", n, x[4], x[5], x[6], x[8], y[4], y[5], y[6], x[4] / y[4];
         if (x[9] != "-" && y[9] != "-") printf "relay server memory per player|%s players|%s KiB|%s KiB (baseline)|%.2f\n", n, x[9], y[9], (y[9] > 0 ? x[9] / y[9] : 0);
+        if (n in r) { split(r[n], z, "|");
+          printf "relay server CPU per forwarded packet, plain relay on webrtc 0.21|%s players|%s µs (loss %s %%)|%s µs (loss %s %%, plain relay on 0.17)|%.2f\n", n, z[4], z[5], y[4], y[5], z[4] / y[4];
+          if (z[9] != "-" && y[9] != "-") printf "relay server memory per player, plain relay on webrtc 0.21|%s players|%s KiB|%s KiB (plain relay on 0.17)|%.2f\n", n, z[9], y[9], (y[9] > 0 ? z[9] / y[9] : 0);
+        }
         if (x[12] != "" && x[12] != "-" && y[12] != "" && y[12] != "-") printf "relay server RSS 2 s after the players left, over RSS before they came|%s players|%.1f MiB after, %.1f before (%.1f live)|%.1f MiB after, %.1f before (baseline)|%.2f\n", n, x[12] / 1024, x[10] / 1024, x[11] / 1024, y[12] / 1024, y[10] / 1024, (x[10] > 0 ? x[12] / x[10] : 0);
       }
     }' "$out/relay.txt"

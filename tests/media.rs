@@ -271,7 +271,21 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn media_over_one_muxed_udp_port_and_pages_over_https() {
-    let server = TestServer::start_with("ice_loopback_only=true\nmedia_udp_mux_port=0\n", None);
+    mux_media_and_pages("").await;
+}
+
+/// The same with the mux socket's output batched (`sendmmsg`): ICE, DTLS and media all leave
+/// through the batching queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_over_one_muxed_udp_port_sent_in_batches() {
+    mux_media_and_pages("media_udp_batch=true\n").await;
+}
+
+async fn mux_media_and_pages(extra: &str) {
+    let server = TestServer::start_with(
+        &format!("ice_loopback_only=true\nmedia_udp_mux_port=0\n{extra}"),
+        None,
+    );
     let client = Client::new().unwrap();
     let publisher = client
         .publish(&server.url("/whip/mux"), SyntheticMedia::default())

@@ -90,9 +90,12 @@ pub async fn build(settings: &Settings) -> Result<Engine, MediaError> {
                 MediaError::Internal(format!("cannot bind media UDP port {bind}: {e}"))
             })?;
             mux_addr = socket.local_addr().ok();
-            s.set_udp_network(UDPNetwork::Muxed(UDPMuxDefault::new(UDPMuxParams::new(
-                socket,
-            ))));
+            let params = if settings.media_udp_batch {
+                UDPMuxParams::new(super::batch_udp::BatchedUdp::new(socket))
+            } else {
+                UDPMuxParams::new(socket)
+            };
+            s.set_udp_network(UDPNetwork::Muxed(UDPMuxDefault::new(params)));
         }
         MediaPorts::Range(from, to) => {
             let range = EphemeralUDP::new(from, to).map_err(|e| {

@@ -2,6 +2,7 @@
 //! publisher's relay, and registering each session with a [`SessionControl`] as the one way to
 //! stop it. Following a live session (tracks, state, RTCP, its supervisor) is in `supervise.rs`.
 
+mod batch_udp;
 pub mod codecs;
 mod edge;
 pub mod engine;
@@ -359,7 +360,12 @@ impl Media {
             return Err(e.into());
         }
         for (relay, local, sender) in senders {
-            tasks.spawn(relay.clone().feed(relay.subscribe(), local, cancel.clone()));
+            tasks.spawn(relay.clone().feed(
+                relay.subscribe(),
+                local,
+                cancel.clone(),
+                tasks.clone(),
+            ));
             tasks.spawn(supervise::read_player_rtcp(
                 sender,
                 relay,

@@ -25,6 +25,36 @@ const FLUSH_EVERY: u64 = 32;
 /// Key frame requests to a publisher are spaced at least this far apart.
 const KEYFRAME_MIN_INTERVAL_MS: u64 = 300;
 
+/// A one-way stop flag whose wait is an atomic load and a waker registration, cheap to
+/// poll once per packet.
+#[derive(Default)]
+struct StopSignal {
+    raised: std::sync::atomic::AtomicBool,
+    waker: futures::task::AtomicWaker,
+}
+
+impl StopSignal {
+    fn raise(&self) {
+        self.raised.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    fn raised(&self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| {
+            if self.raised.load(Ordering::Acquire) {
+                return std::task::Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            // Raised between the load and the registration: its wake may have been missed.
+            if self.raised.load(Ordering::Acquire) {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+    }
+}
+
 /// Counters of one relayed track, shared by its reader and writers.
 #[derive(Debug, Default)]
 pub struct RelayStats {
@@ -212,20 +242,27 @@ impl RelayTrack {
     }
 
     /// Writes this track's packets to one player's local track until `cancel` fires or the
-    /// publisher's pump ends.
+    /// publisher's pump ends. `tasks` runs the watcher that turns either into `stop`.
     pub async fn feed(
         self: Arc<Self>,
         mut packets: broadcast::Receiver<Arc<Packet>>,
         local: Arc<TrackLocalStaticRTP>,
         cancel: CancellationToken,
+        tasks: tokio_util::task::TaskTracker,
     ) {
-        let ended = self.ended.clone();
-        let cancelled = async {
+        // The loop waits on a flag, not on the tokens: polling a `CancellationToken` takes
+        // its node's lock, and the loop polls its stop once per packet per player (1.4 % of
+        // the relay's CPU at 200 players). The tokens are awaited once, by the watcher.
+        let stop = Arc::new(StopSignal::default());
+        let (ended, raise) = (self.ended.clone(), stop.clone());
+        tasks.spawn(async move {
             tokio::select! {
                 _ = cancel.cancelled() => {}
                 _ = ended.cancelled() => {}
             }
-        };
+            raise.raise();
+        });
+        let cancelled = stop.raised();
         tokio::pin!(cancelled);
         // Counted here and added to the track's shared counters every FLUSH_EVERY packets:
         // every player of a track shares them, so a write per packet would bounce the cache
