@@ -371,7 +371,24 @@ async fn cycle(server: &TestServer, client: &Client, i: usize) -> serde_json::Va
         .play(&server.url(&format!("/whep/{name}")))
         .await
         .unwrap_or_else(|e| panic!("cycle {i}: play: {e}"));
-    assert!(player.wait_packets(5, WAIT).await, "cycle {i}: no media");
+    if !player.wait_packets(5, WAIT).await {
+        // What the server holds and what each side counted, to tell a session that never
+        // connected from one wired to a silent relay.
+        let streams = server
+            .http_client
+            .post(server.url("/rest-api/stream/find"))
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        panic!(
+            "cycle {i}: no media; player counted {:?}, publisher sent {:?}; streams: {streams}",
+            player.counters, publisher.counters
+        );
+    }
     let live = server.runtime().await;
     // Alternate who leaves first: the player, or the publisher taking the player down.
     if i.is_multiple_of(2) {
