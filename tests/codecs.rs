@@ -1,9 +1,9 @@
 //! Codecs as clients send them: VP8, VP9, H.264 (constrained baseline and High,
 //! packetization-mode 1) and Opus published by Chromium's fake devices, by aiortc and by
 //! GStreamer's webrtcbin (VP8, VP9, H.264 and High), each played by Chromium (frames or
-//! samples decoded, in the codec sent) and by aiortc — decoded where the player can; where it cannot (aiortc and VP9,
-//! both and H.264 High), refused with a `406` naming both sides — and High by Sluice's own
-//! client, whose offer takes it.
+//! samples decoded, in the codec sent) and by aiortc — decoded where the player can; where
+//! it cannot (aiortc and VP9, both and H.264 High), refused with a `406` naming both sides —
+//! and High by Sluice's own client, whose offer takes it.
 
 #[path = "common/browser.rs"]
 mod browser;

@@ -1,10 +1,10 @@
 //! The media socket of mux mode (`media_udp_mux_port`) with batched output: every datagram
 //! the engine sends to any peer is queued and leaves in `sendmmsg` calls of up to
-//! [`BATCH`] (nix's safe wrapper), so fanning one packet out to many players costs one
+//! `BATCH` (nix's safe wrapper), so fanning one packet out to many players costs one
 //! system call per batch instead of one per player. Receiving is the plain socket's.
 //!
 //! Queueing is what UDP would do anyway: `send_to` never waits for the wire, and a queue
-//! past [`MAX_QUEUED`] datagrams (a socket that cannot keep up) drops the newest, counted.
+//! past `MAX_QUEUED` datagrams (a socket that cannot keep up) drops the newest, counted.
 
 use std::io::IoSlice;
 use std::net::SocketAddr;
@@ -19,9 +19,9 @@ use tokio::sync::Notify;
 use webrtc::util::Conn;
 
 /// Datagrams per `sendmmsg` call.
-pub const BATCH: usize = 64;
+const BATCH: usize = 64;
 /// Datagrams queued at most; beyond it the socket is not keeping up and new ones drop.
-pub const MAX_QUEUED: usize = 16_384;
+const MAX_QUEUED: usize = 16_384;
 /// Spare buffers kept for reuse, so a steady stream allocates nothing per datagram.
 const MAX_SPARE: usize = 4_096;
 
@@ -123,16 +123,16 @@ async fn flush(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
                 socket.try_io(Interest::WRITABLE, || send_batch(socket.as_raw_fd(), chunk));
             match result {
                 Ok(n) => {
+                    let sent = shared.sent.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
                     let calls = shared.syscalls.fetch_add(1, Ordering::Relaxed) + 1;
                     if calls.is_multiple_of(1 << 14) {
                         tracing::debug!(
                             calls,
-                            sent = shared.sent.load(Ordering::Relaxed),
+                            sent,
                             dropped = shared.dropped.load(Ordering::Relaxed),
                             "batched media output"
                         );
                     }
-                    shared.sent.fetch_add(n as u64, Ordering::Relaxed);
                     // n is at least 1: the kernel reports an error rather than sending none.
                     start += n.max(1);
                 }

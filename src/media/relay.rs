@@ -3,7 +3,7 @@
 //! own pace. A slow player lags and skips (counted as drops, then asks for a key frame); it
 //! never blocks the publisher or the other players.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::broadcast;
@@ -29,7 +29,7 @@ const KEYFRAME_MIN_INTERVAL_MS: u64 = 300;
 /// poll once per packet.
 #[derive(Default)]
 struct StopSignal {
-    raised: std::sync::atomic::AtomicBool,
+    raised: AtomicBool,
     waker: futures::task::AtomicWaker,
 }
 
