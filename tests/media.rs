@@ -374,19 +374,14 @@ async fn cycle(server: &TestServer, client: &Client, i: usize) -> serde_json::Va
     if !player.wait_packets(5, WAIT).await {
         // What the server holds and what each side counted, to tell a session that never
         // connected from one wired to a silent relay.
-        let streams = server
-            .http_client
-            .post(server.url("/rest-api/stream/find"))
-            .json(&serde_json::json!({}))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let streams = server.streams_found().await;
         panic!(
-            "cycle {i}: no media; player counted {:?}, publisher sent {:?}; streams: {streams}",
-            player.counters, publisher.counters
+            "cycle {i}: no media; player {:?} (ICE {:?}) counted {:?}, publisher {:?} sent {:?}; streams: {streams}",
+            player.pc.connection_state(),
+            player.pc.ice_connection_state(),
+            player.counters,
+            publisher.pc.connection_state(),
+            publisher.counters
         );
     }
     let live = server.runtime().await;
@@ -409,4 +404,45 @@ async fn cycle(server: &TestServer, client: &Client, i: usize) -> serde_json::Va
         "cycle {i}: streams left"
     );
     live
+}
+
+/// No answer leaves before the server's ICE agent holds the offer's credentials: checks that
+/// arrive earlier are discarded, and a webrtc-rs client (an edge, the load generator) gives
+/// a pair up after seven unanswered checks, which under load left players `Connecting` for
+/// good. The server's debug log gives, for every answer, the ICE state it left in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_answer_leaves_before_ice_holds_the_offers_credentials() {
+    const PLAYS: usize = 40;
+    let server = TestServer::start_logged(
+        common::LOOPBACK,
+        &format!("{},sluice::media=debug", common::QUIET_LOG),
+        &[],
+    );
+    let client = Client::new().unwrap();
+    let publisher = client
+        .publish(&server.url("/whip/early"), SyntheticMedia::default())
+        .await
+        .unwrap();
+    // The players stay: a server busy relaying to them is where the agent's task runs late.
+    let mut players = Vec::new();
+    for i in 0..PLAYS {
+        let player = client
+            .play(&server.url("/whep/early"))
+            .await
+            .unwrap_or_else(|e| panic!("play {i}: {e}"));
+        players.push(player);
+    }
+    for player in &players {
+        player.hang_up().await.unwrap();
+    }
+    publisher.hang_up().await.unwrap();
+    let log = std::fs::read_to_string(server.log_path()).unwrap();
+    let answers: Vec<&str> = log.lines().filter(|l| l.contains("answer ready")).collect();
+    assert_eq!(answers.len(), PLAYS + 1, "{log}");
+    let early: Vec<&&str> = answers.iter().filter(|l| l.contains("ice=new")).collect();
+    assert!(
+        early.is_empty(),
+        "{} answers left early: {early:?}",
+        early.len()
+    );
 }

@@ -357,7 +357,17 @@ async fn cycle(server: &TestServer, client: &Client, i: usize) {
         .play_wcs(&connection, &name)
         .await
         .unwrap_or_else(|e| panic!("cycle {i}: play: {e}"));
-    assert!(player.wait_packets(5, WAIT).await, "cycle {i}: no media");
+    if !player.wait_packets(5, WAIT).await {
+        panic!(
+            "cycle {i}: no media; player {:?} (ICE {:?}) counted {:?}, publisher {:?} sent {:?}; streams: {}",
+            player.pc.connection_state(),
+            player.pc.ice_connection_state(),
+            player.counters,
+            publisher.pc.connection_state(),
+            publisher.counters,
+            server.streams_found().await
+        );
+    }
     let live = server.runtime().await;
     assert_eq!(live["streams"], 2, "cycle {i}: {live}");
     if i.is_multiple_of(2) {

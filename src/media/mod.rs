@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 use webrtc::api::API;
+use webrtc::ice_transport::ice_connection_state::RTCIceConnectionState;
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::peer_connection::configuration::RTCConfiguration;
 use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
@@ -124,6 +125,8 @@ pub struct Media {
 
 /// How long ICE gathering may take before the answer goes out with what was gathered.
 const GATHER_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long an answer waits for the ICE agent to take the offer's credentials.
+const ICE_START_TIMEOUT: Duration = Duration::from_secs(2);
 /// A session that has not connected by then is stopped.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// An edge's WHEP request to the origin (which gathers for up to its own 3 s) may take this.
@@ -457,6 +460,19 @@ impl Media {
         let mut gathered = pc.gathering_complete_promise().await;
         pc.set_local_description(answer).await?;
         let _ = tokio::time::timeout(GATHER_TIMEOUT, gathered.recv()).await;
+        // The ICE agent takes the offer's credentials in a task of its own, which can run
+        // after gathering ends: an answer sent before then draws checks the agent discards,
+        // and a webrtc-rs client (an edge, the load generator) gives a pair up after seven
+        // unanswered checks and never checks it again, so under load players stayed
+        // `Connecting` for good. The state leaves `New` only after the credentials are set.
+        let ice_started = tokio::time::timeout(ICE_START_TIMEOUT, async {
+            while pc.ice_connection_state() == RTCIceConnectionState::New {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+        .await
+        .is_ok();
+        tracing::debug!(ice = %pc.ice_connection_state(), ice_started, "answer ready");
         let local = pc
             .local_description()
             .await

@@ -127,10 +127,15 @@ impl Media {
     ) where
         F: Fn() -> Vec<Arc<RelayTrack>> + Send + Sync + 'static,
     {
+        pc.on_ice_connection_state_change(Box::new(move |state| {
+            tracing::debug!(stream = %id, player = is_player, %state, "ICE state");
+            Box::pin(async {})
+        }));
         let registry = self.registry.clone();
         let control_for_state = control.clone();
         let tasks_for_state = tasks.clone();
         pc.on_peer_connection_state_change(Box::new(move |state| {
+            tracing::debug!(stream = %id, player = is_player, %state, "connection state");
             match state {
                 RTCPeerConnectionState::Connected if is_player => {
                     registry.set_status(id, Status::Playing, "");

@@ -147,6 +147,21 @@ impl TestServer {
             .expect("runtime json")
     }
 
+    /// Every stream `/rest-api/stream/find` lists, as its text: for a failing test to say
+    /// what the server holds.
+    pub async fn streams_found(&self) -> String {
+        match self
+            .http_client
+            .post(self.url("/rest-api/stream/find"))
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+        {
+            Ok(response) => response.text().await.unwrap_or_else(|e| e.to_string()),
+            Err(e) => e.to_string(),
+        }
+    }
+
     pub async fn streams(&self) -> u64 {
         self.runtime().await["streams"].as_u64().expect("streams")
     }
