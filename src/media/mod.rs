@@ -6,6 +6,7 @@ mod batch_udp;
 pub mod codecs;
 mod edge;
 pub mod engine;
+mod gso;
 mod ice;
 pub mod offer;
 mod relay;

@@ -69,8 +69,8 @@ declare_settings! {
         "last UDP port for media";
     media_udp_mux_port: Option<u16> = None, Optional(Port), Restart,
         "when set, all media on this one UDP port (`0` lets the OS choose) instead of a port per session";
-    media_udp_batch: bool = false, Flag, Restart,
-        "with `media_udp_mux_port`, send the one socket's datagrams in batches (`sendmmsg`, up to 64 a call) instead of one system call each; off by default: on loopback it saved about 3 % of the relay's CPU, within noise (BENCHMARKS.md)";
+    media_udp_batch: bool = true, Flag, Restart,
+        "with `media_udp_mux_port`, send the one socket's datagrams in batches instead of one system call each: the packets to one player that follow one another as one UDP GSO message, the rest by `sendmmsg`, up to 64 a call (0.88x the relay's CPU per packet at 200 players, BENCHMARKS.md)";
     media_public_ip: Option<IpAddr> = None, Optional(Address), Restart,
         "an address announced as an extra (server-reflexive) ICE candidate, for clients beyond NAT";
     ice_include_loopback: bool = true, Flag, Restart,
