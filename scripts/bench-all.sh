@@ -16,7 +16,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 players=${PLAYERS:-"1 10 50 200"}
 out=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$out"' EXIT
+# The servers start inside process substitutions, so they are not this shell's jobs: their
+# PIDs are kept in a file, and a run that stops early still ends them.
+trap 'kill $(jobs -p) $(cat "$out/pids" 2>/dev/null) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$out"' EXIT
 
 echo "building (release)…" >&2
 cargo build --release --benches --examples --bin sluice >&2
@@ -34,6 +36,7 @@ start_server() { # $1 = label, rest = command; prints "PID ADDR"
   local label=$1; shift
   "$@" > "$out/$label.ready" 2>/dev/null &
   local pid=$!
+  echo "$pid" >> "$out/pids"
   for _ in $(seq 100); do grep -q "ready" "$out/$label.ready" && break; sleep 0.1; done
   echo "$pid http://$(sed -n 's/.*http=\([^ ]*\).*/\1/p' "$out/$label.ready")"
 }
