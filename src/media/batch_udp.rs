@@ -47,6 +47,7 @@ struct Shared {
     dropped: AtomicU64,
     syscalls: AtomicU64,
     sent: AtomicU64,
+    gso_messages: AtomicU64,
 }
 
 impl Shared {
@@ -146,13 +147,18 @@ async fn flush(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
                     None => return,
                     Some(Ok(_)) => {
                         shared.count(members.len(), 1);
+                        shared.gso_messages.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
                     Some(Err(e)) => {
                         // No segmentation offload here (an old kernel, a device without
-                        // it): these and all later datagrams go one by one.
-                        tracing::info!(error = %e, "UDP GSO refused; batching without it");
-                        gso = false;
+                        // it): these and all later datagrams go one by one. Any other error
+                        // is this destination's (its datagrams are refused one by one below
+                        // and counted), and the others keep GSO.
+                        if refuses_gso(&e) {
+                            tracing::info!(error = %e, "UDP GSO refused; batching without it");
+                            gso = false;
+                        }
                     }
                 }
             }
@@ -227,6 +233,16 @@ impl Plan {
             self.singles.push(self.order[run.range.start]);
         }
     }
+}
+
+/// Whether a GSO send failed because the kernel or the device cannot segment (as
+/// quinn-udp reads it: `EIO` from a device without checksum offload, `EINVAL` from a kernel
+/// without `UDP_SEGMENT`), not because of where it was going.
+fn refuses_gso(error: &std::io::Error) -> bool {
+    matches!(
+        error.raw_os_error().map(nix::errno::Errno::from_raw),
+        Some(nix::errno::Errno::EIO | nix::errno::Errno::EINVAL | nix::errno::Errno::ENOPROTOOPT)
+    )
 }
 
 /// Runs `send` once the socket is writable; `None` when the socket is gone.
@@ -397,6 +413,36 @@ mod tests {
             assert_eq!((read, buf[0]), (*size, i as u8));
         }
         assert_eq!(sender.counts(), (4, 1, 0));
+    }
+
+    /// A run the kernel refuses for its destination is dropped and counted, and the next
+    /// run to a reachable player still leaves as one GSO message.
+    #[tokio::test]
+    async fn a_refused_run_does_not_turn_gso_off() {
+        let sender = BatchedUdp::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let receiver = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let target = receiver.local_addr().unwrap();
+        // An IPv6 destination from an IPv4 socket: refused by the kernel.
+        let v6: SocketAddr = "[::1]:9".parse().unwrap();
+        for _ in 0..3 {
+            sender.send_to(&[1u8; 1000], v6).await.unwrap();
+        }
+        // Let the flusher take that batch alone.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(sender.counts().2, 3);
+        for _ in 0..3 {
+            sender.send_to(&[2u8; 1000], target).await.unwrap();
+        }
+        let mut buf = [0u8; 2048];
+        for _ in 0..3 {
+            let read =
+                tokio::time::timeout(std::time::Duration::from_secs(5), receiver.recv(&mut buf))
+                    .await
+                    .expect("a datagram within 5 s")
+                    .unwrap();
+            assert_eq!((read, buf[0]), (1000, 2));
+        }
+        assert_eq!(sender.shared.gso_messages.load(Ordering::Relaxed), 1);
     }
 
     /// A datagram the kernel refuses is dropped and counted; the ones after it still go.

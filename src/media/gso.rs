@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::ops::Range;
 
 /// Segments one GSO message may carry (the kernel's `UDP_MAX_SEGMENTS`).
-pub const MAX_SEGMENTS: usize = 64;
+const MAX_SEGMENTS: usize = 64;
 /// Bytes one GSO message may carry: an IP datagram's limit, less its headers.
 const MAX_GSO_BYTES: usize = 65_000;
 
