@@ -373,16 +373,9 @@ async fn cycle(server: &TestServer, client: &Client, i: usize) -> serde_json::Va
         .await
         .unwrap_or_else(|e| panic!("cycle {i}: play: {e}"));
     if !player.wait_packets(5, WAIT).await {
-        // What the server holds and what each side counted, to tell a session that never
-        // connected from one wired to a silent relay.
-        let streams = server.streams_found().await;
         panic!(
-            "cycle {i}: no media; player {:?} (ICE {:?}) counted {:?}, publisher {:?} sent {:?}; streams: {streams}",
-            player.pc.connection_state(),
-            player.pc.ice_connection_state(),
-            player.counters,
-            publisher.pc.connection_state(),
-            publisher.counters
+            "cycle {i}: no media; {}",
+            server.why_no_media(&player, &publisher).await
         );
     }
     let live = server.runtime().await;

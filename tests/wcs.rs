@@ -359,13 +359,8 @@ async fn cycle(server: &TestServer, client: &Client, i: usize) {
         .unwrap_or_else(|e| panic!("cycle {i}: play: {e}"));
     if !player.wait_packets(5, WAIT).await {
         panic!(
-            "cycle {i}: no media; player {:?} (ICE {:?}) counted {:?}, publisher {:?} sent {:?}; streams: {}",
-            player.pc.connection_state(),
-            player.pc.ice_connection_state(),
-            player.counters,
-            publisher.pc.connection_state(),
-            publisher.counters,
-            server.streams_found().await
+            "cycle {i}: no media; {}",
+            server.why_no_media(&player, &publisher).await
         );
     }
     let live = server.runtime().await;

@@ -211,8 +211,6 @@ impl Shared {
 /// The flusher's reused planning buffers.
 #[derive(Default)]
 struct Plan {
-    sizes: Vec<usize>,
-    targets: Vec<SocketAddr>,
     order: Vec<usize>,
     runs: Vec<gso::Run>,
     /// Indices of the datagrams that leave alone.
@@ -221,13 +219,7 @@ struct Plan {
 
 impl Plan {
     fn make(&mut self, batch: &[(Vec<u8>, SocketAddr)]) {
-        self.sizes.clear();
-        self.targets.clear();
-        for (datagram, target) in batch {
-            self.sizes.push(datagram.len());
-            self.targets.push(*target);
-        }
-        gso::plan(&self.sizes, &self.targets, &mut self.order, &mut self.runs);
+        gso::plan(batch, &mut self.order, &mut self.runs);
         self.singles.clear();
         for run in self.runs.iter().filter(|r| r.len() == 1) {
             self.singles.push(self.order[run.range.start]);
@@ -354,6 +346,14 @@ impl Conn for BatchedUdp {
 mod tests {
     use super::*;
 
+    /// The next datagram `receiver` gets, within 5 s.
+    async fn recv(receiver: &UdpSocket, buf: &mut [u8]) -> usize {
+        tokio::time::timeout(std::time::Duration::from_secs(5), receiver.recv(buf))
+            .await
+            .expect("a datagram within 5 s")
+            .unwrap()
+    }
+
     /// Many datagrams to several receivers arrive whole and in order per receiver, in far
     /// fewer system calls than datagrams.
     #[tokio::test]
@@ -375,13 +375,7 @@ mod tests {
         for receiver in &receivers {
             let mut buf = [0u8; 2048];
             for i in 0..EACH {
-                let read = tokio::time::timeout(
-                    std::time::Duration::from_secs(5),
-                    receiver.recv(&mut buf),
-                )
-                .await
-                .expect("a datagram within 5 s")
-                .unwrap();
+                let read = recv(receiver, &mut buf).await;
                 assert_eq!(read, 1000);
                 assert_eq!(u32::from_be_bytes(buf[..4].try_into().unwrap()), i);
             }
@@ -405,11 +399,7 @@ mod tests {
         }
         let mut buf = [0u8; 2048];
         for (i, size) in sizes.iter().enumerate() {
-            let read =
-                tokio::time::timeout(std::time::Duration::from_secs(5), receiver.recv(&mut buf))
-                    .await
-                    .expect("a datagram within 5 s")
-                    .unwrap();
+            let read = recv(&receiver, &mut buf).await;
             assert_eq!((read, buf[0]), (*size, i as u8));
         }
         assert_eq!(sender.counts(), (4, 1, 0));
@@ -435,11 +425,7 @@ mod tests {
         }
         let mut buf = [0u8; 2048];
         for _ in 0..3 {
-            let read =
-                tokio::time::timeout(std::time::Duration::from_secs(5), receiver.recv(&mut buf))
-                    .await
-                    .expect("a datagram within 5 s")
-                    .unwrap();
+            let read = recv(&receiver, &mut buf).await;
             assert_eq!((read, buf[0]), (1000, 2));
         }
         assert_eq!(sender.shared.gso_messages.load(Ordering::Relaxed), 1);
@@ -456,10 +442,7 @@ mod tests {
         sender.send_to(b"lost", v6).await.unwrap();
         sender.send_to(b"kept", target).await.unwrap();
         let mut buf = [0u8; 16];
-        let read = tokio::time::timeout(std::time::Duration::from_secs(5), receiver.recv(&mut buf))
-            .await
-            .expect("the second datagram arrives")
-            .unwrap();
+        let read = recv(&receiver, &mut buf).await;
         assert_eq!(&buf[..read], b"kept");
         assert_eq!(sender.counts().2, 1);
     }

@@ -26,25 +26,30 @@ impl Run {
     }
 }
 
-/// Fills `order` with the batch's indices grouped by destination (each destination's
-/// datagrams kept in the order they were queued) and `runs` with the messages to send.
-/// `sizes` are the datagrams' lengths and `targets` their destinations, index by index.
-pub fn plan(sizes: &[usize], targets: &[SocketAddr], order: &mut Vec<usize>, runs: &mut Vec<Run>) {
+/// Fills `order` with the indices of `batch` (datagrams and their destinations) grouped by
+/// destination, each destination's datagrams kept in the order they were queued, and
+/// `runs` with the messages to send.
+pub fn plan<D: AsRef<[u8]>>(
+    batch: &[(D, SocketAddr)],
+    order: &mut Vec<usize>,
+    runs: &mut Vec<Run>,
+) {
     order.clear();
     runs.clear();
-    order.extend(0..sizes.len());
+    order.extend(0..batch.len());
     // The index as the second key keeps each destination's datagrams in queue order.
-    order.sort_unstable_by_key(|&i| (targets[i], i));
+    order.sort_unstable_by_key(|&i| (batch[i].1, i));
+    let size = |i: usize| batch[i].0.as_ref().len();
     let mut start = 0;
     while start < order.len() {
         let first = order[start];
-        let (target, segment) = (targets[first], sizes[first]);
+        let (target, segment) = (batch[first].1, size(first));
         let mut end = start + 1;
         let mut bytes = segment;
         while end < order.len() && end - start < MAX_SEGMENTS {
             let next = order[end];
-            let size = sizes[next];
-            if targets[next] != target || size > segment || bytes + size > MAX_GSO_BYTES {
+            let size = size(next);
+            if batch[next].1 != target || size > segment || bytes + size > MAX_GSO_BYTES {
                 break;
             }
             bytes += size;
@@ -72,10 +77,10 @@ mod tests {
     }
 
     fn planned(batch: &[(usize, u16)]) -> (Vec<usize>, Vec<Run>) {
-        let sizes: Vec<usize> = batch.iter().map(|&(s, _)| s).collect();
-        let targets: Vec<SocketAddr> = batch.iter().map(|&(_, p)| addr(p)).collect();
+        let batch: Vec<(Vec<u8>, SocketAddr)> =
+            batch.iter().map(|&(s, p)| (vec![0; s], addr(p))).collect();
         let (mut order, mut runs) = (Vec::new(), Vec::new());
-        plan(&sizes, &targets, &mut order, &mut runs);
+        plan(&batch, &mut order, &mut runs);
         (order, runs)
     }
 

@@ -147,6 +147,25 @@ impl TestServer {
             .expect("runtime json")
     }
 
+    /// Why a player got no media, as far as the outside can tell: each side's connection
+    /// and ICE state and counts, and the streams the server holds — to tell a session that
+    /// never connected from one wired to a silent relay.
+    pub async fn why_no_media(
+        &self,
+        player: &sluice_client::ClientSession,
+        publisher: &sluice_client::ClientSession,
+    ) -> String {
+        format!(
+            "player {:?} (ICE {:?}) counted {:?}, publisher {:?} sent {:?}; streams: {}",
+            player.pc.connection_state(),
+            player.pc.ice_connection_state(),
+            player.counters,
+            publisher.pc.connection_state(),
+            publisher.counters,
+            self.streams_found().await
+        )
+    }
+
     /// Every stream `/rest-api/stream/find` lists, as its text: for a failing test to say
     /// what the server holds.
     pub async fn streams_found(&self) -> String {
