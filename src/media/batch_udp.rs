@@ -128,11 +128,11 @@ async fn flush(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
             shared.wake.notified().await;
             continue;
         }
-        plan.make(&sending);
-        let mut singles = std::mem::take(&mut plan.singles);
-        for run in plan.runs.iter().filter(|r| r.len() > 1) {
+        gso::plan(&sending, &mut plan.order, &mut plan.runs);
+        plan.singles.clear();
+        for run in &plan.runs {
             let members = &plan.order[run.range.clone()];
-            if gso {
+            if gso && run.len() > 1 {
                 let sent = send_with(&socket, || {
                     send_gso(
                         socket.as_raw_fd(),
@@ -162,8 +162,9 @@ async fn flush(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
                     }
                 }
             }
-            singles.extend_from_slice(members);
+            plan.singles.extend_from_slice(members);
         }
+        let singles = &plan.singles;
         let mut start = 0;
         while start < singles.len() {
             let chunk = &singles[start..(start + BATCH).min(singles.len())];
@@ -182,8 +183,6 @@ async fn flush(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
                 }
             }
         }
-        singles.clear();
-        plan.singles = singles;
         let mut queue = shared.lock();
         for (datagram, _) in sending.drain(..) {
             if queue.spare.len() < MAX_SPARE {
@@ -213,18 +212,8 @@ impl Shared {
 struct Plan {
     order: Vec<usize>,
     runs: Vec<gso::Run>,
-    /// Indices of the datagrams that leave alone.
+    /// Indices of the datagrams that leave alone: runs of one, and runs GSO could not send.
     singles: Vec<usize>,
-}
-
-impl Plan {
-    fn make(&mut self, batch: &[(Vec<u8>, SocketAddr)]) {
-        gso::plan(batch, &mut self.order, &mut self.runs);
-        self.singles.clear();
-        for run in self.runs.iter().filter(|r| r.len() == 1) {
-            self.singles.push(self.order[run.range.start]);
-        }
-    }
 }
 
 /// Whether a GSO send failed because the kernel or the device cannot segment (as
@@ -346,6 +335,17 @@ impl Conn for BatchedUdp {
 mod tests {
     use super::*;
 
+    /// An IPv6 destination, which the kernel refuses from an IPv4 socket.
+    const REFUSED: &str = "[::1]:9";
+
+    /// A batched sender and a receiver on loopback, with the receiver's address.
+    async fn sender_and_receiver() -> (BatchedUdp, UdpSocket, SocketAddr) {
+        let sender = BatchedUdp::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let receiver = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let target = receiver.local_addr().unwrap();
+        (sender, receiver, target)
+    }
+
     /// The next datagram `receiver` gets, within 5 s.
     async fn recv(receiver: &UdpSocket, buf: &mut [u8]) -> usize {
         tokio::time::timeout(std::time::Duration::from_secs(5), receiver.recv(buf))
@@ -389,9 +389,7 @@ mod tests {
     /// and arrive as the datagrams they were, in order.
     #[tokio::test]
     async fn a_frame_to_one_player_leaves_in_one_gso_call() {
-        let sender = BatchedUdp::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-        let receiver = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let target = receiver.local_addr().unwrap();
+        let (sender, receiver, target) = sender_and_receiver().await;
         let sizes = [1200usize, 1200, 1200, 300];
         // Queued before the flusher runs: this test's runtime has one thread.
         for (i, size) in sizes.iter().enumerate() {
@@ -409,11 +407,8 @@ mod tests {
     /// run to a reachable player still leaves as one GSO message.
     #[tokio::test]
     async fn a_refused_run_does_not_turn_gso_off() {
-        let sender = BatchedUdp::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-        let receiver = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let target = receiver.local_addr().unwrap();
-        // An IPv6 destination from an IPv4 socket: refused by the kernel.
-        let v6: SocketAddr = "[::1]:9".parse().unwrap();
+        let (sender, receiver, target) = sender_and_receiver().await;
+        let v6: SocketAddr = REFUSED.parse().unwrap();
         for _ in 0..3 {
             sender.send_to(&[1u8; 1000], v6).await.unwrap();
         }
@@ -434,11 +429,8 @@ mod tests {
     /// A datagram the kernel refuses is dropped and counted; the ones after it still go.
     #[tokio::test]
     async fn a_refused_datagram_does_not_stall_the_rest() {
-        let sender = BatchedUdp::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-        let receiver = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let target = receiver.local_addr().unwrap();
-        // An IPv6 destination from an IPv4 socket: refused by the kernel.
-        let v6: SocketAddr = "[::1]:9".parse().unwrap();
+        let (sender, receiver, target) = sender_and_receiver().await;
+        let v6: SocketAddr = REFUSED.parse().unwrap();
         sender.send_to(b"lost", v6).await.unwrap();
         sender.send_to(b"kept", target).await.unwrap();
         let mut buf = [0u8; 16];
