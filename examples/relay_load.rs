@@ -1,7 +1,9 @@
 //! Relay load generator: one synthetic publisher (VP8 at a chosen bitrate plus Opus) and
 //! N players against a running server, in this separate process. Prints, for each N, the
 //! packet loss, the time from WHEP POST to first packet, and the CPU used by the server (read
-//! from /proc/PID/stat) and by this load generator.
+//! from /proc/PID/stat) and by this load generator. Its players count their media unopened
+//! (`Client::counting`: batched reads, no decryption), so the generator stays cheaper than
+//! the server it loads; `--full-receive` makes them decrypt and read every packet instead.
 //!
 //! ```sh
 //! cargo run --release -- serve --config scripts/loopback &   # or scripts/relay-capacity.sh
@@ -20,6 +22,8 @@ struct Args {
     players: Vec<usize>,
     /// When set, each round also prints one machine-readable `RELAY|label|…` line.
     label: Option<String>,
+    /// Players decrypt and read every packet (`Client::new`) instead of counting.
+    full_receive: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -30,6 +34,7 @@ fn parse_args() -> anyhow::Result<Args> {
         seconds: 5,
         players: Vec::new(),
         label: None,
+        full_receive: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -43,6 +48,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--bitrate" => args.bitrate = value()?.parse()?,
             "--seconds" => args.seconds = value()?.parse()?,
             "--label" => args.label = Some(value()?),
+            "--full-receive" => args.full_receive = true,
             n => args.players.push(
                 n.parse()
                     .map_err(|_| anyhow::anyhow!("unknown argument {n}"))?,
@@ -76,7 +82,11 @@ fn rss_kib(pid: u32) -> Option<u64> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
-    let client = Client::new()?;
+    let client = if args.full_receive {
+        Client::new()?
+    } else {
+        Client::counting()?
+    };
     let me = std::process::id();
     println!(
         "{:>7} {:>9} {:>9} {:>8} {:>11} {:>10} {:>10} {:>12} {:>12} {:>20}",

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::{TestServer, read_status_events};
@@ -438,5 +439,73 @@ async fn no_answer_leaves_before_ice_holds_the_offers_credentials() {
         early.is_empty(),
         "{} answers left early: {early:?}",
         early.len()
+    );
+}
+
+/// The load generator's players (`Client::counting`) count their media from the clear
+/// header, in batched reads, without handing it to webrtc-rs — and still count what the
+/// server forwarded to them, and still see its BYE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counting_players_count_what_the_server_forwarded_unopened() {
+    let server = TestServer::start("");
+    let client = Client::counting().unwrap();
+    let publisher = client
+        .publish(&server.url("/whip/counted"), SyntheticMedia::default())
+        .await
+        .unwrap();
+    let mut players = Vec::new();
+    for _ in 0..3 {
+        players.push(client.play(&server.url("/whep/counted")).await.unwrap());
+    }
+    for player in &players {
+        assert!(
+            player.wait_packets(300, WAIT).await,
+            "{}",
+            server.why_no_media(player, &publisher).await
+        );
+    }
+    publisher.hang_up().await.unwrap();
+    for player in &players {
+        assert!(
+            player.wait_ended(WAIT).await.is_some(),
+            "the BYE still arrives"
+        );
+    }
+    // The BYE can overtake the last packets still queued in the players' reads.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let counted: u64 = players.iter().map(|p| p.counters.packets()).sum();
+    let unopened: u64 = players
+        .iter()
+        .map(|p| p.counters.counted_unopened.load(Ordering::Relaxed))
+        .sum();
+    // Through webrtc-rs: each player's first packet of each kind, and any before it attached.
+    assert!(
+        unopened * 100 >= counted * 95,
+        "{unopened} of {counted} counted unopened"
+    );
+    assert!(
+        client.counting_syscalls() < unopened,
+        "{} reads for {unopened} packets: not batched",
+        client.counting_syscalls()
+    );
+    let metrics = server
+        .http_client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let forwarded: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_relay_forwarded_packets_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("forwarded packets in /metrics");
+    // Loopback loses nothing: every packet the server counts as forwarded arrives (which
+    // it did not while packets written before a player's SRTP was keyed were counted).
+    assert!(
+        (counted as f64) <= forwarded && counted as f64 >= forwarded * 0.99,
+        "players counted {counted}, the server forwarded {forwarded}"
     );
 }

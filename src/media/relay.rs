@@ -276,8 +276,13 @@ impl RelayTrack {
             match next {
                 Ok(packet) => {
                     // A write fails only when the player's transport is gone; its session
-                    // notices that on its own and cancels this task.
-                    if local.write_rtp(&packet).await.is_ok() {
+                    // notices that on its own and cancels this task. One that wrote nothing
+                    // (0 bytes: the player's SRTP is not keyed yet) forwarded nothing.
+                    if local
+                        .write_rtp(&packet)
+                        .await
+                        .is_ok_and(|written| written > 0)
+                    {
                         packets_out += 1;
                         bytes_out += packet.payload.len() as u64;
                         if packets_out == FLUSH_EVERY {

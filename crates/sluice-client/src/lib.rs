@@ -4,6 +4,7 @@
 //! the RTCP BYE the server sends before it closes. `wcs` speaks WCS's WebSocket signalling
 //! instead of WHIP/WHEP, as the Flashphoner Web SDK does.
 
+mod counting;
 pub mod wcs;
 
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::{API, APIBuilder};
 use webrtc::ice::mdns::MulticastDnsMode;
 use webrtc::ice::network_type::NetworkType;
+use webrtc::ice::udp_network::UDPNetwork;
 use webrtc::interceptor::registry::Registry as InterceptorRegistry;
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::peer_connection::configuration::RTCConfiguration;
@@ -79,6 +81,9 @@ pub struct Counters {
     pub audio_packets: AtomicU64,
     pub bytes: AtomicU64,
     pub keyframe_requests: AtomicU64,
+    /// Media packets counted from their clear header and dropped unopened (a counting
+    /// client's players: `Client::counting`).
+    pub counted_unopened: AtomicU64,
 }
 
 impl Counters {
@@ -161,6 +166,8 @@ enum Exchange<'a> {
 pub struct Client {
     api: API,
     http: reqwest::Client,
+    /// A counting client's sockets (`Client::counting`).
+    counting: Option<Arc<counting::CountingMux>>,
 }
 
 /// The synthetic media a publisher sends.
@@ -184,7 +191,25 @@ impl Default for SyntheticMedia {
 const RTP_PAYLOAD_MAX: usize = 1100;
 
 impl Client {
+    /// A client whose players decrypt and read every packet, as a real player does.
     pub fn new() -> Result<Self, ClientError> {
+        Self::build(None)
+    }
+
+    /// A client whose players count their media unopened, for load generation: each has a
+    /// socket of its own read in batches, and only the first media packet of each kind (and
+    /// all STUN, DTLS and RTCP) reaches webrtc-rs. Counts, first packets and the server's
+    /// BYE work as with `new`; `Counters::bytes` counts encrypted payloads.
+    pub fn counting() -> Result<Self, ClientError> {
+        Self::build(Some(Arc::new(counting::CountingMux::default())))
+    }
+
+    /// `recvmmsg` calls a counting client's open sockets made (0 for `new`'s).
+    pub fn counting_syscalls(&self) -> u64 {
+        self.counting.as_ref().map_or(0, |m| m.syscalls())
+    }
+
+    fn build(counting: Option<Arc<counting::CountingMux>>) -> Result<Self, ClientError> {
         let mut media = MediaEngine::default();
         media.register_default_codecs()?;
         let interceptors = register_default_interceptors(InterceptorRegistry::new(), &mut media)?;
@@ -193,6 +218,9 @@ impl Client {
         s.set_ip_filter(Box::new(|ip| ip.is_loopback()));
         s.set_network_types(vec![NetworkType::Udp4]);
         s.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
+        if let Some(mux) = &counting {
+            s.set_udp_network(UDPNetwork::Muxed(mux.clone()));
+        }
         let api = APIBuilder::new()
             .with_media_engine(media)
             .with_interceptor_registry(interceptors)
@@ -205,7 +233,11 @@ impl Client {
             .pool_max_idle_per_host(0)
             .timeout(Duration::from_secs(15))
             .build()?;
-        Ok(Client { api, http })
+        Ok(Client {
+            api,
+            http,
+            counting,
+        })
     }
 
     /// Publishes to `whip_url` (e.g. `http://127.0.0.1:8081/whip/cam`) and starts sending.
@@ -355,6 +387,7 @@ impl Client {
         }
         let on_track_counters = counters.clone();
         let on_track_cancel = cancel.clone();
+        let sink_first = first_tx.clone();
         pc.on_track(Box::new(move |track, receiver, _| {
             let counters = on_track_counters.clone();
             let cancel = on_track_cancel.clone();
@@ -410,6 +443,10 @@ impl Client {
                 return Err(e);
             }
         };
+        if let Some(mux) = &self.counting {
+            self.attach_counting(mux, &pc, counters.clone(), sink_first)
+                .await;
+        }
         Ok(ClientSession {
             pc,
             links,
@@ -419,6 +456,30 @@ impl Client {
             cancel,
             http: self.http.clone(),
         })
+    }
+
+    /// Hands the media of a counting client's player to its counters from now on (media
+    /// arriving before this went through webrtc-rs and was counted there).
+    async fn attach_counting(
+        &self,
+        mux: &counting::CountingMux,
+        pc: &RTCPeerConnection,
+        counters: Arc<Counters>,
+        first_packet: Arc<watch::Sender<Option<Instant>>>,
+    ) {
+        let (Some(local), Some(remote)) =
+            (pc.local_description().await, pc.remote_description().await)
+        else {
+            return;
+        };
+        let video = counting::video_payload_types(&remote.sdp);
+        let Some(ufrag) = counting::ice_ufrag(&local.sdp) else {
+            return;
+        };
+        mux.attach(
+            ufrag,
+            counting::MediaSink::new(counters, first_packet, video),
+        );
     }
 
     /// Sends an SDP body to a WHIP/WHEP URL as is and returns the status and text: for
