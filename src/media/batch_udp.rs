@@ -5,8 +5,13 @@
 //! packet out to many players costs one system call per batch instead of one per player,
 //! and a frame to one player one call. Receiving is the plain socket's.
 //!
-//! Queueing is what UDP would do anyway: `send_to` never waits for the wire, and a queue
-//! past `MAX_QUEUED` datagrams (a socket that cannot keep up) drops the newest, counted.
+//! Output runs in lanes, one per core: a destination always takes the same lane (its
+//! datagrams stay in order and group into GSO runs), and each lane has its own queue and
+//! flusher, so writers on different cores seldom meet on one lock and sending is not one
+//! task's work.
+//!
+//! Queueing is what UDP would do anyway: `send_to` never waits for the wire, and a lane's
+//! queue past `MAX_QUEUED` datagrams (a socket that cannot keep up) drops the newest, counted.
 
 use std::io::IoSlice;
 use std::net::SocketAddr;
@@ -30,6 +35,8 @@ const BATCH: usize = 64;
 const MAX_QUEUED: usize = 16_384;
 /// Spare buffers kept for reuse, so a steady stream allocates nothing per datagram.
 const MAX_SPARE: usize = 4_096;
+/// Lanes at most, however many cores.
+const MAX_LANES: usize = 16;
 
 #[derive(Default)]
 struct Queue {
@@ -39,40 +46,74 @@ struct Queue {
     spare: Vec<Vec<u8>>,
 }
 
-/// What the flusher and the engine's writers share.
+/// One lane: its queue, its flusher's wake-up, and the system calls it made.
 #[derive(Default)]
-struct Shared {
+struct Lane {
     queue: Mutex<Queue>,
     wake: Notify,
-    dropped: AtomicU64,
     syscalls: AtomicU64,
-    sent: AtomicU64,
-    gso_messages: AtomicU64,
 }
 
-impl Shared {
+impl Lane {
     fn lock(&self) -> MutexGuard<'_, Queue> {
         // The queue holds plain data: a writer that panicked mid-push left it usable.
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-/// A UDP socket whose sends are batched by a task of its own, ended when this is dropped.
+/// What the flushers and the engine's writers share.
+struct Shared {
+    lanes: Box<[Lane]>,
+    dropped: AtomicU64,
+    syscalls: AtomicU64,
+    sent: AtomicU64,
+    gso_messages: AtomicU64,
+}
+
+/// The lane of a destination, the same for every datagram to it.
+fn lane_of(target: &SocketAddr, lanes: usize) -> usize {
+    let ip = match target.ip() {
+        std::net::IpAddr::V4(ip) => u64::from(u32::from(ip)),
+        std::net::IpAddr::V6(ip) => {
+            u64::from_le_bytes(ip.octets()[8..].try_into().unwrap_or_default())
+        }
+    };
+    let key = (ip << 16) ^ u64::from(target.port());
+    // Fibonacci hashing: ports one apart land in different lanes.
+    ((key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize) % lanes.max(1)
+}
+
+/// A UDP socket whose sends are batched by tasks of its own (one per lane), ended when
+/// this is dropped.
 pub struct BatchedUdp {
     socket: Arc<UdpSocket>,
     shared: Arc<Shared>,
-    flusher: tokio::task::AbortHandle,
+    flushers: Vec<tokio::task::AbortHandle>,
 }
 
 impl BatchedUdp {
+    /// One lane per core the process may use, at most `MAX_LANES`.
     pub fn new(socket: UdpSocket) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        Self::with_lanes(socket, cores.min(MAX_LANES))
+    }
+
+    pub fn with_lanes(socket: UdpSocket, lanes: usize) -> Self {
         let socket = Arc::new(socket);
-        let shared = Arc::new(Shared::default());
-        let flusher = tokio::spawn(flush(socket.clone(), shared.clone())).abort_handle();
+        let shared = Arc::new(Shared {
+            lanes: (0..lanes.max(1)).map(|_| Lane::default()).collect(),
+            dropped: AtomicU64::new(0),
+            syscalls: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            gso_messages: AtomicU64::new(0),
+        });
+        let flushers = (0..shared.lanes.len())
+            .map(|lane| tokio::spawn(flush(socket.clone(), shared.clone(), lane)).abort_handle())
+            .collect();
         BatchedUdp {
             socket,
             shared,
-            flusher,
+            flushers,
         }
     }
 
@@ -86,9 +127,17 @@ impl BatchedUdp {
         )
     }
 
+    /// System calls made by each lane.
+    #[cfg(test)]
+    fn lane_syscalls(&self) -> Vec<u64> {
+        let lanes = self.shared.lanes.iter();
+        lanes.map(|l| l.syscalls.load(Ordering::Relaxed)).collect()
+    }
+
     fn enqueue(&self, buf: &[u8], target: SocketAddr) {
+        let lane = &self.shared.lanes[lane_of(&target, self.shared.lanes.len())];
         let was_empty = {
-            let mut queue = self.shared.lock();
+            let mut queue = lane.lock();
             if queue.pending.len() >= MAX_QUEUED {
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
                 return;
@@ -100,32 +149,39 @@ impl BatchedUdp {
             queue.pending.len() == 1
         };
         if was_empty {
-            self.shared.wake.notify_one();
+            lane.wake.notify_one();
+        }
+    }
+
+    fn stop(&self) {
+        for flusher in &self.flushers {
+            flusher.abort();
         }
     }
 }
 
 impl Drop for BatchedUdp {
     fn drop(&mut self) {
-        self.flusher.abort();
+        self.stop();
     }
 }
 
-/// Takes whatever is queued and sends it until aborted: runs of datagrams to one
+/// Takes whatever is queued in lane `lane` and sends it until aborted: runs of datagrams to one
 /// destination as GSO messages, the rest `BATCH` datagrams a `sendmmsg`. It sends at once:
 /// a frame's packets to a player are queued together anyway (waiting 1 ms for more made
 /// runs 4 % longer and saved no CPU, BENCHMARKS.md).
-async fn flush(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
+async fn flush(socket: Arc<UdpSocket>, shared: Arc<Shared>, lane: usize) {
     let mut sending: Vec<(Vec<u8>, SocketAddr)> = Vec::new();
     let mut plan = Plan::default();
     let mut gso = true;
+    let lane = &shared.lanes[lane];
     loop {
         {
-            let mut queue = shared.lock();
+            let mut queue = lane.lock();
             std::mem::swap(&mut queue.pending, &mut sending);
         }
         if sending.is_empty() {
-            shared.wake.notified().await;
+            lane.wake.notified().await;
             continue;
         }
         gso::plan(&sending, &mut plan.order, &mut plan.runs);
@@ -146,7 +202,7 @@ async fn flush(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
                 match sent {
                     None => return,
                     Some(Ok(_)) => {
-                        shared.count(members.len(), 1);
+                        shared.count(lane, members.len(), 1);
                         shared.gso_messages.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
@@ -171,7 +227,7 @@ async fn flush(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
             match send_with(&socket, || send_batch(socket.as_raw_fd(), &sending, chunk)).await {
                 None => return,
                 Some(Ok(n)) => {
-                    shared.count(n, 1);
+                    shared.count(lane, n, 1);
                     // n is at least 1: the kernel reports an error rather than sending none.
                     start += n.max(1);
                 }
@@ -183,7 +239,7 @@ async fn flush(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
                 }
             }
         }
-        let mut queue = shared.lock();
+        let mut queue = lane.lock();
         for (datagram, _) in sending.drain(..) {
             if queue.spare.len() < MAX_SPARE {
                 queue.spare.push(datagram);
@@ -193,7 +249,8 @@ async fn flush(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
 }
 
 impl Shared {
-    fn count(&self, datagrams: usize, calls: u64) {
+    fn count(&self, lane: &Lane, datagrams: usize, calls: u64) {
+        lane.syscalls.fetch_add(calls, Ordering::Relaxed);
         let sent = self.sent.fetch_add(datagrams as u64, Ordering::Relaxed) + datagrams as u64;
         let calls = self.syscalls.fetch_add(calls, Ordering::Relaxed) + calls;
         if calls.is_multiple_of(1 << 14) {
@@ -322,7 +379,7 @@ impl Conn for BatchedUdp {
     }
 
     async fn close(&self) -> webrtc::util::Result<()> {
-        self.flusher.abort();
+        self.stop();
         Ok(())
     }
 
@@ -354,15 +411,23 @@ mod tests {
             .unwrap()
     }
 
-    /// Many datagrams to several receivers arrive whole and in order per receiver, in far
-    /// fewer system calls than datagrams.
-    #[tokio::test]
+    /// Many datagrams to several receivers, over two lanes, arrive whole and in order per
+    /// receiver, in far fewer system calls than datagrams, and both lanes send.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn queued_datagrams_leave_in_batches_and_arrive_in_order() {
-        let sender = BatchedUdp::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let sender = BatchedUdp::with_lanes(UdpSocket::bind("127.0.0.1:0").await.unwrap(), 2);
+        // Two receivers in each lane, picked by the lane their address takes.
         let mut receivers = Vec::new();
-        for _ in 0..4 {
-            receivers.push(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let mut per_lane = [0; 2];
+        for _ in 0..64 {
+            let receiver = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let lane = lane_of(&receiver.local_addr().unwrap(), 2);
+            if per_lane[lane] < 2 {
+                per_lane[lane] += 1;
+                receivers.push(receiver);
+            }
         }
+        assert_eq!(per_lane, [2, 2]);
         // Few enough that each receiver's socket buffer holds them all before it reads.
         const EACH: u32 = 50;
         for i in 0..EACH {
@@ -383,6 +448,28 @@ mod tests {
         let (sent, syscalls, dropped) = sender.counts();
         assert_eq!((sent, dropped), (4 * EACH as u64, 0));
         assert!(syscalls < sent / 4, "{syscalls} calls for {sent} datagrams");
+        let lanes = sender.lane_syscalls();
+        assert!(
+            lanes.iter().all(|&calls| calls > 0),
+            "lanes' calls: {lanes:?}"
+        );
+    }
+
+    /// A destination keeps its lane, and neighbouring ports spread evenly over the lanes.
+    #[test]
+    fn each_destination_keeps_one_lane_and_destinations_spread() {
+        let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        assert_eq!(lane_of(&at(5000), 4), lane_of(&at(5000), 4));
+        let mut per_lane = [0; 4];
+        for port in 5000..5064 {
+            per_lane[lane_of(&at(port), 4)] += 1;
+        }
+        assert!(per_lane.iter().all(|&n| n >= 8), "{per_lane:?}");
+        assert_eq!(lane_of(&at(5000), 1), 0);
+        assert!(
+            lane_of(&REFUSED.parse().unwrap(), 3) < 3,
+            "an IPv6 destination"
+        );
     }
 
     /// A frame's packets to one player (equal sizes, a shorter last) leave in one GSO call

@@ -9,6 +9,7 @@ pub mod engine;
 mod gso;
 mod ice;
 pub mod offer;
+mod player_track;
 mod relay;
 pub mod sdpfrag;
 mod session;
@@ -37,7 +38,6 @@ use webrtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
 use webrtc::track::track_local::TrackLocal;
-use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 
 use crate::config::ConfigStore;
 use crate::registry::{
@@ -299,7 +299,7 @@ impl Media {
             let Some(codec) = codec.filter(|_| summary.receiving.contains(&relay.kind)) else {
                 continue;
             };
-            let local = Arc::new(TrackLocalStaticRTP::new(
+            let local = Arc::new(player_track::PlayerTrack::new(
                 codec,
                 kind_name(relay.kind).to_string(),
                 format!("sluice-{}", request.name),

@@ -12,10 +12,9 @@ use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use webrtc::rtp::packet::Packet;
 use webrtc::rtp_transceiver::rtp_codec::RTCRtpCodecCapability;
-use webrtc::track::track_local::TrackLocalWriter;
-use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 use webrtc::track::track_remote::TrackRemote;
 
+use super::player_track::PlayerTrack;
 use crate::registry::{MediaKind, now_ms};
 
 /// Packets a player may fall behind by before it skips: about two seconds of 2 Mbit/s video.
@@ -246,7 +245,7 @@ impl RelayTrack {
     pub async fn feed(
         self: Arc<Self>,
         mut packets: broadcast::Receiver<Arc<Packet>>,
-        local: Arc<TrackLocalStaticRTP>,
+        local: Arc<PlayerTrack>,
         cancel: CancellationToken,
         tasks: tokio_util::task::TaskTracker,
     ) {
@@ -268,6 +267,7 @@ impl RelayTrack {
         // every player of a track shares them, so a write per packet would bounce the cache
         // line between cores.
         let (mut packets_out, mut bytes_out) = (0u64, 0u64);
+        let mut scratch = Packet::default();
         loop {
             let next = tokio::select! {
                 _ = &mut cancelled => break,
@@ -279,7 +279,7 @@ impl RelayTrack {
                     // notices that on its own and cancels this task. One that wrote nothing
                     // (0 bytes: the player's SRTP is not keyed yet) forwarded nothing.
                     if local
-                        .write_rtp(&packet)
+                        .write(&packet, &mut scratch)
                         .await
                         .is_ok_and(|written| written > 0)
                     {
