@@ -35,6 +35,9 @@ const BATCH: usize = 64;
 const MAX_QUEUED: usize = 16_384;
 /// Spare buffers kept for reuse, so a steady stream allocates nothing per datagram.
 const MAX_SPARE: usize = 4_096;
+/// A lane idle this long gives its spare buffers back: sooner than the heap trim that
+/// follows the last stream's end (`memory::SETTLE`), and far longer than a live stream's gaps.
+const IDLE_RELEASE: std::time::Duration = std::time::Duration::from_millis(250);
 /// Lanes at most, however many cores.
 const MAX_LANES: usize = 16;
 
@@ -181,7 +184,16 @@ async fn flush(socket: Arc<UdpSocket>, shared: Arc<Shared>, lane: usize) {
             std::mem::swap(&mut queue.pending, &mut sending);
         }
         if sending.is_empty() {
-            lane.wake.notified().await;
+            if tokio::time::timeout(IDLE_RELEASE, lane.wake.notified())
+                .await
+                .is_err()
+            {
+                // Nothing to send for a while (the players have gone): the buffers kept for
+                // them go back to the allocator, before the heap is trimmed (`memory`).
+                drop(std::mem::take(&mut lane.lock().spare));
+                sending = Vec::new();
+                lane.wake.notified().await;
+            }
             continue;
         }
         gso::plan(&sending, &mut plan.order, &mut plan.runs);
@@ -511,6 +523,38 @@ mod tests {
             assert_eq!((read, buf[0]), (1000, 2));
         }
         assert_eq!(sender.shared.gso_messages.load(Ordering::Relaxed), 1);
+    }
+
+    /// Buffers kept for reuse go back to the allocator once a lane has been idle a while,
+    /// so a server whose players left does not hold their peak of datagrams.
+    #[tokio::test]
+    async fn an_idle_lane_gives_its_spare_buffers_back() {
+        let (sender, receiver, target) = sender_and_receiver().await;
+        for _ in 0..100 {
+            sender.send_to(&[3u8; 1000], target).await.unwrap();
+        }
+        let mut buf = [0u8; 2048];
+        for _ in 0..100 {
+            recv(&receiver, &mut buf).await;
+        }
+        let spare = || -> usize {
+            sender
+                .shared
+                .lanes
+                .iter()
+                .map(|l| l.lock().spare.len())
+                .sum()
+        };
+        assert!(spare() > 0, "sent buffers are kept for reuse while busy");
+        tokio::time::sleep(IDLE_RELEASE * 3).await;
+        assert_eq!(spare(), 0, "an idle lane keeps no spare buffers");
+        sender.send_to(b"again", target).await.unwrap();
+        let read = recv(&receiver, &mut buf).await;
+        assert_eq!(
+            &buf[..read],
+            b"again",
+            "the lane still sends after giving them back"
+        );
     }
 
     /// A datagram the kernel refuses is dropped and counted; the ones after it still go.
