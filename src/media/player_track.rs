@@ -2,11 +2,13 @@
 //! that single binding. webrtc-rs' `TrackLocalStaticRTP` serves any number of bindings, so
 //! each packet it writes takes an async lock, copies the binding list and builds an
 //! extension map; a relay's player only ever has one binding, read here without a lock,
-//! and each packet is rewritten in a buffer the player's feed reuses.
+//! and each packet is rewritten in a buffer the player's feed reuses. The feed keeps the
+//! binding it last read and looks again only when a counter says it changed: one relaxed
+//! atomic load per packet (reading the `ArcSwap` itself per packet cost 1.5 % of the relay).
 
 use std::any::Any;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
@@ -34,6 +36,15 @@ pub struct PlayerTrack {
     stream_id: String,
     kind: RTPCodecType,
     binding: ArcSwapOption<Binding>,
+    /// Bumped on every bind and unbind, after `binding` is stored.
+    changes: AtomicU64,
+}
+
+/// What a player's feed keeps between writes: its rewrite buffer and the binding it read.
+#[derive(Default)]
+pub struct WriteState {
+    scratch: Packet,
+    seen: Option<(u64, Option<Arc<Binding>>)>,
 }
 
 impl PlayerTrack {
@@ -49,21 +60,27 @@ impl PlayerTrack {
             stream_id,
             kind,
             binding: ArcSwapOption::empty(),
+            changes: AtomicU64::new(0),
         }
     }
 
     /// Writes `packet` to the player, stamped with its binding's SSRC, payload type and mid,
-    /// through `scratch` (kept by the caller, so steady writes allocate nothing here).
+    /// through `state` (kept by the caller, so steady writes allocate nothing here).
     /// Bytes written: 0 before the sender is bound (or while it is paused), and 0 when
     /// webrtc-rs drops the packet because the player's SRTP is not keyed yet.
     pub async fn write(
         &self,
         packet: &Packet,
-        scratch: &mut Packet,
+        state: &mut WriteState,
     ) -> webrtc::error::Result<usize> {
-        let Some(binding) = self.binding.load_full() else {
+        let changes = self.changes.load(Ordering::Acquire);
+        if state.seen.as_ref().is_none_or(|(seen, _)| *seen != changes) {
+            state.seen = Some((changes, self.binding.load_full()));
+        }
+        let Some((_, Some(binding))) = &state.seen else {
             return Ok(0);
         };
+        let scratch = &mut state.scratch;
         if binding.paused.load(Ordering::Relaxed) {
             return Ok(0);
         }
@@ -123,6 +140,7 @@ impl TrackLocal for PlayerTrack {
             paused: t.paused(),
             writer: t.write_stream(),
         })));
+        self.changes.fetch_add(1, Ordering::Release);
         Ok(codec)
     }
 
@@ -131,6 +149,7 @@ impl TrackLocal for PlayerTrack {
         let bound = self.binding.load();
         if bound.as_ref().is_some_and(|b| b.id == id) {
             self.binding.store(None);
+            self.changes.fetch_add(1, Ordering::Release);
             Ok(())
         } else {
             Err(webrtc::Error::ErrUnbindFailed)

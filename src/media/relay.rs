@@ -14,7 +14,7 @@ use webrtc::rtp::packet::Packet;
 use webrtc::rtp_transceiver::rtp_codec::RTCRtpCodecCapability;
 use webrtc::track::track_remote::TrackRemote;
 
-use super::player_track::PlayerTrack;
+use super::player_track::{PlayerTrack, WriteState};
 use crate::registry::{MediaKind, now_ms};
 
 /// Packets a player may fall behind by before it skips: about two seconds of 2 Mbit/s video.
@@ -267,7 +267,7 @@ impl RelayTrack {
         // every player of a track shares them, so a write per packet would bounce the cache
         // line between cores.
         let (mut packets_out, mut bytes_out) = (0u64, 0u64);
-        let mut scratch = Packet::default();
+        let mut state = WriteState::default();
         loop {
             let next = tokio::select! {
                 _ = &mut cancelled => break,
@@ -279,7 +279,7 @@ impl RelayTrack {
                     // notices that on its own and cancels this task. One that wrote nothing
                     // (0 bytes: the player's SRTP is not keyed yet) forwarded nothing.
                     if local
-                        .write(&packet, &mut scratch)
+                        .write(&packet, &mut state)
                         .await
                         .is_ok_and(|written| written > 0)
                     {
