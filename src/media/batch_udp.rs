@@ -68,7 +68,6 @@ impl Lane {
 struct Shared {
     lanes: Box<[Lane]>,
     dropped: AtomicU64,
-    syscalls: AtomicU64,
     sent: AtomicU64,
     gso_messages: AtomicU64,
 }
@@ -106,7 +105,6 @@ impl BatchedUdp {
         let shared = Arc::new(Shared {
             lanes: (0..lanes.max(1)).map(|_| Lane::default()).collect(),
             dropped: AtomicU64::new(0),
-            syscalls: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             gso_messages: AtomicU64::new(0),
         });
@@ -125,7 +123,7 @@ impl BatchedUdp {
     pub fn counts(&self) -> (u64, u64, u64) {
         (
             self.shared.sent.load(Ordering::Relaxed),
-            self.shared.syscalls.load(Ordering::Relaxed),
+            self.lane_syscalls().iter().sum(),
             self.shared.dropped.load(Ordering::Relaxed),
         )
     }
@@ -189,8 +187,15 @@ async fn flush(socket: Arc<UdpSocket>, shared: Arc<Shared>, lane: usize) {
                 .is_err()
             {
                 // Nothing to send for a while (the players have gone): the buffers kept for
-                // them go back to the allocator, before the heap is trimmed (`memory`).
-                drop(std::mem::take(&mut lane.lock().spare));
+                // them, and both queue vectors' room, go back to the allocator before the
+                // heap is trimmed (`memory`).
+                {
+                    let mut queue = lane.lock();
+                    drop(std::mem::take(&mut queue.spare));
+                    if queue.pending.is_empty() {
+                        queue.pending = Vec::new();
+                    }
+                }
                 sending = Vec::new();
                 lane.wake.notified().await;
             }
@@ -262,12 +267,11 @@ async fn flush(socket: Arc<UdpSocket>, shared: Arc<Shared>, lane: usize) {
 
 impl Shared {
     fn count(&self, lane: &Lane, datagrams: usize, calls: u64) {
-        lane.syscalls.fetch_add(calls, Ordering::Relaxed);
         let sent = self.sent.fetch_add(datagrams as u64, Ordering::Relaxed) + datagrams as u64;
-        let calls = self.syscalls.fetch_add(calls, Ordering::Relaxed) + calls;
-        if calls.is_multiple_of(1 << 14) {
+        let lane_calls = lane.syscalls.fetch_add(calls, Ordering::Relaxed) + calls;
+        if lane_calls.is_multiple_of(1 << 14) {
             tracing::debug!(
-                calls,
+                lane_calls,
                 sent,
                 dropped = self.dropped.load(Ordering::Relaxed),
                 "batched media output"

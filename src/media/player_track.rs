@@ -3,8 +3,8 @@
 //! each packet it writes takes an async lock, copies the binding list and builds an
 //! extension map; a relay's player only ever has one binding, read here without a lock,
 //! and each packet is rewritten in a buffer the player's feed reuses. The feed keeps the
-//! binding it last read and looks again only when a counter says it changed: one relaxed
-//! atomic load per packet (reading the `ArcSwap` itself per packet cost 1.5 % of the relay).
+//! binding it last read and looks again only when a counter says it changed: one atomic
+//! load per packet (reading the `ArcSwap` itself per packet cost 1.5 % of the relay).
 
 use std::any::Any;
 use std::sync::Arc;

@@ -21,6 +21,7 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use webrtc::ice::udp_mux::UDPMux;
+use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::util::Conn;
 
 use crate::Counters;
@@ -36,17 +37,17 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Where one player's counted media goes.
-pub(crate) struct MediaSink {
-    pub counters: Arc<Counters>,
-    pub first_packet: Arc<watch::Sender<Option<Instant>>>,
+struct MediaSink {
+    counters: Arc<Counters>,
+    first_packet: Arc<watch::Sender<Option<Instant>>>,
     /// RTP payload types of the answer's video section; any other media is audio.
-    pub video_payload_types: Vec<u8>,
+    video_payload_types: Vec<u8>,
     passed_video: AtomicBool,
     passed_audio: AtomicBool,
 }
 
 impl MediaSink {
-    pub fn new(
+    fn new(
         counters: Arc<Counters>,
         first_packet: Arc<watch::Sender<Option<Instant>>>,
         video_payload_types: Vec<u8>,
@@ -256,9 +257,28 @@ pub(crate) struct CountingMux {
 }
 
 impl CountingMux {
+    /// Hands the media of player `pc` (its answer applied) to `counters` from now on; media
+    /// that arrived before went through webrtc-rs and was counted there. False when the
+    /// connection has no socket here (it then counts everything through webrtc-rs).
+    pub async fn attach_player(
+        &self,
+        pc: &RTCPeerConnection,
+        counters: Arc<Counters>,
+        first_packet: Arc<watch::Sender<Option<Instant>>>,
+    ) -> bool {
+        let (Some(local), Some(remote)) =
+            (pc.local_description().await, pc.remote_description().await)
+        else {
+            return false;
+        };
+        let video = video_payload_types(&remote.sdp);
+        ice_ufrag(&local.sdp)
+            .is_some_and(|ufrag| self.attach(ufrag, MediaSink::new(counters, first_packet, video)))
+    }
+
     /// Sends the media arriving for the connection of `ufrag` to `sink` from now on;
     /// false when no such connection is open (or it already has a sink).
-    pub fn attach(&self, ufrag: &str, sink: MediaSink) -> bool {
+    fn attach(&self, ufrag: &str, sink: MediaSink) -> bool {
         let conn = lock(&self.conns).get(ufrag).cloned();
         conn.is_some_and(|c| c.sink.set(sink).is_ok())
     }
@@ -298,7 +318,7 @@ impl UDPMux for CountingMux {
 }
 
 /// The payload types of an SDP's video sections.
-pub(crate) fn video_payload_types(sdp: &str) -> Vec<u8> {
+fn video_payload_types(sdp: &str) -> Vec<u8> {
     sdp.lines()
         .filter_map(|line| line.strip_prefix("m=video "))
         .flat_map(|rest| rest.split_whitespace().skip(2))
@@ -307,7 +327,7 @@ pub(crate) fn video_payload_types(sdp: &str) -> Vec<u8> {
 }
 
 /// The first `a=ice-ufrag` of an SDP.
-pub(crate) fn ice_ufrag(sdp: &str) -> Option<&str> {
+fn ice_ufrag(sdp: &str) -> Option<&str> {
     sdp.lines()
         .find_map(|line| line.trim_end().strip_prefix("a=ice-ufrag:"))
 }

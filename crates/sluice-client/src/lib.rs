@@ -444,8 +444,7 @@ impl Client {
             }
         };
         if let Some(mux) = &self.counting {
-            self.attach_counting(mux, &pc, counters.clone(), sink_first)
-                .await;
+            mux.attach_player(&pc, counters.clone(), sink_first).await;
         }
         Ok(ClientSession {
             pc,
@@ -456,30 +455,6 @@ impl Client {
             cancel,
             http: self.http.clone(),
         })
-    }
-
-    /// Hands the media of a counting client's player to its counters from now on (media
-    /// arriving before this went through webrtc-rs and was counted there).
-    async fn attach_counting(
-        &self,
-        mux: &counting::CountingMux,
-        pc: &RTCPeerConnection,
-        counters: Arc<Counters>,
-        first_packet: Arc<watch::Sender<Option<Instant>>>,
-    ) {
-        let (Some(local), Some(remote)) =
-            (pc.local_description().await, pc.remote_description().await)
-        else {
-            return;
-        };
-        let video = counting::video_payload_types(&remote.sdp);
-        let Some(ufrag) = counting::ice_ufrag(&local.sdp) else {
-            return;
-        };
-        mux.attach(
-            ufrag,
-            counting::MediaSink::new(counters, first_packet, video),
-        );
     }
 
     /// Sends an SDP body to a WHIP/WHEP URL as is and returns the status and text: for
