@@ -2,7 +2,8 @@
 //! what a departed player's session freed (its arenas shrink only from the top), so a server
 //! that once had 80 players stayed at their peak RSS; `malloc_trim` returns the free pages.
 //! It runs once churn settles — half a second with no stream ending after some have — so a busy
-//! relay never pays for it per session.
+//! relay never pays for it per session. The ended streams' status events, kept for a few
+//! minutes (`registry`), are pruned on the same beat and trimmed after in the same way.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,8 +25,10 @@ pub async fn give_back_after_churn(registry: Arc<Registry>, stop: CancellationTo
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(SETTLE) => {}
         }
+        // Expired events of ended streams go on this beat too, and are trimmed like an end.
+        let pruned = registry.prune_ended() > 0;
         let now = ended();
-        if now != last {
+        if now != last || pruned {
             last = now;
             pending = true;
         } else if pending {

@@ -455,6 +455,11 @@ impl Registry {
         table.ended.get(&id, now_ms()).map(|t| (t, None))
     }
 
+    /// Forgets the ended streams' events that have expired; how many.
+    pub fn prune_ended(&self) -> usize {
+        self.write().ended.prune(now_ms())
+    }
+
     /// Ended streams whose events are still kept, and holds in force: for the runtime view.
     pub fn kept(&self) -> (usize, usize) {
         (self.read().ended.len(), self.lock_holds().len(now_ms()))

@@ -64,16 +64,36 @@ pub(super) struct Ended {
 
 impl Ended {
     pub fn insert(&mut self, id: Uuid, timeline: Arc<Timeline>, now_ms: u64) {
+        self.evict(now_ms, ENDED_KEPT - 1);
+        self.by_id.insert(id, (timeline, now_ms));
+        self.order.push_back(id);
+    }
+
+    /// Forgets the timelines that have expired by `now_ms`; how many. Run on a timer, so a
+    /// server whose streams have all ended gives their events' memory back when they
+    /// expire, not at the next stream's end.
+    pub fn prune(&mut self, now_ms: u64) -> usize {
+        let pruned = self.evict(now_ms, ENDED_KEPT);
+        if pruned > 0 && self.order.is_empty() {
+            self.by_id.shrink_to_fit();
+            self.order.shrink_to_fit();
+        }
+        pruned
+    }
+
+    /// Drops the oldest timelines while more than `keep` are kept or the oldest expired.
+    fn evict(&mut self, now_ms: u64, keep: usize) -> usize {
+        let mut evicted = 0;
         while let Some(oldest) = self.order.front() {
             let ended = self.by_id.get(oldest).map_or(0, |(_, at)| *at);
-            if self.order.len() < ENDED_KEPT && now_ms.saturating_sub(ended) < ENDED_KEPT_MS {
+            if self.order.len() <= keep && now_ms.saturating_sub(ended) < ENDED_KEPT_MS {
                 break;
             }
             self.by_id.remove(oldest);
             self.order.pop_front();
+            evicted += 1;
         }
-        self.by_id.insert(id, (timeline, now_ms));
-        self.order.push_back(id);
+        evicted
     }
 
     pub fn get(&self, id: &Uuid, now_ms: u64) -> Option<Arc<Timeline>> {
@@ -131,4 +151,33 @@ pub fn follow(
         }
     })
     .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expired_timelines_are_pruned_without_a_new_end() {
+        let mut ended = Ended::default();
+        let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+        ended.insert(first, Arc::default(), 0);
+        ended.insert(second, Arc::default(), ENDED_KEPT_MS / 2);
+        assert_eq!(ended.prune(ENDED_KEPT_MS - 1), 0, "none expired yet");
+        assert_eq!(ended.prune(ENDED_KEPT_MS), 1);
+        assert!(ended.get(&first, ENDED_KEPT_MS).is_none());
+        assert!(ended.get(&second, ENDED_KEPT_MS).is_some());
+        assert_eq!(ended.prune(ENDED_KEPT_MS * 2), 1);
+        assert_eq!(ended.len(), 0);
+    }
+
+    #[test]
+    fn an_insert_keeps_at_most_the_bound() {
+        let mut ended = Ended::default();
+        for _ in 0..ENDED_KEPT + 5 {
+            ended.insert(Uuid::new_v4(), Arc::default(), 1);
+        }
+        assert_eq!(ended.len(), ENDED_KEPT);
+        assert_eq!(ended.prune(1), 0, "a full set that has not expired stays");
+    }
 }
