@@ -455,9 +455,14 @@ impl Registry {
         table.ended.get(&id, now_ms()).map(|t| (t, None))
     }
 
-    /// Forgets the ended streams' events that have expired; how many.
+    /// Forgets the ended streams' events that have expired; how many. The write lock is
+    /// taken only when one has: this runs on a timer, beside every reader.
     pub fn prune_ended(&self) -> usize {
-        self.write().ended.prune(now_ms())
+        let now = now_ms();
+        if !self.read().ended.has_expired(now) {
+            return 0;
+        }
+        self.write().ended.prune(now)
     }
 
     /// Ended streams whose events are still kept, and holds in force: for the runtime view.

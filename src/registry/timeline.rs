@@ -81,6 +81,14 @@ impl Ended {
         pruned
     }
 
+    /// Whether the oldest kept timeline has expired by `now_ms` (a prune would drop one).
+    pub fn has_expired(&self, now_ms: u64) -> bool {
+        self.order
+            .front()
+            .and_then(|oldest| self.by_id.get(oldest))
+            .is_some_and(|(_, ended)| now_ms.saturating_sub(*ended) >= ENDED_KEPT_MS)
+    }
+
     /// Drops the oldest timelines while more than `keep` are kept or the oldest expired.
     fn evict(&mut self, now_ms: u64, keep: usize) -> usize {
         let mut evicted = 0;
@@ -163,7 +171,9 @@ mod tests {
         let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
         ended.insert(first, Arc::default(), 0);
         ended.insert(second, Arc::default(), ENDED_KEPT_MS / 2);
+        assert!(!ended.has_expired(ENDED_KEPT_MS - 1));
         assert_eq!(ended.prune(ENDED_KEPT_MS - 1), 0, "none expired yet");
+        assert!(ended.has_expired(ENDED_KEPT_MS));
         assert_eq!(ended.prune(ENDED_KEPT_MS), 1);
         assert!(ended.get(&first, ENDED_KEPT_MS).is_none());
         assert!(ended.get(&second, ENDED_KEPT_MS).is_some());
