@@ -9,6 +9,7 @@
 mod audit;
 mod filter;
 mod holds;
+mod packed;
 mod query;
 mod record;
 mod terminate;
@@ -356,7 +357,7 @@ impl Registry {
         let now = now_ms();
         let hint = self.hint(&entry.record, reason, now);
         let event = entry.stamp(&mut table.next_event_id, Some((hint, reason)));
-        table.ended.insert(id, entry.timeline.clone(), now);
+        table.ended.insert(id, &entry.timeline, now);
         let record = entry.record;
         let mut orphans = Vec::new();
         if let Some(slot) = table.by_name.get_mut(&record.name) {

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::StatusEvent;
+use super::packed::{Packed, pack};
 
 /// Events kept per stream. A stream changes status a handful of times; this bounds a
 /// misbehaving one.
@@ -50,22 +51,27 @@ impl Timeline {
         self.lock().back().cloned()
     }
 
+    fn packed(&self) -> Packed {
+        pack(&self.lock())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<StatusEvent>> {
         self.events.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-/// The timelines of ended streams, newest last, bounded in count and age.
+/// The timelines of ended streams, newest last, bounded in count and age; packed (see
+/// [`super::packed`]) for the minutes they are kept.
 #[derive(Default)]
 pub(super) struct Ended {
-    by_id: HashMap<Uuid, (Arc<Timeline>, u64)>,
+    by_id: HashMap<Uuid, (Packed, u64)>,
     order: VecDeque<Uuid>,
 }
 
 impl Ended {
-    pub fn insert(&mut self, id: Uuid, timeline: Arc<Timeline>, now_ms: u64) {
+    pub fn insert(&mut self, id: Uuid, timeline: &Timeline, now_ms: u64) {
         self.evict(now_ms, ENDED_KEPT - 1);
-        self.by_id.insert(id, (timeline, now_ms));
+        self.by_id.insert(id, (timeline.packed(), now_ms));
         self.order.push_back(id);
     }
 
@@ -108,7 +114,11 @@ impl Ended {
         self.by_id
             .get(id)
             .filter(|(_, ended)| now_ms.saturating_sub(*ended) < ENDED_KEPT_MS)
-            .map(|(timeline, _)| timeline.clone())
+            .map(|(packed, _)| {
+                Arc::new(Timeline {
+                    events: Mutex::new(packed.unpack()),
+                })
+            })
     }
 
     pub fn len(&self) -> usize {
@@ -169,8 +179,8 @@ mod tests {
     fn expired_timelines_are_pruned_without_a_new_end() {
         let mut ended = Ended::default();
         let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
-        ended.insert(first, Arc::default(), 0);
-        ended.insert(second, Arc::default(), ENDED_KEPT_MS / 2);
+        ended.insert(first, &Timeline::default(), 0);
+        ended.insert(second, &Timeline::default(), ENDED_KEPT_MS / 2);
         assert!(!ended.has_expired(ENDED_KEPT_MS - 1));
         assert_eq!(ended.prune(ENDED_KEPT_MS - 1), 0, "none expired yet");
         assert!(ended.has_expired(ENDED_KEPT_MS));
@@ -185,7 +195,7 @@ mod tests {
     fn an_insert_keeps_at_most_the_bound() {
         let mut ended = Ended::default();
         for _ in 0..ENDED_KEPT + 5 {
-            ended.insert(Uuid::new_v4(), Arc::default(), 1);
+            ended.insert(Uuid::new_v4(), &Timeline::default(), 1);
         }
         assert_eq!(ended.len(), ENDED_KEPT);
         assert_eq!(ended.prune(1), 0, "a full set that has not expired stays");
