@@ -27,6 +27,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::Notify;
 use webrtc::util::Conn;
 
+use super::divert::Divert;
 use super::gso;
 
 /// Datagrams per `sendmmsg` call.
@@ -91,6 +92,20 @@ pub struct BatchedUdp {
     socket: Arc<UdpSocket>,
     shared: Arc<Shared>,
     flushers: Vec<tokio::task::AbortHandle>,
+    /// Received datagrams that are a sans-I/O player's, not webrtc-rs' (`divert`).
+    divert: Arc<Divert>,
+}
+
+/// A handle that queues datagrams on a [`BatchedUdp`]'s lanes, for the sans-I/O players.
+#[derive(Clone)]
+pub struct Output {
+    shared: Arc<Shared>,
+}
+
+impl Output {
+    pub fn send(&self, buf: &[u8], target: SocketAddr) {
+        self.shared.enqueue(buf, target);
+    }
 }
 
 impl BatchedUdp {
@@ -115,7 +130,16 @@ impl BatchedUdp {
             socket,
             shared,
             flushers,
+            divert: Arc::default(),
         }
+    }
+
+    /// Where the sans-I/O players send from and receive by.
+    pub fn player_io(&self) -> (Output, Arc<Divert>) {
+        let output = Output {
+            shared: self.shared.clone(),
+        };
+        (output, self.divert.clone())
     }
 
     /// Datagrams sent, the system calls they took, and datagrams dropped on a full queue.
@@ -136,22 +160,7 @@ impl BatchedUdp {
     }
 
     fn enqueue(&self, buf: &[u8], target: SocketAddr) {
-        let lane = &self.shared.lanes[lane_of(&target, self.shared.lanes.len())];
-        let was_empty = {
-            let mut queue = lane.lock();
-            if queue.pending.len() >= MAX_QUEUED {
-                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            let mut datagram = queue.spare.pop().unwrap_or_default();
-            datagram.clear();
-            datagram.extend_from_slice(buf);
-            queue.pending.push((datagram, target));
-            queue.pending.len() == 1
-        };
-        if was_empty {
-            lane.wake.notify_one();
-        }
+        self.shared.enqueue(buf, target);
     }
 
     fn stop(&self) {
@@ -266,6 +275,25 @@ async fn flush(socket: Arc<UdpSocket>, shared: Arc<Shared>, lane: usize) {
 }
 
 impl Shared {
+    fn enqueue(&self, buf: &[u8], target: SocketAddr) {
+        let lane = &self.lanes[lane_of(&target, self.lanes.len())];
+        let was_empty = {
+            let mut queue = lane.lock();
+            if queue.pending.len() >= MAX_QUEUED {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            let mut datagram = queue.spare.pop().unwrap_or_default();
+            datagram.clear();
+            datagram.extend_from_slice(buf);
+            queue.pending.push((datagram, target));
+            queue.pending.len() == 1
+        };
+        if was_empty {
+            lane.wake.notify_one();
+        }
+    }
+
     fn count(&self, lane: &Lane, datagrams: usize, calls: u64) {
         let sent = self.sent.fetch_add(datagrams as u64, Ordering::Relaxed) + datagrams as u64;
         let lane_calls = lane.syscalls.fetch_add(calls, Ordering::Relaxed) + calls;
@@ -374,7 +402,12 @@ impl Conn for BatchedUdp {
     }
 
     async fn recv_from(&self, buf: &mut [u8]) -> webrtc::util::Result<(usize, SocketAddr)> {
-        Ok(self.socket.recv_from(buf).await?)
+        loop {
+            let (n, from) = self.socket.recv_from(buf).await?;
+            if !self.divert.take(&buf[..n], from) {
+                return Ok((n, from));
+            }
+        }
     }
 
     async fn send(&self, buf: &[u8]) -> webrtc::util::Result<usize> {

@@ -141,7 +141,7 @@ impl Media {
             cancel.clone(),
         ));
         tracing::info!(stream = %id, %name, app = %app_key, origin = %origin.node_id, "edge: pulling from the origin");
-        self.spawn_supervisor(id, pc, tasks, cancel, stop_rx);
+        self.spawn_supervisor(id, session::Peer::Webrtc(pc), tasks, cancel, stop_rx);
         Ok(())
     }
 

@@ -24,6 +24,33 @@ use super::MediaError;
 pub struct Engine {
     pub api: API,
     pub mux_addr: Option<std::net::SocketAddr>,
+    /// The mux socket's side for sans-I/O players, when `media_rtc_players` is on.
+    pub player_io: Option<super::rtc_player::PlayerIo>,
+}
+
+/// The addresses a sans-I/O player announces as host candidates for the mux socket at
+/// `local`: its own address when bound to one, else each IPv4 interface's (loopback as the
+/// settings say), and the public address.
+fn candidate_addrs(settings: &Settings, local: std::net::SocketAddr) -> Vec<std::net::SocketAddr> {
+    let port = local.port();
+    let mut addrs = Vec::new();
+    if !local.ip().is_unspecified() {
+        addrs.push(local);
+    } else {
+        let interfaces = webrtc::util::ifaces::ifaces().unwrap_or_default();
+        for ip in interfaces.iter().filter_map(|i| i.addr.map(|a| a.ip())) {
+            let wanted = ip.is_ipv4()
+                && (!ip.is_loopback() || settings.ice_include_loopback)
+                && !ip.is_unspecified();
+            if wanted && !addrs.iter().any(|a: &std::net::SocketAddr| a.ip() == ip) {
+                addrs.push(std::net::SocketAddr::new(ip, port));
+            }
+        }
+    }
+    if let Some(ip) = settings.media_public_ip {
+        addrs.push(std::net::SocketAddr::new(ip, port));
+    }
+    addrs
 }
 
 /// ICE keep-alive interval: consent checks this often keep a live peer from looking silent.
@@ -79,6 +106,7 @@ pub async fn build(settings: &Settings) -> Result<Engine, MediaError> {
         s.set_nat_1to1_ips(vec![ip.to_string()], RTCIceCandidateType::Srflx);
     }
     let mut mux_addr = None;
+    let mut player_io = None;
     match settings.media_ports() {
         MediaPorts::Mux(port) => {
             let bind = if settings.ice_loopback_only {
@@ -91,7 +119,19 @@ pub async fn build(settings: &Settings) -> Result<Engine, MediaError> {
             })?;
             mux_addr = socket.local_addr().ok();
             let params = if settings.media_udp_batch {
-                UDPMuxParams::new(super::batch_udp::BatchedUdp::new(socket))
+                let batched = super::batch_udp::BatchedUdp::new(socket);
+                if settings.media_rtc_players
+                    && let Some(local) = mux_addr
+                {
+                    let (output, divert) = batched.player_io();
+                    player_io = Some(super::rtc_player::PlayerIo {
+                        output,
+                        divert,
+                        local,
+                        candidates: candidate_addrs(settings, local),
+                    });
+                }
+                UDPMuxParams::new(batched)
             } else {
                 UDPMuxParams::new(socket)
             };
@@ -110,5 +150,14 @@ pub async fn build(settings: &Settings) -> Result<Engine, MediaError> {
         .with_interceptor_registry(interceptors)
         .with_setting_engine(s)
         .build();
-    Ok(Engine { api, mux_addr })
+    if settings.media_rtc_players && player_io.is_none() {
+        tracing::warn!(
+            "media_rtc_players needs media_udp_mux_port and media_udp_batch; players run on webrtc-rs"
+        );
+    }
+    Ok(Engine {
+        api,
+        mux_addr,
+        player_io,
+    })
 }

@@ -4,6 +4,7 @@
 
 mod batch_udp;
 pub mod codecs;
+mod divert;
 mod edge;
 pub mod engine;
 mod gso;
@@ -11,6 +12,8 @@ mod ice;
 pub mod offer;
 mod player_track;
 mod relay;
+mod rtc_player;
+mod sansio_play;
 pub mod sdpfrag;
 mod session;
 mod supervise;
@@ -114,6 +117,10 @@ pub struct Media {
     /// Every registered session's peer connection, for `PATCH` (trickle ICE, ICE restart).
     peers: Mutex<HashMap<Uuid, Arc<ice::LivePeer>>>,
     mux_addr: Option<std::net::SocketAddr>,
+    /// The mux socket's side for players on the sans-I/O engine (`media_rtc_players`).
+    player_io: Option<rtc_player::PlayerIo>,
+    /// Players live on the sans-I/O engine.
+    sansio_players: Arc<std::sync::atomic::AtomicUsize>,
     /// Relay counters of every track, for `/metrics`.
     pub relays: Arc<RelayLedger>,
     /// The server's tasks: every session's supervisor runs in it.
@@ -129,7 +136,7 @@ const GATHER_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long an answer waits for the ICE agent to take the offer's credentials.
 const ICE_START_TIMEOUT: Duration = Duration::from_secs(2);
 /// A session that has not connected by then is stopped.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// An edge's WHEP request to the origin (which gathers for up to its own 3 s) may take this.
 const EDGE_HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -149,6 +156,8 @@ impl Media {
             peers: Mutex::new(HashMap::new()),
             relays: Arc::default(),
             mux_addr: engine.mux_addr,
+            player_io: engine.player_io,
+            sansio_players: Arc::default(),
             tasks,
             edges: Mutex::new(HashMap::new()),
             // Node to node, like the hooks: never through a proxy from the environment.
@@ -261,7 +270,7 @@ impl Media {
         }
         self.lock_publishers().insert(id, publisher);
         let etag = self.track_peer(id, &pc);
-        self.spawn_supervisor(id, pc, tasks, cancel, stop_rx);
+        self.spawn_supervisor(id, session::Peer::Webrtc(pc), tasks, cancel, stop_rx);
         Ok(SessionAnswer {
             id,
             sdp: answer,
@@ -288,6 +297,17 @@ impl Media {
         let sent: Vec<_> = tracks.iter().map(|t| (t.kind, &t.codec)).collect();
         let chosen = codecs::choose(&request.name, &sent, &codecs::offered(&request.sdp))
             .map_err(MediaError::CodecMismatch)?;
+        if let Some(io) = &self.player_io {
+            let wanted = tracks
+                .iter()
+                .zip(chosen)
+                .filter_map(|(relay, codec)| {
+                    let codec = codec.filter(|_| summary.receiving.contains(&relay.kind))?;
+                    Some((relay.clone(), codec))
+                })
+                .collect::<Vec<_>>();
+            return self.play_sansio(io, request, publisher_id, &tracks, &wanted);
+        }
         let id = request.media_session_id;
         let pc = self.new_peer_connection().await?;
         let (control, stop_rx) = SessionControl::new();
@@ -328,34 +348,14 @@ impl Media {
                 return Err(e);
             }
         };
-        let mut new = NewStream::player(&request.name, &request.app_key);
-        new.publisher_id = Some(publisher_id);
-        new.media_session_id = Some(id);
-        new.session_id = request
-            .session_id
-            .clone()
-            .unwrap_or_else(|| resource_path(id));
-        new.remote_address = request.remote_address;
-        new.media_kinds = kinds(&senders.iter().map(|(r, _, _)| r.kind).collect::<Vec<_>>());
-        new.custom = request.custom;
-        // What the player receives is the publisher's codec, whatever else the answer lists.
-        for (relay, _, _) in &senders {
-            let name = relay
-                .codec
-                .mime_type
-                .split_once('/')
-                .map(|(_, n)| codecs::canonical_name(n));
-            match relay.kind {
-                MediaKind::Audio => new.audio_codec = name,
-                MediaKind::Video => new.video_codec = name,
-            }
-        }
-        new.bearer = request.bearer;
+        let name = request.name.clone();
+        let relays: Vec<_> = senders.iter().map(|(r, _, _)| r.clone()).collect();
+        let new = player_stream(request, publisher_id, &relays);
         // The publisher may have ended while this player negotiated: its relay is dead, and
         // the registry refuses a player of a publisher that is not the one registered.
         let relay_ended = tracks.iter().any(|t| t.has_ended());
         let registered = if relay_ended {
-            Err(RegistryError::NotPublishing(request.name.clone()))
+            Err(RegistryError::NotPublishing(name))
         } else {
             self.register(new, &control)
         };
@@ -378,7 +378,7 @@ impl Media {
             ));
         }
         let etag = self.track_peer(id, &pc);
-        self.spawn_supervisor(id, pc, tasks, cancel, stop_rx);
+        self.spawn_supervisor(id, session::Peer::Webrtc(pc), tasks, cancel, stop_rx);
         Ok(SessionAnswer {
             id,
             sdp: answer,
@@ -518,6 +518,9 @@ impl Media {
     /// Sessions reachable by `PATCH`: one per live WebRTC session.
     pub fn peer_count(&self) -> usize {
         self.lock_peers().len()
+            + self
+                .sansio_players
+                .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn lock_peers(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<ice::LivePeer>>> {
@@ -540,6 +543,39 @@ async fn abandon(pc: &RTCPeerConnection, tasks: &TaskTracker, cancel: &Cancellat
 /// The path of a session's resource: `Location` of the `201`, target of `DELETE`.
 pub fn resource_path(id: Uuid) -> String {
     format!("/session/{id}")
+}
+
+/// The registry's record of a new player of `publisher_id` receiving `relays`.
+fn player_stream(
+    request: OfferRequest,
+    publisher_id: Uuid,
+    relays: &[Arc<RelayTrack>],
+) -> NewStream {
+    let id = request.media_session_id;
+    let mut new = NewStream::player(&request.name, &request.app_key);
+    new.publisher_id = Some(publisher_id);
+    new.media_session_id = Some(id);
+    new.session_id = request
+        .session_id
+        .clone()
+        .unwrap_or_else(|| resource_path(id));
+    new.remote_address = request.remote_address;
+    new.media_kinds = kinds(&relays.iter().map(|r| r.kind).collect::<Vec<_>>());
+    new.custom = request.custom;
+    // What the player receives is the publisher's codec, whatever else the answer lists.
+    for relay in relays {
+        let name = relay
+            .codec
+            .mime_type
+            .split_once('/')
+            .map(|(_, n)| codecs::canonical_name(n));
+        match relay.kind {
+            MediaKind::Audio => new.audio_codec = name,
+            MediaKind::Video => new.video_codec = name,
+        }
+    }
+    new.bearer = request.bearer;
+    new
 }
 
 fn kinds(list: &[MediaKind]) -> Vec<MediaKind> {

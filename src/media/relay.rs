@@ -286,7 +286,7 @@ impl RelayTrack {
                         packets_out += 1;
                         bytes_out += packet.payload.len() as u64;
                         if packets_out == FLUSH_EVERY {
-                            self.count_forwarded(&mut packets_out, &mut bytes_out);
+                            self.add_forwarded(&mut packets_out, &mut bytes_out);
                         }
                     }
                 }
@@ -299,7 +299,7 @@ impl RelayTrack {
                 Err(broadcast::error::RecvError::Closed) => break,
             }
         }
-        self.count_forwarded(&mut packets_out, &mut bytes_out);
+        self.add_forwarded(&mut packets_out, &mut bytes_out);
     }
 
     /// This track's counters now.
@@ -309,7 +309,24 @@ impl RelayTrack {
         totals
     }
 
-    fn count_forwarded(&self, packets: &mut u64, bytes: &mut u64) {
+    /// Adds what a sans-I/O player forwarded.
+    pub(super) fn count_forwarded(&self, packets: u64, bytes: u64) {
+        self.stats
+            .forwarded_packets
+            .fetch_add(packets, Ordering::Relaxed);
+        self.stats
+            .forwarded_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Counts packets a player skipped because it fell behind.
+    pub(super) fn count_dropped(&self, packets: u64) {
+        self.stats
+            .dropped_packets
+            .fetch_add(packets, Ordering::Relaxed);
+    }
+
+    fn add_forwarded(&self, packets: &mut u64, bytes: &mut u64) {
         self.stats
             .forwarded_packets
             .fetch_add(std::mem::take(packets), Ordering::Relaxed);

@@ -48,10 +48,17 @@ impl StopHandle for SessionControl {
     }
 }
 
+/// The connection a teardown closes.
+pub enum Peer {
+    Webrtc(Arc<RTCPeerConnection>),
+    /// A sans-I/O player's task: it sends the BYE (with this info) and closes on its own.
+    Sansio(oneshot::Sender<String>),
+}
+
 /// What a session's teardown needs.
 pub struct Session {
     pub id: Uuid,
-    pub pc: Arc<RTCPeerConnection>,
+    pub peer: Peer,
     pub tasks: TaskTracker,
     pub cancel: CancellationToken,
     pub registry: Arc<Registry>,
@@ -64,12 +71,21 @@ impl Session {
         let reason = stop
             .await
             .unwrap_or_else(|_| StopReason::ConnectionLost("session dropped".into()));
-        self.cancel.cancel();
         let (_, info) = reason.final_status(true);
-        send_bye(&self.pc, &info).await;
-        // Closing sends DTLS close_notify, stops ICE and releases the session's UDP sockets.
-        if let Err(e) = self.pc.close().await {
-            tracing::warn!(stream = %self.id, error = %e, "peer connection close reported an error");
+        match self.peer {
+            Peer::Webrtc(pc) => {
+                self.cancel.cancel();
+                send_bye(&pc, &info).await;
+                // Closing sends DTLS close_notify, stops ICE and releases the session's UDP
+                // sockets.
+                if let Err(e) = pc.close().await {
+                    tracing::warn!(stream = %self.id, error = %e, "peer connection close reported an error");
+                }
+            }
+            Peer::Sansio(close) => {
+                let _ = close.send(info);
+                self.cancel.cancel();
+            }
         }
         self.tasks.close();
         if tokio::time::timeout(TASK_DRAIN_TIMEOUT, self.tasks.wait())

@@ -170,14 +170,14 @@ impl Media {
     pub(super) fn spawn_supervisor(
         self: &Arc<Self>,
         id: Uuid,
-        pc: Arc<RTCPeerConnection>,
+        peer: session::Peer,
         tasks: TaskTracker,
         cancel: CancellationToken,
         stop_rx: tokio::sync::oneshot::Receiver<StopReason>,
     ) {
         let session = Session {
             id,
-            pc,
+            peer,
             tasks,
             cancel,
             registry: self.registry.clone(),

@@ -1,0 +1,62 @@
+//! WHEP players on the sans-I/O engine (`rtc_player`): negotiation, registration and the
+//! supervisor, the same steps as a webrtc-rs player in `mod.rs`.
+
+use std::sync::atomic::Ordering;
+
+use super::*;
+use rtc_player::{PlayerIo, Running};
+use webrtc::rtp_transceiver::rtp_codec::RTCRtpCodecCapability;
+
+impl Media {
+    pub(super) fn play_sansio(
+        self: &Arc<Self>,
+        io: &PlayerIo,
+        request: OfferRequest,
+        publisher_id: Uuid,
+        tracks: &[Arc<RelayTrack>],
+        wanted: &[(Arc<RelayTrack>, RTCRtpCodecCapability)],
+    ) -> Result<SessionAnswer, MediaError> {
+        let id = request.media_session_id;
+        let settings = self.config.load().settings.clone();
+        let stream_id = format!("sluice-{}", request.name);
+        let prepared = rtc_player::prepare(io, &settings, &request.sdp, wanted, &stream_id)?;
+        let kinds = prepared.kinds();
+        let relays: Vec<_> = wanted
+            .iter()
+            .filter(|(relay, _)| kinds.contains(&relay.kind))
+            .map(|(relay, _)| relay.clone())
+            .collect();
+        let name = request.name.clone();
+        let new = player_stream(request, publisher_id, &relays);
+        let (control, stop_rx) = SessionControl::new();
+        // The publisher may have ended while this player negotiated (see `play`).
+        if tracks.iter().any(|t| t.has_ended()) {
+            return Err(RegistryError::NotPublishing(name).into());
+        }
+        self.register(new, &control)?;
+        let tasks = TaskTracker::new();
+        let cancel = CancellationToken::new();
+        let (close_tx, close) = tokio::sync::oneshot::channel();
+        let etag = format!("\"{}\"", prepared.ufrag());
+        let answer = prepared.answer.clone();
+        self.sansio_players.fetch_add(1, Ordering::Relaxed);
+        prepared.spawn(
+            io,
+            Running {
+                id,
+                registry: self.registry.clone(),
+                control,
+                tasks: tasks.clone(),
+                cancel: cancel.clone(),
+                close,
+                live: self.sansio_players.clone(),
+            },
+        );
+        self.spawn_supervisor(id, session::Peer::Sansio(close_tx), tasks, cancel, stop_rx);
+        Ok(SessionAnswer {
+            id,
+            sdp: answer,
+            etag,
+        })
+    }
+}

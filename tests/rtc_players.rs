@@ -1,0 +1,140 @@
+//! Players on the sans-I/O engine (`media_rtc_players`): webrtc-rs clients receive the
+//! publisher's media through it, a player's BYE and the publisher's end stop them, and a
+//! stop leaves no task, socket, route or peer behind.
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestServer;
+use sluice_client::{Client, SyntheticMedia};
+
+const WAIT: Duration = Duration::from_secs(10);
+const RTC_PLAYERS: &str = "ice_loopback_only=true\nmedia_udp_mux_port=0\nmedia_rtc_players=true\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn players_on_the_sansio_engine_receive_and_stop() {
+    let server = TestServer::start_with(RTC_PLAYERS, None);
+    let client = Client::new().unwrap();
+    let counting = Client::counting().unwrap();
+    let publisher = client
+        .publish(&server.url("/whip/rtc"), SyntheticMedia::default())
+        .await
+        .unwrap();
+    let players = [
+        client.play(&server.url("/whep/rtc")).await.unwrap(),
+        counting.play(&server.url("/whep/rtc")).await.unwrap(),
+        client.play(&server.url("/whep/rtc")).await.unwrap(),
+    ];
+    for player in &players {
+        assert!(
+            player.wait_packets(100, WAIT).await,
+            "{}",
+            server.why_no_media(player, &publisher).await
+        );
+    }
+    for player in &players {
+        let answer = player.pc.remote_description().await.expect("an answer").sdp;
+        assert!(
+            answer.contains("a=ice-lite"),
+            "not the sans-I/O engine's answer: {answer}"
+        );
+    }
+    let live = server.runtime().await;
+    assert_eq!(live["peerConnections"], 4, "{live}");
+    let found = server.streams_found().await;
+    assert_eq!(found.matches("PLAYING").count(), 3, "{found}");
+    // A player that leaves (its BYE and DTLS close) ends its stream alone.
+    players[0].hang_up().await.unwrap();
+    assert!(
+        server
+            .eventually(WAIT, || async { server.streams().await == 3 })
+            .await,
+        "{}",
+        server.streams_found().await
+    );
+    // The publisher's end stops the others, and they hear of it (the server's BYE).
+    publisher.hang_up().await.unwrap();
+    for player in &players[1..] {
+        assert!(player.wait_ended(WAIT).await.is_some(), "player not told");
+    }
+    assert!(
+        server
+            .eventually(WAIT, || async {
+                let now = server.runtime().await;
+                now["streams"] == 0 && now["peerConnections"] == 0
+            })
+            .await,
+        "{}",
+        server.runtime().await
+    );
+}
+
+/// Twenty publish/play/stop cycles on the sans-I/O engine leave no more tokio tasks and
+/// file descriptors than before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_sansio_cycles_leave_nothing_behind() {
+    let server = TestServer::start_with(RTC_PLAYERS, None);
+    let client = Client::new().unwrap();
+    cycle(&server, &client, 0).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let baseline = server.runtime().await;
+    let (tasks, fds) = (
+        baseline["aliveTasks"].as_u64().unwrap(),
+        baseline["openFds"].as_u64().unwrap(),
+    );
+    for i in 1..=20 {
+        cycle(&server, &client, i).await;
+    }
+    let settled = server
+        .eventually(Duration::from_secs(15), || async {
+            let now = server.runtime().await;
+            now["streams"] == 0
+                && now["peerConnections"] == 0
+                && now["aliveTasks"].as_u64().unwrap() <= tasks
+                && now["openFds"].as_u64().unwrap() <= fds
+        })
+        .await;
+    assert!(
+        settled,
+        "baseline {baseline}, after {}",
+        server.runtime().await
+    );
+}
+
+async fn cycle(server: &TestServer, client: &Client, i: usize) {
+    let name = format!("cycle{}", i % 3);
+    let publisher = client
+        .publish(
+            &server.url(&format!("/whip/{name}")),
+            SyntheticMedia::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("cycle {i}: publish: {e}"));
+    let player = client
+        .play(&server.url(&format!("/whep/{name}")))
+        .await
+        .unwrap_or_else(|e| panic!("cycle {i}: play: {e}"));
+    assert!(
+        player.wait_packets(5, WAIT).await,
+        "cycle {i}: {}",
+        server.why_no_media(&player, &publisher).await
+    );
+    if i.is_multiple_of(2) {
+        player.hang_up().await.unwrap();
+    }
+    publisher.hang_up().await.unwrap();
+    if !i.is_multiple_of(2) {
+        assert!(
+            player.wait_ended(WAIT).await.is_some(),
+            "cycle {i}: not told"
+        );
+        player.close().await;
+    }
+    assert!(
+        server
+            .eventually(WAIT, || async { server.streams().await == 0 })
+            .await,
+        "cycle {i}: streams left"
+    );
+}
