@@ -11,7 +11,8 @@
 # relay), alternating, with the same engine settings; the ratio is Sluice's server CPU per
 # forwarded packet over the baseline's. Sluice runs twice: with a UDP socket per session (the
 # default, scripts/loopback) and with all media on one mux socket whose output is batched
-# (scripts/loopback-mux: GSO runs per player and sendmmsg).
+# (scripts/loopback-mux: GSO runs per player and sendmmsg), and a third time with the
+# players on the sans-I/O `rtc` engine over that socket (scripts/loopback-rtc).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 players=${PLAYERS:-"1 10 50 200"}
@@ -44,14 +45,16 @@ read -r sluice_pid sluice_url < <(start_server sluice ./target/release/sluice se
 read -r base_pid base_url < <(start_server baseline ./target/release/examples/baseline_relay 127.0.0.1:0)
 read -r r021_pid r021_url < <(start_server relay-021 ./target/release/relay-021 127.0.0.1:0)
 read -r mux_pid mux_url < <(start_server sluice-mux ./target/release/sluice serve --config scripts/loopback-mux --http 127.0.0.1:0)
+read -r rtc_pid rtc_url < <(start_server sluice-rtc ./target/release/sluice serve --config scripts/loopback-rtc --http 127.0.0.1:0)
 for n in $players; do
-  echo "relay: $n players, Sluice (a socket per session, then one batched mux socket), baseline, then the 0.21 relay…" >&2
+  echo "relay: $n players, Sluice (a socket per session, one batched mux socket, rtc players), baseline, then the 0.21 relay…" >&2
   ./target/release/examples/relay_load --url "$sluice_url" --server-pid "$sluice_pid" --label sluice "$n" | tee -a "$out/relay.txt" >&2
   ./target/release/examples/relay_load --url "$mux_url" --server-pid "$mux_pid" --label sluice-mux "$n" | tee -a "$out/relay.txt" >&2
+  ./target/release/examples/relay_load --url "$rtc_url" --server-pid "$rtc_pid" --label sluice-rtc "$n" | tee -a "$out/relay.txt" >&2
   ./target/release/examples/relay_load --url "$base_url" --server-pid "$base_pid" --label baseline "$n" | tee -a "$out/relay.txt" >&2
   ./target/release/examples/relay_load --url "$r021_url" --server-pid "$r021_pid" --label webrtc-0.21 "$n" | tee -a "$out/relay.txt" >&2
 done
-kill "$sluice_pid" "$mux_pid" "$base_pid" "$r021_pid" 2>/dev/null || true
+kill "$sluice_pid" "$mux_pid" "$rtc_pid" "$base_pid" "$r021_pid" 2>/dev/null || true
 
 {
   echo "benchmark|workload|figure|baseline|ratio"
@@ -62,6 +65,7 @@ kill "$sluice_pid" "$mux_pid" "$base_pid" "$r021_pid" 2>/dev/null || true
     /^RELAY\|baseline\|/ { b[$3] = $0 }
     /^RELAY\|webrtc-0.21\|/ { r[$3] = $0 }
     /^RELAY\|sluice-mux\|/ { m[$3] = $0 }
+    /^RELAY\|sluice-rtc\|/ { t[$3] = $0 }
     END {
       for (i = 1; i <= count; i++) { n = order[i]; if (!(n in b)) continue;
         split(s[n], x, "|"); split(b[n], y, "|");
@@ -69,6 +73,11 @@ kill "$sluice_pid" "$mux_pid" "$base_pid" "$r021_pid" 2>/dev/null || true
         if (x[9] != "-" && y[9] != "-") printf "relay server memory per player|%s players|%s KiB|%s KiB (baseline)|%.2f\n", n, x[9], y[9], (y[9] > 0 ? x[9] / y[9] : 0);
         if (n in m) { split(m[n], w, "|");
           printf "relay server CPU per forwarded packet, Sluice on one batched mux socket|%s players|%s µs (loss %s %%, first pkt %s ms, gen CPU %s %%)|%s µs (loss %s %%, first pkt %s ms)|%.2f\n", n, w[4], w[5], w[6], w[8], y[4], y[5], y[6], w[4] / y[4];
+        }
+        if (n in t) { split(t[n], v, "|");
+          printf "relay server CPU per forwarded packet, Sluice with rtc players on the mux socket|%s players|%s µs (loss %s %%, first pkt %s ms, gen CPU %s %%)|%s µs (loss %s %%, first pkt %s ms)|%.2f\n", n, v[4], v[5], v[6], v[8], y[4], y[5], y[6], v[4] / y[4];
+          if (v[9] != "-" && y[9] != "-") printf "relay server memory per player, rtc players|%s players|%s KiB|%s KiB (baseline)|%.2f\n", n, v[9], y[9], (y[9] > 0 ? v[9] / y[9] : 0);
+          if (v[12] != "" && v[12] != "-") printf "relay server RSS 2 s after the players left, over RSS before they came, rtc players|%s players|%.1f MiB after, %.1f before (%.1f live)|-|%.2f\n", n, v[12] / 1024, v[10] / 1024, v[11] / 1024, (v[10] > 0 ? v[12] / v[10] : 0);
         }
         if (n in r) { split(r[n], z, "|");
           printf "relay server CPU per forwarded packet, plain relay on webrtc 0.21|%s players|%s µs (loss %s %%)|%s µs (loss %s %%, plain relay on 0.17)|%.2f\n", n, z[4], z[5], y[4], y[5], z[4] / y[4];
