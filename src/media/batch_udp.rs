@@ -19,6 +19,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use bytes::BytesMut;
 use nix::sys::socket::{
     ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg, sendmsg,
 };
@@ -105,6 +106,14 @@ pub struct Output {
 impl Output {
     pub fn send(&self, buf: &[u8], target: SocketAddr) {
         self.shared.enqueue(buf, target);
+    }
+
+    /// Queues every datagram of `datagrams` (a packet fanned out to many players), taking
+    /// each lane's lock once for all of them; `datagrams` is left empty. They are copied into
+    /// the lane's spare buffers: handing the engine's own buffers to the flusher measured
+    /// slower (each is then freed on another thread).
+    pub fn send_many(&self, datagrams: &mut Vec<(BytesMut, SocketAddr)>) {
+        self.shared.enqueue_many(datagrams);
     }
 }
 
@@ -292,6 +301,39 @@ impl Shared {
         if was_empty {
             lane.wake.notify_one();
         }
+    }
+
+    fn enqueue_many(&self, datagrams: &mut Vec<(BytesMut, SocketAddr)>) {
+        let lanes = self.lanes.len();
+        let mut left = datagrams.len();
+        for (index, lane) in self.lanes.iter().enumerate() {
+            if left == 0 {
+                break;
+            }
+            let woken = {
+                let mut queue = lane.lock();
+                let was_empty = queue.pending.is_empty();
+                for (buf, target) in datagrams.iter() {
+                    if lanes > 1 && lane_of(target, lanes) != index {
+                        continue;
+                    }
+                    left -= 1;
+                    if queue.pending.len() >= MAX_QUEUED {
+                        self.dropped.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    let mut datagram = queue.spare.pop().unwrap_or_default();
+                    datagram.clear();
+                    datagram.extend_from_slice(buf);
+                    queue.pending.push((datagram, *target));
+                }
+                was_empty && !queue.pending.is_empty()
+            };
+            if woken {
+                lane.wake.notify_one();
+            }
+        }
+        datagrams.clear();
     }
 
     fn count(&self, lane: &Lane, datagrams: usize, calls: u64) {

@@ -125,6 +125,7 @@ pub async fn build(settings: &Settings) -> Result<Engine, MediaError> {
                 {
                     let (output, divert) = batched.player_io();
                     player_io = Some(super::rtc_player::PlayerIo {
+                        fanouts: super::fanout::Fanouts::new(output.clone()),
                         output,
                         divert,
                         local,

@@ -181,6 +181,28 @@ impl RelayTrack {
         self.ended.is_cancelled()
     }
 
+    /// Resolves when the publisher's pump of this track ends.
+    pub fn ended(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.ended.clone().cancelled_owned()
+    }
+
+    /// Sends `packet` to every subscriber, as the publisher's pump does.
+    #[cfg(test)]
+    pub fn publish(&self, packet: Packet) {
+        let _ = self.packets.send(Arc::new(packet));
+    }
+
+    #[cfg(test)]
+    pub fn subscribers(&self) -> usize {
+        self.packets.receiver_count()
+    }
+
+    /// Ends the track as the end of the publisher's pump does.
+    #[cfg(test)]
+    pub fn end(&self) {
+        self.ended.cancel();
+    }
+
     /// Asks the publisher for a key frame (RTCP PLI), at most once per interval.
     pub async fn request_keyframe(&self) {
         if self.kind != MediaKind::Video {

@@ -1,0 +1,322 @@
+//! A running player on the sans-I/O engine: its engine behind a lock that its own task and
+//! its tracks' fan-out shards (`fanout`) share. The shards write the publisher's packets into
+//! it; the player's task handles everything else — datagrams in from the mux socket
+//! (`divert`), the engine's timers, the connection state, the player's RTCP (PLI/FIR asks the
+//! publisher for a key frame, BYE ends the session) — and closes the connection at the end.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::peer_connection::event::RTCPeerConnectionEvent;
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::rtcp::goodbye::Goodbye;
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use tokio::sync::mpsc;
+use webrtc::rtp::packet::Packet;
+
+use super::CONNECT_TIMEOUT;
+use super::batch_udp::Output;
+use super::divert::Inbound;
+use super::fanout::{Datagrams, Fanouts, Member, Membership};
+use super::relay::RelayTrack;
+use super::rtc_player::Running;
+use crate::registry::{MediaKind, Status, StopHandle, StopReason};
+
+/// The longest the player's task sleeps without looking at the engine's next deadline: the
+/// shards' writes can bring a deadline nearer (a new stream's first sender report) without
+/// waking the task.
+const MAX_TIMER_WAIT: Duration = Duration::from_millis(250);
+/// Forwarded packets a feed counts before adding them to its relay's shared counters.
+const COUNT_EVERY: u64 = 32;
+
+/// One track a player receives.
+pub struct Feed {
+    pub relay: Arc<RelayTrack>,
+    pub track_id: String,
+    pub ssrc: u32,
+    pub payload_type: u8,
+}
+
+/// What the lock guards: the engine and what the shards' writes change.
+struct Engine {
+    pc: RTCPeerConnection,
+    connected: bool,
+    /// Per feed: packets and payload bytes forwarded, not yet added to the relay's counters.
+    counts: Vec<(u64, u64)>,
+}
+
+/// A player's engine and feeds, shared by its task and its shards.
+pub struct Player {
+    engine: Mutex<Engine>,
+    feeds: Vec<Feed>,
+}
+
+impl Player {
+    pub fn new(pc: RTCPeerConnection, feeds: Vec<Feed>) -> Arc<Self> {
+        Arc::new(Player {
+            engine: Mutex::new(Engine {
+                pc,
+                connected: false,
+                counts: vec![(0, 0); feeds.len()],
+            }),
+            feeds,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Engine> {
+        // The engine's state is its own; a holder that panicked is a bug in the engine, and
+        // the connection then fails on its own timers.
+        self.engine.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds feed `index`'s counts to its relay's once there are `COUNT_EVERY` (any, when `all`).
+    fn count(&self, engine: &mut Engine, index: usize, all: bool) {
+        let (packets, bytes) = &mut engine.counts[index];
+        if *packets >= COUNT_EVERY || (all && *packets > 0) {
+            self.feeds[index]
+                .relay
+                .count_forwarded(std::mem::take(packets), std::mem::take(bytes));
+        }
+    }
+}
+
+/// Feed `index` of a player, as a member of that track's shard.
+struct FeedOf {
+    player: Arc<Player>,
+    index: usize,
+}
+
+impl Member for FeedOf {
+    fn forward(&self, packets: &[Arc<Packet>], out: &mut Datagrams) {
+        let feed = &self.player.feeds[self.index];
+        let mut engine = self.player.lock();
+        if !engine.connected {
+            return;
+        }
+        let now = Instant::now();
+        let (mut forwarded, mut bytes) = (0, 0);
+        for packet in packets {
+            let header = rtc::rtp::header::Header {
+                version: 2,
+                marker: packet.header.marker,
+                payload_type: feed.payload_type,
+                sequence_number: packet.header.sequence_number,
+                timestamp: packet.header.timestamp,
+                ssrc: feed.ssrc,
+                ..Default::default()
+            };
+            let payload: Bytes = packet.payload.clone();
+            let written = engine.pc.handle_write(TaggedRTCMessage {
+                now,
+                // The engine routes RTP by SSRC; the track id is not read (and an empty
+                // `String` costs no allocation).
+                message: RTCMessage::RtpPacket(
+                    String::new(),
+                    rtc::rtp::packet::Packet { header, payload },
+                ),
+            });
+            while let Some(datagram) = engine.pc.poll_write() {
+                out.push((datagram.message, datagram.transport.peer_addr));
+            }
+            if written.is_ok() {
+                forwarded += 1;
+                bytes += packet.payload.len() as u64;
+            }
+        }
+        let count = &mut engine.counts[self.index];
+        count.0 += forwarded;
+        count.1 += bytes;
+        self.player.count(&mut engine, self.index, false);
+    }
+}
+
+/// Sends what the engine has to send now (the player's own traffic, not the shards').
+fn flush(engine: &mut Engine, output: &Output) {
+    while let Some(datagram) = engine.pc.poll_write() {
+        output.send(&datagram.message, datagram.transport.peer_addr);
+    }
+}
+
+/// What one look at the engine found for the task to act on, outside the lock.
+#[derive(Default)]
+struct Found {
+    connected_now: bool,
+    failed: bool,
+    keyframe: bool,
+    bye: bool,
+    deadline: Option<Instant>,
+}
+
+/// The player's task: joins its tracks' shards, serves the engine until the session ends,
+/// then leaves them and closes the connection (RTCP BYE, DTLS close_notify).
+pub async fn drive(
+    player: Arc<Player>,
+    output: Output,
+    fanouts: Arc<Fanouts>,
+    local: SocketAddr,
+    mut inbound: mpsc::Receiver<Inbound>,
+    mut run: Running,
+) {
+    let memberships: Vec<Membership> = (0..player.feeds.len())
+        .map(|index| {
+            let member = Arc::new(FeedOf {
+                player: player.clone(),
+                index,
+            });
+            fanouts.join(&player.feeds[index].relay, member)
+        })
+        .collect();
+    let connect_by = Instant::now() + CONNECT_TIMEOUT;
+    let timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(timer);
+    let mut connected = false;
+    let info = loop {
+        let found = player.serve(run.id, &output);
+        connected |= found.connected_now;
+        act(&player, &run, &found);
+        if !connected && Instant::now() > connect_by {
+            run.control.stop(StopReason::ConnectionLost(format!(
+                "no media within {} s",
+                CONNECT_TIMEOUT.as_secs()
+            )));
+        }
+        let wait = found
+            .deadline
+            .map_or(MAX_TIMER_WAIT, |d| {
+                d.saturating_duration_since(Instant::now())
+            })
+            .min(MAX_TIMER_WAIT);
+        timer.as_mut().reset(tokio::time::Instant::now() + wait);
+        tokio::select! {
+            biased;
+            info = &mut run.close => break info.unwrap_or_default(),
+            _ = run.cancel.cancelled() => break String::new(),
+            datagram = inbound.recv() => match datagram {
+                Some((message, from, now)) => player.read(local, message, from, now),
+                None => break String::new(),
+            },
+            () = &mut timer => {
+                let _ = player.lock().pc.handle_timeout(Instant::now());
+            }
+        }
+    };
+    // Out of the shards first, so that nothing is written after the BYE.
+    drop(memberships);
+    player.close(&info, &output);
+    run.live.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Acts on what `serve` found: the registry, key frame requests and stops.
+fn act(player: &Player, run: &Running, found: &Found) {
+    if found.connected_now {
+        run.registry.set_status(run.id, Status::Playing, "");
+    }
+    if found.connected_now || found.keyframe {
+        let kinds = if found.connected_now {
+            [MediaKind::Audio, MediaKind::Video].as_slice()
+        } else {
+            [MediaKind::Video].as_slice()
+        };
+        for feed in player
+            .feeds
+            .iter()
+            .filter(|f| kinds.contains(&f.relay.kind))
+        {
+            let relay = feed.relay.clone();
+            run.tasks
+                .spawn(async move { relay.request_keyframe().await });
+        }
+    }
+    if found.failed {
+        run.control
+            .stop(StopReason::ConnectionLost("ICE or DTLS failed".into()));
+    }
+    if found.bye {
+        run.control.stop(StopReason::ClientLeft);
+    }
+}
+
+impl Player {
+    /// Sends what the engine has to send and reads its events, its received RTCP and its
+    /// next deadline, under the lock once.
+    fn serve(&self, id: uuid::Uuid, output: &Output) -> Found {
+        let mut found = Found::default();
+        let mut engine = self.lock();
+        flush(&mut engine, output);
+        while let Some(event) = engine.pc.poll_event() {
+            let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event else {
+                continue;
+            };
+            tracing::debug!(stream = %id, %state, "rtc player connection state");
+            match state {
+                RTCPeerConnectionState::Connected if !engine.connected => {
+                    engine.connected = true;
+                    found.connected_now = true;
+                }
+                RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                    found.failed = true;
+                }
+                _ => {}
+            }
+        }
+        while let Some(read) = engine.pc.poll_read() {
+            let RTCMessage::RtcpPacket(_, packets) = read.message else {
+                continue;
+            };
+            for packet in packets {
+                let any = packet.as_any();
+                if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
+                    found.keyframe = true;
+                } else if any.is::<Goodbye>() {
+                    found.bye = true;
+                }
+            }
+        }
+        found.deadline = engine.pc.poll_timeout();
+        found
+    }
+
+    fn read(&self, local: SocketAddr, message: BytesMut, from: SocketAddr, now: Instant) {
+        let _ = self.lock().pc.handle_read(TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: local,
+                peer_addr: from,
+                transport_protocol: TransportProtocol::UDP,
+                ecn: None,
+            },
+            message,
+        });
+    }
+
+    /// RTCP BYE for every track, then DTLS close_notify, all queued before the task ends;
+    /// the feeds' last counts go to their relays.
+    fn close(&self, info: &str, output: &Output) {
+        let mut engine = self.lock();
+        // A shard still holding this player (it has not yet seen it leave) writes nothing more.
+        let was_connected = std::mem::take(&mut engine.connected);
+        if was_connected && let Some(feed) = self.feeds.first() {
+            let bye = Goodbye {
+                sources: self.feeds.iter().map(|f| f.ssrc).collect(),
+                reason: Bytes::copy_from_slice(&info.as_bytes()[..info.len().min(255)]),
+            };
+            let _ = engine.pc.handle_write(TaggedRTCMessage {
+                now: Instant::now(),
+                message: RTCMessage::RtcpPacket(feed.track_id.clone(), vec![Box::new(bye)]),
+            });
+        }
+        flush(&mut engine, output);
+        let _ = engine.pc.close();
+        flush(&mut engine, output);
+        for index in 0..self.feeds.len() {
+            self.count(&mut engine, index, true);
+        }
+    }
+}
