@@ -138,3 +138,70 @@ async fn cycle(server: &TestServer, client: &Client, i: usize) {
         "cycle {i}: streams left"
     );
 }
+
+/// Players fed by the fan-out shards: a joining player makes the server ask the publisher
+/// for a key frame, every player of several shards receives, and what the players count
+/// is what the server says it forwarded (a packet written before a player's SRTP was keyed
+/// is not counted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_players_get_a_key_frame_request_and_are_counted_exactly() {
+    use std::sync::atomic::Ordering;
+    let server = TestServer::start_with(RTC_PLAYERS, None);
+    let client = Client::new().unwrap();
+    let counting = Client::counting().unwrap();
+    let publisher = client
+        .publish(&server.url("/whip/sharded"), SyntheticMedia::default())
+        .await
+        .unwrap();
+    // More players than one shard per core holds, so that several shards feed them.
+    let mut players = Vec::new();
+    for _ in 0..12 {
+        players.push(counting.play(&server.url("/whep/sharded")).await.unwrap());
+    }
+    for player in &players {
+        assert!(
+            player.wait_packets(200, WAIT).await,
+            "{}",
+            server.why_no_media(player, &publisher).await
+        );
+    }
+    assert!(
+        publisher.counters.keyframe_requests.load(Ordering::Relaxed) > 0,
+        "a joining player makes the server ask the publisher for a key frame"
+    );
+    publisher.hang_up().await.unwrap();
+    for player in &players {
+        assert!(player.wait_ended(WAIT).await.is_some(), "player not told");
+    }
+    // The BYE can overtake the last packets still queued in the players' reads.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let counted: u64 = players.iter().map(|p| p.counters.packets()).sum();
+    let metrics = server
+        .http_client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let forwarded: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_relay_forwarded_packets_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("forwarded packets in /metrics");
+    assert!(
+        (counted as f64) <= forwarded && counted as f64 >= forwarded * 0.99,
+        "players counted {counted}, the server forwarded {forwarded}"
+    );
+    assert!(
+        server
+            .eventually(WAIT, || async {
+                let now = server.runtime().await;
+                now["streams"] == 0 && now["peerConnections"] == 0
+            })
+            .await,
+        "{}",
+        server.runtime().await
+    );
+}
