@@ -488,20 +488,7 @@ async fn counting_players_count_what_the_server_forwarded_unopened() {
         "{} reads for {unopened} packets: not batched",
         client.counting_syscalls()
     );
-    let metrics = server
-        .http_client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let forwarded: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("sluice_relay_forwarded_packets_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("forwarded packets in /metrics");
+    let forwarded = server.forwarded_packets().await;
     // Loopback loses nothing: every packet the server counts as forwarded arrives (which
     // it did not while packets written before a player's SRTP was keyed were counted).
     assert!(

@@ -176,20 +176,7 @@ async fn sharded_players_get_a_key_frame_request_and_are_counted_exactly() {
     // The BYE can overtake the last packets still queued in the players' reads.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let counted: u64 = players.iter().map(|p| p.counters.packets()).sum();
-    let metrics = server
-        .http_client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let forwarded: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("sluice_relay_forwarded_packets_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("forwarded packets in /metrics");
+    let forwarded = server.forwarded_packets().await;
     assert!(
         (counted as f64) <= forwarded && counted as f64 >= forwarded * 0.99,
         "players counted {counted}, the server forwarded {forwarded}"

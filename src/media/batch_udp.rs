@@ -51,6 +51,20 @@ struct Queue {
     spare: Vec<Vec<u8>>,
 }
 
+impl Queue {
+    /// Copies `buf` to the end of the queue in a spare buffer; `false` when the queue is full.
+    fn push_copy(&mut self, buf: &[u8], target: SocketAddr) -> bool {
+        if self.pending.len() >= MAX_QUEUED {
+            return false;
+        }
+        let mut datagram = self.spare.pop().unwrap_or_default();
+        datagram.clear();
+        datagram.extend_from_slice(buf);
+        self.pending.push((datagram, target));
+        true
+    }
+}
+
 /// One lane: its queue, its flusher's wake-up, and the system calls it made.
 #[derive(Default)]
 struct Lane {
@@ -288,14 +302,10 @@ impl Shared {
         let lane = &self.lanes[lane_of(&target, self.lanes.len())];
         let was_empty = {
             let mut queue = lane.lock();
-            if queue.pending.len() >= MAX_QUEUED {
+            if !queue.push_copy(buf, target) {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            let mut datagram = queue.spare.pop().unwrap_or_default();
-            datagram.clear();
-            datagram.extend_from_slice(buf);
-            queue.pending.push((datagram, target));
             queue.pending.len() == 1
         };
         if was_empty {
@@ -318,14 +328,9 @@ impl Shared {
                         continue;
                     }
                     left -= 1;
-                    if queue.pending.len() >= MAX_QUEUED {
+                    if !queue.push_copy(buf, *target) {
                         self.dropped.fetch_add(1, Ordering::Relaxed);
-                        continue;
                     }
-                    let mut datagram = queue.spare.pop().unwrap_or_default();
-                    datagram.clear();
-                    datagram.extend_from_slice(buf);
-                    queue.pending.push((datagram, *target));
                 }
                 was_empty && !queue.pending.is_empty()
             };

@@ -181,6 +181,24 @@ impl TestServer {
         }
     }
 
+    /// The server's `sluice_relay_forwarded_packets_total` (from `/metrics`).
+    pub async fn forwarded_packets(&self) -> f64 {
+        let metrics = self
+            .http_client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics request")
+            .text()
+            .await
+            .expect("metrics text");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("sluice_relay_forwarded_packets_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("forwarded packets in /metrics")
+    }
+
     pub async fn streams(&self) -> u64 {
         self.runtime().await["streams"].as_u64().expect("streams")
     }
