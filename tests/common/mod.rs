@@ -55,6 +55,13 @@ impl TestServer {
 
     fn spawn(properties: &str, apps: Option<&str>, log: Option<(&str, &[&str])>) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
+        // `SLUICE_TEST_PROPERTIES` is added to every test server's properties (later lines
+        // win), to run a suite on another setup: e.g. `media_udp_mux_port=0` and
+        // `media_rtc_players=true` run its players on the sans-I/O engine.
+        let properties = match std::env::var("SLUICE_TEST_PROPERTIES") {
+            Ok(more) => format!("{properties}\n{more}\n"),
+            Err(_) => properties.to_owned(),
+        };
         std::fs::write(dir.path().join("server.properties"), properties).expect("write properties");
         if let Some(apps) = apps {
             std::fs::write(dir.path().join("apps.toml"), apps).expect("write apps");
