@@ -192,3 +192,84 @@ async fn sharded_players_get_a_key_frame_request_and_are_counted_exactly() {
         server.runtime().await
     );
 }
+
+/// `PATCH` reaches a player on the sans-I/O engine (it answered 404 before): trickled
+/// candidates for the current ICE session (204), an ICE restart (200, the engine's new
+/// credentials and candidates in the fragment, a new `ETag`; the old one is refused with
+/// 412), and the player's session lives on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_on_the_sansio_engine_trickles_and_restarts_ice() {
+    const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
+    const CANDIDATE: &str = "a=candidate:1 1 udp 2122260223 127.0.0.1 9 typ host generation 0\r\n";
+    let server = TestServer::start_with(RTC_PLAYERS, None);
+    let client = Client::new().unwrap();
+    let publisher = client
+        .publish(&server.url("/whip/patched"), SyntheticMedia::default())
+        .await
+        .unwrap();
+    let player = client.play(&server.url("/whep/patched")).await.unwrap();
+    assert!(
+        player.wait_packets(20, WAIT).await,
+        "{}",
+        server.why_no_media(&player, &publisher).await
+    );
+    let patch = |if_match: String, body: String| {
+        let request = server
+            .http_client
+            .patch(&player.links.resource)
+            .header("content-type", SDPFRAG)
+            .header("if-match", if_match)
+            .body(body);
+        async move { request.send().await.unwrap() }
+    };
+    let etag = player.links.etag.clone().expect("an ETag on the 201");
+    let trickled = patch(
+        etag.clone(),
+        format!("m=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\n{CANDIDATE}a=end-of-candidates\r\n"),
+    )
+    .await;
+    assert_eq!(trickled.status(), 204, "{:?}", trickled.text().await);
+    let answer_ufrag = |sdp: &str| {
+        sdp.lines()
+            .find_map(|l| {
+                l.trim_end()
+                    .strip_prefix("a=ice-ufrag:")
+                    .map(str::to_string)
+            })
+            .expect("a ufrag")
+    };
+    let old_ufrag = answer_ufrag(&player.pc.remote_description().await.unwrap().sdp);
+    let restarted = patch(
+        "*".into(),
+        format!("a=ice-ufrag:rstr\r\na=ice-pwd:restartpasswordrestartpw\r\n{CANDIDATE}"),
+    )
+    .await;
+    assert_eq!(restarted.status(), 200);
+    let new_etag = restarted.headers()["etag"].to_str().unwrap().to_string();
+    assert_ne!(new_etag, etag);
+    let fragment = restarted.text().await.unwrap();
+    assert_ne!(answer_ufrag(&fragment), old_ufrag, "{fragment}");
+    assert!(
+        fragment.contains("a=candidate:") && fragment.contains("a=mid:"),
+        "{fragment}"
+    );
+    assert_eq!(patch(etag, CANDIDATE.into()).await.status(), 412);
+    assert_eq!(patch(new_etag, CANDIDATE.into()).await.status(), 204);
+    assert_eq!(
+        server.streams().await,
+        2,
+        "{}",
+        server.streams_found().await
+    );
+    publisher.hang_up().await.unwrap();
+    assert!(
+        server
+            .eventually(WAIT, || async {
+                let now = server.runtime().await;
+                now["streams"] == 0 && now["peerConnections"] == 0
+            })
+            .await,
+        "{}",
+        server.runtime().await
+    );
+}

@@ -14,9 +14,26 @@ use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use super::sdpfrag::{self, SdpFrag};
 use super::{GATHER_TIMEOUT, Media};
 
+/// The ICE of a player on the sans-I/O engine (`rtc_drive`), as `PATCH` reaches it: its
+/// calls are synchronous, taken under the engine's own lock.
+pub(super) trait SansioIce: Send + Sync {
+    /// The client's current offer.
+    fn remote_offer(&self) -> Option<String>;
+    /// Adds a trickled candidate (`candidate` is the attribute's value).
+    fn add_candidate(&self, candidate: &str, mid: Option<String>, mline_index: u16) -> bool;
+    /// Answers `offer`, which carries new ICE credentials: the new local description.
+    fn restart(&self, offer: String) -> Result<String, String>;
+}
+
+/// Which engine a session's ICE lives in.
+pub(super) enum IcePeer {
+    Webrtc(Arc<RTCPeerConnection>),
+    Sansio(Arc<dyn SansioIce>),
+}
+
 /// A session's peer connection as `PATCH` reaches it.
 pub(super) struct LivePeer {
-    pc: Arc<RTCPeerConnection>,
+    pc: IcePeer,
     /// The current ICE session's entity-tag, quoted (`"…"`), as sent in `ETag`.
     etag: Mutex<String>,
     /// One ICE change at a time: a restart's several steps must not interleave with
@@ -25,12 +42,17 @@ pub(super) struct LivePeer {
 }
 
 impl LivePeer {
-    pub(super) fn new(pc: Arc<RTCPeerConnection>) -> Arc<Self> {
+    pub(super) fn new(pc: IcePeer) -> Arc<Self> {
         Arc::new(LivePeer {
             pc,
             etag: Mutex::new(new_etag()),
             turn: Semaphore::new(1),
         })
+    }
+
+    /// Whether the session runs on webrtc-rs (the sans-I/O players are counted apart).
+    pub(super) fn is_webrtc(&self) -> bool {
+        matches!(self.pc, IcePeer::Webrtc(_))
     }
 
     pub(super) fn etag(&self) -> String {
@@ -140,24 +162,45 @@ impl Media {
         if !if_match.matches(&current) {
             return Err(IceError::PreconditionFailed { current });
         }
-        let remote = peer
-            .pc
-            .remote_description()
-            .await
-            .ok_or(IceError::NoSession(id))?;
-        let restart = match (&frag.ufrag, &frag.pwd, sdpfrag::credentials(&remote.sdp)) {
+        let remote = match &peer.pc {
+            IcePeer::Webrtc(pc) => pc.remote_description().await.map(|d| d.sdp),
+            IcePeer::Sansio(ice) => ice.remote_offer(),
+        }
+        .ok_or(IceError::NoSession(id))?;
+        let restart = match (&frag.ufrag, &frag.pwd, sdpfrag::credentials(&remote)) {
             (Some(ufrag), Some(pwd), Some((old_ufrag, old_pwd))) => {
                 *ufrag != old_ufrag || *pwd != old_pwd
             }
             _ => false,
         };
         if restart {
-            let (etag, fragment) = self.restart(&peer, &remote.sdp, &frag).await?;
+            let (etag, fragment) = match &peer.pc {
+                IcePeer::Webrtc(pc) => self.restart(pc, &remote, &frag).await?,
+                IcePeer::Sansio(ice) => {
+                    let offer = sdpfrag::restart_offer(&remote, &frag)?;
+                    let local = ice.restart(offer).map_err(IceError::RestartFailed)?;
+                    (new_etag(), sdpfrag::answer_fragment(&local)?)
+                }
+            };
             peer.set_etag(etag.clone());
             tracing::info!(stream = %id, "ICE restarted");
             return Ok(IcePatch::Restarted { etag, fragment });
         }
         let mut added = 0;
+        let pc = match &peer.pc {
+            IcePeer::Webrtc(pc) => pc,
+            IcePeer::Sansio(ice) => {
+                // An ICE-lite answerer learns the client's addresses from its checks; the
+                // candidates are kept all the same, as the engine takes them.
+                for candidate in &frag.candidates {
+                    let mid = candidate.mid.clone();
+                    if ice.add_candidate(&candidate.value, mid, candidate.mline_index) {
+                        added += 1;
+                    }
+                }
+                return Ok(IcePatch::Trickled { added });
+            }
+        };
         for candidate in &frag.candidates {
             let init = RTCIceCandidateInit {
                 candidate: format!("candidate:{}", candidate.value),
@@ -166,7 +209,7 @@ impl Media {
                 username_fragment: None,
             };
             // RFC 9725: a candidate the server cannot use is dropped, the rest still apply.
-            match peer.pc.add_ice_candidate(init).await {
+            match pc.add_ice_candidate(init).await {
                 Ok(()) => added += 1,
                 Err(webrtc::Error::ErrConnectionClosed) => return Err(IceError::NoSession(id)),
                 Err(e) => tracing::debug!(stream = %id, error = %e, "trickled candidate dropped"),
@@ -179,14 +222,13 @@ impl Media {
     /// a new answer (the engine restarts its agent and gathers again), the new fragment.
     async fn restart(
         &self,
-        peer: &LivePeer,
+        pc: &RTCPeerConnection,
         current_offer: &str,
         frag: &SdpFrag,
     ) -> Result<(String, String), IceError> {
         let offer = sdpfrag::restart_offer(current_offer, frag)?;
         let offer = RTCSessionDescription::offer(offer)
             .map_err(|e| IceError::BadFragment(format!("the restart offer is unusable: {e}")))?;
-        let pc = &peer.pc;
         pc.set_remote_description(offer)
             .await
             .map_err(|e| match e {

@@ -485,7 +485,7 @@ impl Media {
 
     /// Makes a registered session reachable by `PATCH`; returns its first entity-tag.
     fn track_peer(&self, id: Uuid, pc: &Arc<RTCPeerConnection>) -> String {
-        let peer = ice::LivePeer::new(pc.clone());
+        let peer = ice::LivePeer::new(ice::IcePeer::Webrtc(pc.clone()));
         let etag = peer.etag();
         self.lock_peers().insert(id, peer);
         etag
@@ -519,7 +519,7 @@ impl Media {
 
     /// Sessions reachable by `PATCH`: one per live WebRTC session.
     pub fn peer_count(&self) -> usize {
-        self.lock_peers().len()
+        self.lock_peers().values().filter(|p| p.is_webrtc()).count()
             + self
                 .sansio_players
                 .load(std::sync::atomic::Ordering::Relaxed)

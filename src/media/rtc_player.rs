@@ -32,7 +32,8 @@ use super::batch_udp::Output;
 use super::divert::Divert;
 use super::fanout::Fanouts;
 use super::relay::RelayTrack;
-use super::rtc_drive::{self, Feed, Player};
+use super::rtc_drive::{self, Feed, Player, PlayerIce};
+use super::sdpfrag;
 use super::session::SessionControl;
 use crate::config::Settings;
 use crate::registry::{MediaKind, Registry};
@@ -107,13 +108,6 @@ fn sender_interceptors(media: &mut MediaEngine) -> Interceptors {
         .with(Slot::SenderReport, SenderReportBuilder::new().build())
 }
 
-/// Random ICE credentials: `len` hex digits (at most 32).
-fn random_text(len: usize) -> String {
-    let mut text = Uuid::new_v4().simple().to_string();
-    text.truncate(len);
-    text
-}
-
 /// Answers `offer` with a track per `(relay, codec)`: an ICE-lite answer whose candidates
 /// are the mux socket's.
 pub fn prepare(
@@ -126,13 +120,11 @@ pub fn prepare(
     let mut media = MediaEngine::default();
     media.register_default_codecs().map_err(engine_error)?;
     let interceptors = sender_interceptors(&mut media);
-    let ufrag = random_text(16);
     let setting = SettingEngineBuilder::new()
         .with_lite(true)
         // The client's ClientHello starts DTLS as soon as its ICE has a pair; as the DTLS
         // client the server would wait for its own connected state and a retransmit.
         .with_answering_dtls_role(RTCDtlsRole::Server)
-        .with_ice_credentials(ufrag.clone(), random_text(32))
         .with_ice_timeouts(
             Some(settings.ice_disconnected_timeout),
             Some(settings.ice_failed_timeout),
@@ -200,6 +192,9 @@ pub fn prepare(
         .local_description()
         .ok_or_else(|| engine_error("no local description after the answer"))?
         .sdp;
+    // The engine's own credentials (not fixed ones: an ICE restart must change them).
+    let (ufrag, _) = sdpfrag::credentials(&answer)
+        .ok_or_else(|| engine_error("no ICE credentials in the answer"))?;
     let mut feeds = Vec::new();
     for (relay, track_id, ssrc, sender, codec) in pending {
         let Some(mut sender) = pc.rtp_sender(sender) else {
@@ -251,28 +246,24 @@ pub struct Running {
 }
 
 impl Prepared {
-    /// The local ICE ufrag, which routes the player's datagrams.
-    pub fn ufrag(&self) -> &str {
-        &self.ufrag
-    }
-
     /// The media kinds the player will receive.
     pub fn kinds(&self) -> Vec<MediaKind> {
         self.feeds.iter().map(|f| f.relay.kind).collect()
     }
 
     /// Starts the player's task in `run.tasks`; its tracks' shards feed it from then on.
-    pub fn spawn(self, io: &PlayerIo, run: Running) {
+    /// Returns its ICE as `PATCH` reaches it.
+    pub fn spawn(self, io: &PlayerIo, run: Running) -> Arc<PlayerIce> {
         let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
-        io.divert.register(&self.ufrag, tx);
         let player = Player::new(self.pc, self.feeds);
-        let divert = io.divert.clone();
+        let ice = PlayerIce::new(player.clone(), io.divert.clone(), tx, self.ufrag);
         let (output, fanouts, local) = (io.output.clone(), io.fanouts.clone(), io.local);
         let tasks = run.tasks.clone();
+        let routes = ice.clone();
         tasks.spawn(async move {
-            let ufrag = self.ufrag;
             rtc_drive::drive(player, output, fanouts, local, rx, run).await;
-            divert.unregister(&ufrag);
+            routes.unregister();
         });
+        ice
     }
 }

@@ -37,10 +37,9 @@ impl Media {
         let tasks = TaskTracker::new();
         let cancel = CancellationToken::new();
         let (close_tx, close) = tokio::sync::oneshot::channel();
-        let etag = format!("\"{}\"", prepared.ufrag());
         let answer = prepared.answer.clone();
         self.sansio_players.fetch_add(1, Ordering::Relaxed);
-        prepared.spawn(
+        let ice = prepared.spawn(
             io,
             Running {
                 id,
@@ -52,6 +51,9 @@ impl Media {
                 live: self.sansio_players.clone(),
             },
         );
+        let peer = ice::LivePeer::new(ice::IcePeer::Sansio(ice));
+        let etag = peer.etag();
+        self.lock_peers().insert(id, peer);
         self.spawn_supervisor(id, session::Peer::Sansio(close_tx), tasks, cancel, stop_rx);
         Ok(SessionAnswer {
             id,

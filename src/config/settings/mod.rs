@@ -72,7 +72,7 @@ declare_settings! {
     media_udp_batch: bool = true, Flag, Restart,
         "with `media_udp_mux_port`, send the one socket's datagrams in batches instead of one system call each: the packets to one player that follow one another as one UDP GSO message, the rest by `sendmmsg`, up to 64 a call (0.88x the relay's CPU per packet at 200 players, BENCHMARKS.md)";
     media_rtc_players: bool = false, Flag, Restart,
-        "with `media_udp_mux_port` and `media_udp_batch`, players (WHEP and WCS) run on the sans-I/O `rtc` 0.21 engine (ICE-lite), fed by a shard task per core per track rather than a task per player, instead of webrtc-rs 0.17; publishers stay on 0.17, and such a player's session resource takes no `PATCH` yet (404: trickle and ICE restart). Cheaper per packet and per player than 0.17 at 200 players (BENCHMARKS.md)";
+        "with `media_udp_mux_port` and `media_udp_batch`, players (WHEP and WCS) run on the sans-I/O `rtc` 0.21 engine (ICE-lite), fed by a shard task per core per track rather than a task per player, instead of webrtc-rs 0.17; publishers stay on 0.17; such a player's session resource takes `PATCH` (trickle and ICE restart) as the others do. Cheaper per packet and per player than 0.17 at 200 players (BENCHMARKS.md)";
     media_public_ip: Option<IpAddr> = None, Optional(Address), Restart,
         "an address announced as an extra (server-reflexive) ICE candidate, for clients beyond NAT";
     ice_include_loopback: bool = true, Flag, Restart,
