@@ -58,16 +58,7 @@ async fn players_on_the_sansio_engine_receive_and_stop() {
     for player in &players[1..] {
         assert!(player.wait_ended(WAIT).await.is_some(), "player not told");
     }
-    assert!(
-        server
-            .eventually(WAIT, || async {
-                let now = server.runtime().await;
-                now["streams"] == 0 && now["peerConnections"] == 0
-            })
-            .await,
-        "{}",
-        server.runtime().await
-    );
+    nothing_left(&server).await;
 }
 
 /// Twenty publish/play/stop cycles on the sans-I/O engine leave no more tokio tasks and
@@ -181,16 +172,7 @@ async fn sharded_players_get_a_key_frame_request_and_are_counted_exactly() {
         (counted as f64) <= forwarded && counted as f64 >= forwarded * 0.99,
         "players counted {counted}, the server forwarded {forwarded}"
     );
-    assert!(
-        server
-            .eventually(WAIT, || async {
-                let now = server.runtime().await;
-                now["streams"] == 0 && now["peerConnections"] == 0
-            })
-            .await,
-        "{}",
-        server.runtime().await
-    );
+    nothing_left(&server).await;
 }
 
 /// `PATCH` reaches a player on the sans-I/O engine (it answered 404 before): trickled
@@ -262,6 +244,11 @@ async fn a_player_on_the_sansio_engine_trickles_and_restarts_ice() {
         server.streams_found().await
     );
     publisher.hang_up().await.unwrap();
+    nothing_left(&server).await;
+}
+
+/// Waits until the server holds no stream and no peer connection.
+async fn nothing_left(server: &TestServer) {
     assert!(
         server
             .eventually(WAIT, || async {
