@@ -18,7 +18,8 @@ use serde_json::Value;
 /// A page that publishes its camera to `?whip=` and plays `?whep=` back, by `fetch`, as the
 /// ecosystem's clients do: each offer goes out at once, before ICE gathering ends, and the
 /// candidates follow by `PATCH` (`If-Match` with the `ETag` of the `201`). `restart()` does
-/// an ICE restart of the publisher as RFC 9725 §4.3.2 describes, and `subscribe()` opens the
+/// an ICE restart of the publisher (`restart('player')`, of the player) as RFC 9725 §4.3.2
+/// describes, and `subscribe()` opens the
 /// player's WHEP event stream as the draft's clients do.
 const PAGE: &str = r#"<!DOCTYPE html>
 <html><body><video id="video" autoplay muted playsinline></video>
@@ -115,9 +116,9 @@ async function transport(pc) {
     if (s.type === 'transport') return {ufrag: s.iceLocalUsernameFragment, state: s.iceState, sent: s.bytesSent, received: s.bytesReceived};
   return {};
 }
-window.restart = async function () {
+window.restart = async function (which = 'publisher') {
   try {
-    const pc = window.publisher, session = window.publishSession;
+    const pc = window[which], session = which === 'player' ? window.playSession : window.publishSession;
     pc.restartIce();
     await pc.setLocalDescription(await pc.createOffer());
     await gathered(pc);
@@ -136,6 +137,7 @@ window.restart = async function () {
   }
 };
 window.publisherTransport = () => transport(window.publisher);
+window.playerTransport = () => transport(window.player);
 window.subscribe = async function () {
   try {
     const link = window.playSession.link.split(',').map(l => l.trim())
@@ -447,5 +449,66 @@ async fn a_publisher_restarts_ice_mid_stream_and_keeps_its_stream_and_its_player
     assert_eq!(
         inactive[1]["reason"], "Stopped by publisher stop",
         "{events:?}"
+    );
+}
+
+/// A Chromium player on the sans-I/O engine restarts its ICE mid-stream by `PATCH`: its
+/// transport moves to the new credentials, stays connected, and frames keep coming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_on_the_sansio_engine_restarts_ice_mid_stream() {
+    if !browser_test_runs("a_player_on_the_sansio_engine_restarts_ice_mid_stream") {
+        return;
+    }
+    let origin = serve_page().await;
+    let server =
+        TestServer::start("rest_api_https_port=0\nmedia_udp_mux_port=0\nmedia_rtc_players=true\n");
+    let page = Browser::start().await;
+    let result = run_page(&page, origin, &server, "replayed").await;
+    assert_eq!(result["done"], true, "{result}");
+    page.wait_decoding_in("#video").await;
+    let before = page.js("return window.playerTransport();").await;
+    let frames_before = frames(&page).await;
+    page.js("window.restart('player'); return 0;").await;
+    let deadline = Instant::now() + WAIT;
+    let restart = loop {
+        let result = page.js("return window.result;").await;
+        assert!(result.get("restartError").is_none(), "{result}");
+        if let Some(restart) = result.get("restart") {
+            break restart.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restart did not finish: {result}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_ne!(restart["ufrag"], before["ufrag"], "{restart} {before}");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now = page.js("return window.playerTransport();").await;
+        if now["ufrag"] == restart["ufrag"]
+            && now["state"] == "connected"
+            && now["received"].as_u64() > before["received"].as_u64()
+            && frames(&page).await > frames_before + 30
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "media did not continue on the new ICE session: {now} (before {before}, restart {restart})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let frames_after = frames(&page).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        frames(&page).await > frames_after,
+        "frames keep coming after the restart"
+    );
+    assert_eq!(
+        server.streams().await,
+        2,
+        "{}",
+        server.streams_found().await
     );
 }
