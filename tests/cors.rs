@@ -317,6 +317,23 @@ async fn find(server: &TestServer, filter: Value) -> Vec<Value> {
     response.json().await.unwrap()
 }
 
+/// What the page's `restart()` reports once it has finished.
+async fn restarted(page: &Browser) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let result = page.js("return window.result;").await;
+        assert!(result.get("restartError").is_none(), "{result}");
+        if let Some(restart) = result.get("restart") {
+            return restart.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restart did not finish: {result}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Frames the page's player has decoded so far.
 async fn frames(page: &Browser) -> u64 {
     page.js("return document.getElementById('video').getVideoPlaybackQuality().totalVideoFrames;")
@@ -355,19 +372,7 @@ async fn a_publisher_restarts_ice_mid_stream_and_keeps_its_stream_and_its_player
     let frames_before = frames(&page).await;
 
     page.js("window.restart(); return 0;").await;
-    let deadline = Instant::now() + WAIT;
-    let restart = loop {
-        let result = page.js("return window.result;").await;
-        assert!(result.get("restartError").is_none(), "{result}");
-        if let Some(restart) = result.get("restart") {
-            break restart.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the restart did not finish: {result}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let restart = restarted(&page).await;
     assert_ne!(restart["ufrag"], before["ufrag"], "{restart} {before}");
     // The new ICE session carries the media: the publisher's transport runs on the new
     // credentials, and the stream, its id and its player stay throughout.
@@ -469,19 +474,7 @@ async fn a_player_on_the_sansio_engine_restarts_ice_mid_stream() {
     let before = page.js("return window.playerTransport();").await;
     let frames_before = frames(&page).await;
     page.js("window.restart('player'); return 0;").await;
-    let deadline = Instant::now() + WAIT;
-    let restart = loop {
-        let result = page.js("return window.result;").await;
-        assert!(result.get("restartError").is_none(), "{result}");
-        if let Some(restart) = result.get("restart") {
-            break restart.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the restart did not finish: {result}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let restart = restarted(&page).await;
     assert_ne!(restart["ufrag"], before["ufrag"], "{restart} {before}");
     let deadline = Instant::now() + WAIT;
     loop {
