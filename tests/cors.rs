@@ -334,6 +334,29 @@ async fn restarted(page: &Browser) -> Value {
     }
 }
 
+/// Whether the page's `transport` (`publisherTransport` or `playerTransport`) runs on the
+/// restart's credentials, connected, its byte `counter` past `before`'s, with 30 frames
+/// decoded since `frames_before`; the transport as it is when not yet.
+async fn on_new_session(
+    page: &Browser,
+    transport: &str,
+    counter: &str,
+    before: &Value,
+    restart: &Value,
+    frames_before: u64,
+) -> Result<(), Value> {
+    let now = page.js(&format!("return window.{transport}();")).await;
+    if now["ufrag"] == restart["ufrag"]
+        && now["state"] == "connected"
+        && now[counter].as_u64() > before[counter].as_u64()
+        && frames(page).await > frames_before + 30
+    {
+        Ok(())
+    } else {
+        Err(now)
+    }
+}
+
 /// Frames the page's player has decoded so far.
 async fn frames(page: &Browser) -> u64 {
     page.js("return document.getElementById('video').getVideoPlaybackQuality().totalVideoFrames;")
@@ -392,14 +415,18 @@ async fn a_publisher_restarts_ice_mid_stream_and_keeps_its_stream_and_its_player
         .await;
         assert_eq!(players.len(), 1, "the player never drops");
         assert_eq!(players[0]["mediaSessionId"], player_id);
-        let now = page.js("return window.publisherTransport();").await;
-        if now["ufrag"] == restart["ufrag"]
-            && now["state"] == "connected"
-            && now["sent"].as_u64() > before["sent"].as_u64()
-            && frames(&page).await > frames_before + 30
-        {
+        let Err(now) = on_new_session(
+            &page,
+            "publisherTransport",
+            "sent",
+            &before,
+            &restart,
+            frames_before,
+        )
+        .await
+        else {
             break;
-        }
+        };
         assert!(
             Instant::now() < deadline,
             "media did not continue on the new ICE session: {now} (before {before}, restart {restart})"
@@ -478,14 +505,18 @@ async fn a_player_on_the_sansio_engine_restarts_ice_mid_stream() {
     assert_ne!(restart["ufrag"], before["ufrag"], "{restart} {before}");
     let deadline = Instant::now() + WAIT;
     loop {
-        let now = page.js("return window.playerTransport();").await;
-        if now["ufrag"] == restart["ufrag"]
-            && now["state"] == "connected"
-            && now["received"].as_u64() > before["received"].as_u64()
-            && frames(&page).await > frames_before + 30
-        {
+        let Err(now) = on_new_session(
+            &page,
+            "playerTransport",
+            "received",
+            &before,
+            &restart,
+            frames_before,
+        )
+        .await
+        else {
             break;
-        }
+        };
         assert!(
             Instant::now() < deadline,
             "media did not continue on the new ICE session: {now} (before {before}, restart {restart})"

@@ -11,7 +11,7 @@ use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 
-use super::sdpfrag::{self, SdpFrag};
+use super::sdpfrag;
 use super::{GATHER_TIMEOUT, Media};
 
 /// The ICE of a player on the sans-I/O engine (`rtc_drive`), as `PATCH` reaches it: its
@@ -174,14 +174,12 @@ impl Media {
             _ => false,
         };
         if restart {
-            let (etag, fragment) = match &peer.pc {
-                IcePeer::Webrtc(pc) => self.restart(pc, &remote, &frag).await?,
-                IcePeer::Sansio(ice) => {
-                    let offer = sdpfrag::restart_offer(&remote, &frag)?;
-                    let local = ice.restart(offer).map_err(IceError::RestartFailed)?;
-                    (new_etag(), sdpfrag::answer_fragment(&local)?)
-                }
+            let offer = sdpfrag::restart_offer(&remote, &frag)?;
+            let local = match &peer.pc {
+                IcePeer::Webrtc(pc) => self.restart(pc, offer).await?,
+                IcePeer::Sansio(ice) => ice.restart(offer).map_err(IceError::RestartFailed)?,
             };
+            let (etag, fragment) = (new_etag(), sdpfrag::answer_fragment(&local)?);
             peer.set_etag(etag.clone());
             tracing::info!(stream = %id, "ICE restarted");
             return Ok(IcePatch::Restarted { etag, fragment });
@@ -218,15 +216,10 @@ impl Media {
         Ok(IcePatch::Trickled { added })
     }
 
-    /// The answerer's side of an ICE restart: the client's offer with new credentials,
-    /// a new answer (the engine restarts its agent and gathers again), the new fragment.
-    async fn restart(
-        &self,
-        pc: &RTCPeerConnection,
-        current_offer: &str,
-        frag: &SdpFrag,
-    ) -> Result<(String, String), IceError> {
-        let offer = sdpfrag::restart_offer(current_offer, frag)?;
+    /// The answerer's side of an ICE restart on webrtc-rs: the client's `offer` with new
+    /// credentials, a new answer (the engine restarts its agent and gathers again); the new
+    /// local description.
+    async fn restart(&self, pc: &RTCPeerConnection, offer: String) -> Result<String, IceError> {
         let offer = RTCSessionDescription::offer(offer)
             .map_err(|e| IceError::BadFragment(format!("the restart offer is unusable: {e}")))?;
         pc.set_remote_description(offer)
@@ -245,8 +238,7 @@ impl Media {
             .local_description()
             .await
             .ok_or_else(|| IceError::RestartFailed("no answer after the restart".into()))?;
-        let fragment = sdpfrag::answer_fragment(&local.sdp)?;
-        Ok((new_etag(), fragment))
+        Ok(local.sdp)
     }
 }
 
