@@ -1,9 +1,11 @@
 //! Players on the sans-I/O engine (`media_rtc_players`): webrtc-rs clients receive the
-//! publisher's media through it, a player's BYE and the publisher's end stop them, and a
-//! stop leaves no task, socket, route or peer behind.
+//! publisher's media through it, a player's key frame request and NACK are answered and its
+//! sender reports match its media, a player's BYE and the publisher's end stop them, and a stop leaves no task,
+//! socket, route or peer behind.
 
 mod common;
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::TestServer;
@@ -243,6 +245,110 @@ async fn a_player_on_the_sansio_engine_trickles_and_restarts_ice() {
         "{}",
         server.streams_found().await
     );
+    publisher.hang_up().await.unwrap();
+    nothing_left(&server).await;
+}
+
+/// The RTCP a browser sends reaches the player's task: a key frame request is passed to the
+/// publisher, and a BYE alone (no `DELETE`, the connection open) ends the player's stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_players_key_frame_request_and_bye_reach_the_server() {
+    let server = TestServer::start_with(RTC_PLAYERS, None);
+    let client = Client::new().unwrap();
+    let publisher = client
+        .publish(&server.url("/whip/rtcp"), SyntheticMedia::default())
+        .await
+        .unwrap();
+    let player = client.play(&server.url("/whep/rtcp")).await.unwrap();
+    assert!(
+        player.wait_packets(100, WAIT).await,
+        "{}",
+        server.why_no_media(&player, &publisher).await
+    );
+    let ssrc = player.counters.video.newest().expect("video came").ssrc;
+    let requests = &publisher.counters.keyframe_requests;
+    // The join's own request is past, and so is the publisher's spacing of them (300 ms).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = requests.load(Ordering::Relaxed);
+    player.request_keyframe(ssrc).await.unwrap();
+    assert!(
+        server
+            .eventually(WAIT, || async { requests.load(Ordering::Relaxed) > before })
+            .await,
+        "the player's PLI did not reach the publisher"
+    );
+    player.say_goodbye(ssrc).await.unwrap();
+    assert!(
+        server
+            .eventually(WAIT, || async { server.streams().await == 1 })
+            .await,
+        "the player's BYE did not end it: {}",
+        server.streams_found().await
+    );
+    publisher.hang_up().await.unwrap();
+    nothing_left(&server).await;
+}
+
+/// A player's NACK has the packets it names sent again, from the relay's history, and every
+/// second each track's sender report says what was sent: its count, and an RTP time that
+/// matches the newest frame the player has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_players_nack_is_answered_and_its_sender_reports_match_its_media() {
+    let server = TestServer::start_with(RTC_PLAYERS, None);
+    let client = Client::new().unwrap();
+    let publisher = client
+        .publish(&server.url("/whip/nack"), SyntheticMedia::default())
+        .await
+        .unwrap();
+    let player = client.play(&server.url("/whep/nack")).await.unwrap();
+    assert!(
+        player.wait_packets(100, WAIT).await,
+        "{}",
+        server.why_no_media(&player, &publisher).await
+    );
+    let video = &player.counters.video;
+    let before = video.repeated();
+    let newest = video.newest().expect("video came");
+    // Five packets the player has had, a few frames back, then one never sent.
+    let first = newest.sequence.wrapping_sub(20);
+    player.request_resend(newest.ssrc, first, 5).await.unwrap();
+    let resent = server
+        .eventually(WAIT, || async { video.repeated() >= before + 5 })
+        .await;
+    assert!(resent, "{} of 5 sent again", video.repeated() - before);
+    player
+        .request_resend(newest.ssrc, newest.sequence.wrapping_add(5000), 1)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(video.repeated() - before, 5, "only what was asked and sent");
+
+    assert!(
+        server
+            .eventually(WAIT, || async { video.reports().len() >= 2 })
+            .await,
+        "no sender reports"
+    );
+    let reports = video.reports();
+    let (report, newest) = reports.last().cloned().unwrap();
+    let newest = newest.expect("video before its report");
+    assert_eq!(report.ssrc, newest.ssrc);
+    // Within 100 ms (9 000 ticks at 90 kHz) of the newest frame at 30 frames a second.
+    let apart = report.rtp_time.wrapping_sub(newest.timestamp) as i32;
+    assert!(
+        apart.abs() < 9_000,
+        "RTP time {apart} ticks from the media's"
+    );
+    let received = player.counters.video_packets.load(Ordering::Relaxed);
+    assert!(
+        report.packet_count > 0 && u64::from(report.packet_count) <= received,
+        "report counts {} packets, the player has {received}",
+        report.packet_count
+    );
+    // The NTP times of two reports a second apart are about a second apart.
+    let (earlier, _) = &reports[reports.len() - 2];
+    let seconds = (report.ntp_time - earlier.ntp_time) as f64 / 2f64.powi(32);
+    assert!((0.8..1.5).contains(&seconds), "reports {seconds} s apart");
     publisher.hang_up().await.unwrap();
     nothing_left(&server).await;
 }

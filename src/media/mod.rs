@@ -17,6 +17,7 @@ mod rtc_drive;
 mod rtc_player;
 mod sansio_play;
 pub mod sdpfrag;
+mod sender_rtcp;
 mod session;
 mod supervise;
 

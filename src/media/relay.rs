@@ -23,6 +23,9 @@ const RING_CAPACITY: usize = 512;
 const FLUSH_EVERY: u64 = 32;
 /// Key frame requests to a publisher are spaced at least this far apart.
 const KEYFRAME_MIN_INTERVAL_MS: u64 = 300;
+/// The publisher's newest packets kept by sequence number for players' NACKs (a power of
+/// two): the packets the ring holds anyway, so they cost no memory of their own.
+const RECENT: usize = RING_CAPACITY;
 
 /// A one-way stop flag whose wait is an atomic load and a waker registration, cheap to
 /// poll once per packet.
@@ -137,6 +140,9 @@ pub struct RelayTrack {
     ledger: Weak<RelayLedger>,
     /// Cancelled when the publisher's pump ends: every player's feed of it ends then too.
     ended: CancellationToken,
+    /// The newest packets at `sequence % RECENT`: what a sans-I/O player's NACK is answered
+    /// from, one history for all the track's players.
+    recent: Mutex<Box<[Option<Arc<Packet>>]>>,
 }
 
 impl Drop for RelayTrack {
@@ -167,6 +173,7 @@ impl RelayTrack {
             stats: RelayStats::default(),
             ledger: Arc::downgrade(ledger),
             ended: CancellationToken::new(),
+            recent: Mutex::new(vec![None; RECENT].into_boxed_slice()),
         });
         ledger.enrol(&track);
         track
@@ -186,10 +193,23 @@ impl RelayTrack {
         self.ended.clone().cancelled_owned()
     }
 
-    /// Sends `packet` to every subscriber, as the publisher's pump does.
-    #[cfg(test)]
-    pub fn publish(&self, packet: Packet) {
-        let _ = self.packets.send(Arc::new(packet));
+    /// Sends `packet` to every subscriber and keeps it for NACKs, as the publisher's pump does.
+    pub(super) fn publish(&self, packet: Packet) {
+        let packet = Arc::new(packet);
+        let slot = usize::from(packet.header.sequence_number) % RECENT;
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())[slot] = Some(packet.clone());
+        // No receiver is not an error: nobody is playing yet.
+        let _ = self.packets.send(packet);
+    }
+
+    /// The publisher's packet numbered `sequence`, if it is among the newest `RECENT`.
+    pub(super) fn recent(&self, sequence: u16) -> Option<Arc<Packet>> {
+        let slot = usize::from(sequence) % RECENT;
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent[slot]
+            .as_ref()
+            .filter(|p| p.header.sequence_number == sequence)
+            .cloned()
     }
 
     #[cfg(test)]
@@ -257,8 +277,7 @@ impl RelayTrack {
             self.stats
                 .received_bytes
                 .fetch_add(packet.payload.len() as u64, Ordering::Relaxed);
-            // No receiver is not an error: nobody is playing yet.
-            let _ = self.packets.send(Arc::new(packet));
+            self.publish(packet);
         }
     }
 
@@ -380,5 +399,38 @@ mod loss_tests {
         assert_eq!(lost_between(65534, 1), 2, "across the wrap");
         assert_eq!(lost_between(10, 9), 0, "late");
         assert_eq!(lost_between(10, 10), 0, "repeat");
+    }
+}
+
+#[cfg(test)]
+mod recent_tests {
+    use super::*;
+
+    #[test]
+    fn a_nack_finds_the_newest_packets_by_sequence_number_and_no_older_one() {
+        let ledger = Arc::default();
+        let relay = RelayTrack::new(
+            MediaKind::Video,
+            Default::default(),
+            1,
+            Default::default(),
+            &ledger,
+        );
+        // Across the sequence number's wrap, and more than the history holds.
+        let first = 65_000u16;
+        let count = RECENT as u16 + 100;
+        for i in 0..count {
+            let mut packet = Packet::default();
+            packet.header.sequence_number = first.wrapping_add(i);
+            relay.publish(packet);
+        }
+        let newest = first.wrapping_add(count - 1);
+        for back in [0u16, 1, RECENT as u16 - 1] {
+            let sequence = newest.wrapping_sub(back);
+            let found = relay.recent(sequence).map(|p| p.header.sequence_number);
+            assert_eq!(found, Some(sequence), "{back} back from the newest");
+        }
+        assert!(relay.recent(first).is_none(), "overwritten by a newer one");
+        assert!(relay.recent(newest.wrapping_add(1)).is_none(), "never sent");
     }
 }

@@ -2,7 +2,9 @@
 //! its tracks' fan-out shards (`fanout`) share. The shards write the publisher's packets into
 //! it; the player's task handles everything else — datagrams in from the mux socket
 //! (`divert`), the engine's timers, the connection state, the player's RTCP (PLI/FIR asks the
-//! publisher for a key frame, BYE ends the session) — and closes the connection at the end.
+//! publisher for a key frame, a NACK has the relay's copies of the packets sent again, BYE
+//! ends the session), the sender reports (`sender_rtcp`) — and closes the connection at the
+//! end.
 //! `PATCH` reaches its ICE through `PlayerIce`: trickled candidates and ICE restarts, whose
 //! new ufrag routes the player's datagrams too.
 
@@ -20,7 +22,9 @@ use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::rtcp::goodbye::Goodbye;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::sansio::Protocol;
+use rtc::shared::time::SystemInstant;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::mpsc;
 use webrtc::rtp::packet::Packet;
@@ -33,6 +37,7 @@ use super::ice::SansioIce;
 use super::relay::RelayTrack;
 use super::rtc_player::Running;
 use super::sdpfrag;
+use super::sender_rtcp::{self, REPORT_INTERVAL, SentTrack};
 use crate::registry::{MediaKind, Status, StopHandle, StopReason};
 
 /// The longest the player's task sleeps without looking at the engine's next deadline: the
@@ -56,6 +61,48 @@ struct Engine {
     connected: bool,
     /// Per feed: packets and payload bytes forwarded, not yet added to the relay's counters.
     counts: Vec<(u64, u64)>,
+    /// Per feed: what its sender reports say.
+    sent: Vec<SentTrack>,
+    /// When the next sender reports go out.
+    next_report: Instant,
+    /// The wall clock the reports' NTP times are read from.
+    clock: SystemInstant,
+}
+
+impl Engine {
+    /// Writes one of the publisher's packets to `feed`, its datagrams into `out`; whether
+    /// the engine took it (it does once its SRTP is keyed).
+    fn write_rtp(
+        &mut self,
+        feed: &Feed,
+        packet: &Packet,
+        now: Instant,
+        out: &mut Datagrams,
+    ) -> bool {
+        let header = rtc::rtp::header::Header {
+            version: 2,
+            marker: packet.header.marker,
+            payload_type: feed.payload_type,
+            sequence_number: packet.header.sequence_number,
+            timestamp: packet.header.timestamp,
+            ssrc: feed.ssrc,
+            ..Default::default()
+        };
+        let payload: Bytes = packet.payload.clone();
+        let written = self.pc.handle_write(TaggedRTCMessage {
+            now,
+            // The engine routes RTP by SSRC; the track id is not read (and an empty
+            // `String` costs no allocation).
+            message: RTCMessage::RtpPacket(
+                String::new(),
+                rtc::rtp::packet::Packet { header, payload },
+            ),
+        });
+        while let Some(datagram) = self.pc.poll_write() {
+            out.push((datagram.message, datagram.transport.peer_addr));
+        }
+        written.is_ok()
+    }
 }
 
 /// A player's engine and feeds, shared by its task and its shards.
@@ -71,6 +118,9 @@ impl Player {
                 pc,
                 connected: false,
                 counts: vec![(0, 0); feeds.len()],
+                sent: vec![SentTrack::default(); feeds.len()],
+                next_report: Instant::now() + REPORT_INTERVAL,
+                clock: SystemInstant::now(Instant::now()),
             }),
             feeds,
         })
@@ -109,29 +159,10 @@ impl Member for FeedOf {
         let now = Instant::now();
         let (mut forwarded, mut bytes) = (0, 0);
         for packet in packets {
-            let header = rtc::rtp::header::Header {
-                version: 2,
-                marker: packet.header.marker,
-                payload_type: feed.payload_type,
-                sequence_number: packet.header.sequence_number,
-                timestamp: packet.header.timestamp,
-                ssrc: feed.ssrc,
-                ..Default::default()
-            };
-            let payload: Bytes = packet.payload.clone();
-            let written = engine.pc.handle_write(TaggedRTCMessage {
-                now,
-                // The engine routes RTP by SSRC; the track id is not read (and an empty
-                // `String` costs no allocation).
-                message: RTCMessage::RtpPacket(
-                    String::new(),
-                    rtc::rtp::packet::Packet { header, payload },
-                ),
-            });
-            while let Some(datagram) = engine.pc.poll_write() {
-                out.push((datagram.message, datagram.transport.peer_addr));
-            }
-            if written.is_ok() {
+            if engine.write_rtp(feed, packet, now, out) {
+                // A packet sent again for a NACK is not counted: it would move the reports'
+                // newest frame back.
+                engine.sent[self.index].on_sent(now, packet.header.timestamp, packet.payload.len());
                 forwarded += 1;
                 bytes += packet.payload.len() as u64;
             }
@@ -331,12 +362,13 @@ fn act(player: &Player, run: &Running, found: &Found) {
 }
 
 impl Player {
-    /// Sends what the engine has to send and reads its events, its received RTCP and its
-    /// next deadline, under the lock once.
+    /// Reads the engine's events and received RTCP, answers NACKs, writes the sender
+    /// reports when due, sends what the engine has to send and reads its next deadline,
+    /// under the lock once.
     fn serve(&self, id: uuid::Uuid, output: &Output) -> Found {
         let mut found = Found::default();
         let mut engine = self.lock();
-        flush(&mut engine, output);
+        let mut nacked = Vec::new();
         while let Some(event) = engine.pc.poll_event() {
             let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event else {
                 continue;
@@ -363,11 +395,63 @@ impl Player {
                     found.keyframe = true;
                 } else if any.is::<Goodbye>() {
                     found.bye = true;
+                } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+                    nacked.push((nack.media_ssrc, sender_rtcp::nacked(nack)));
                 }
             }
         }
-        found.deadline = engine.pc.poll_timeout();
+        let now = Instant::now();
+        let mut out = Datagrams::new();
+        for (ssrc, sequences) in nacked {
+            self.resend(&mut engine, ssrc, &sequences, now, &mut out);
+        }
+        output.send_many(&mut out);
+        if engine.connected && now >= engine.next_report {
+            self.report(&mut engine, now);
+            engine.next_report = now + REPORT_INTERVAL;
+        }
+        flush(&mut engine, output);
+        found.deadline = Some(
+            engine
+                .pc
+                .poll_timeout()
+                .map_or(engine.next_report, |d| d.min(engine.next_report)),
+        );
         found
+    }
+
+    /// Sends again what a NACK of track `ssrc` asks for, as far as the relay still has it.
+    fn resend(
+        &self,
+        engine: &mut Engine,
+        ssrc: u32,
+        sequences: &[u16],
+        now: Instant,
+        out: &mut Datagrams,
+    ) {
+        let Some(feed) = self.feeds.iter().find(|f| f.ssrc == ssrc) else {
+            return;
+        };
+        for &sequence in sequences {
+            if let Some(packet) = feed.relay.recent(sequence) {
+                engine.write_rtp(feed, &packet, now, out);
+            }
+        }
+    }
+
+    /// Writes each track's sender report (those that have sent anything).
+    fn report(&self, engine: &mut Engine, now: Instant) {
+        for (index, feed) in self.feeds.iter().enumerate() {
+            let clock_rate = feed.relay.codec.clock_rate;
+            let Some(report) = engine.sent[index].report(feed.ssrc, clock_rate, now, &engine.clock)
+            else {
+                continue;
+            };
+            let _ = engine.pc.handle_write(TaggedRTCMessage {
+                now,
+                message: RTCMessage::RtcpPacket(feed.track_id.clone(), vec![Box::new(report)]),
+            });
+        }
     }
 
     fn read(&self, local: SocketAddr, message: BytesMut, from: SocketAddr, now: Instant) {

@@ -1,6 +1,7 @@
 //! Players on the sans-I/O `rtc` engine (`media_rtc_players`): negotiation of a WHEP
 //! player's offer into an engine of its own (an ICE-lite answer on the mux socket's
-//! candidates, only the interceptors a sending peer uses), then its start: the player's task
+//! candidates, one interceptor that passes the player's RTCP up: its NACKs and sender reports are
+//! `sender_rtcp`'s), then its start: the player's task
 //! (`rtc_drive`) and its place in each track's fan-out shards (`fanout`). No async layer, no
 //! per-packet task hop: a forwarded packet is a header rewrite, the engine's SRTP and a push
 //! into the lanes' queue (`batch_udp::Output`).
@@ -9,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rtc::interceptor::{NackResponderBuilder, Registry as Interceptors, SenderReportBuilder, Slot};
+use rtc::interceptor::{Registry as Interceptors, Slot};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
@@ -34,6 +35,7 @@ use super::fanout::Fanouts;
 use super::relay::RelayTrack;
 use super::rtc_drive::{self, Feed, Player, PlayerIce};
 use super::sdpfrag;
+use super::sender_rtcp;
 use super::session::SessionControl;
 use crate::config::Settings;
 use crate::registry::{MediaKind, Registry};
@@ -82,15 +84,13 @@ fn engine_error(e: impl std::fmt::Display) -> MediaError {
     MediaError::Internal(format!("rtc engine: {e}"))
 }
 
-/// The NACK responder keeps this many sent packets per stream (a power of two), as the
-/// webrtc-rs players do (`engine::NACK_HISTORY_LOG2`): over 3 s of a 1.5 Mbit/s stream.
-const NACK_HISTORY: u16 = 512;
-
-/// What a peer that only sends needs: the NACK responder (with `nack` and `nack pli`
-/// announced for video) and sender reports. The engine's defaults also build a NACK
-/// generator and receiver reports, which look at received RTP only: a player receives none,
-/// yet every packet it is sent walks through both (about 5 % of a relay's CPU at 200 players).
-fn sender_interceptors(media: &mut MediaEngine) -> Interceptors {
+/// `nack` and `nack pli` announced for video, and one interceptor: the one that passes the
+/// RTCP the player's task acts on up to it. The engine's defaults (a NACK generator and
+/// receiver reports) look at received RTP only, which a player gets none of, and a sending
+/// peer's two (the NACK responder and sender reports) are done in `sender_rtcp` from the
+/// relay's one history per track — every packet walked through their queues cost a relay
+/// about a tenth of its CPU at 200 players.
+fn sender_feedback(media: &mut MediaEngine) -> Interceptors {
     for parameter in ["", "pli"] {
         media.register_feedback(
             RTCPFeedback {
@@ -100,12 +100,8 @@ fn sender_interceptors(media: &mut MediaEngine) -> Interceptors {
             RtpCodecKind::Video,
         );
     }
-    Interceptors::new()
-        .with(
-            Slot::NackResponder,
-            NackResponderBuilder::new().with_size(NACK_HISTORY).build(),
-        )
-        .with(Slot::SenderReport, SenderReportBuilder::new().build())
+    // Application-most: it sees the RTCP after any interceptor of the engine's own.
+    Interceptors::new().with(Slot::Custom(20_000), sender_rtcp::ToPlayerTask::default())
 }
 
 /// Answers `offer` with a track per `(relay, codec)`: an ICE-lite answer whose candidates
@@ -119,7 +115,7 @@ pub fn prepare(
 ) -> Result<Prepared, MediaError> {
     let mut media = MediaEngine::default();
     media.register_default_codecs().map_err(engine_error)?;
-    let interceptors = sender_interceptors(&mut media);
+    let interceptors = sender_feedback(&mut media);
     let setting = SettingEngineBuilder::new()
         .with_lite(true)
         // The client's ClientHello starts DTLS as soon as its ICE has a pair; as the DTLS
