@@ -8,7 +8,9 @@
 //! Output runs in lanes, one per core: a destination always takes the same lane (its
 //! datagrams stay in order and group into GSO runs), and each lane has its own queue and
 //! flusher, so writers on different cores seldom meet on one lock and sending is not one
-//! task's work.
+//! task's work. A sans-I/O player's fan-out (`Output::send_many`) skips the lanes when they
+//! are empty: it sends its burst from its own thread in the same GSO runs and batches, and
+//! queues only what the socket would not take at once.
 //!
 //! Queueing is what UDP would do anyway: `send_to` never waits for the wire, and a lane's
 //! queue past `MAX_QUEUED` datagrams (a socket that cannot keep up) drops the newest, counted.
@@ -16,7 +18,7 @@
 use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::BytesMut;
@@ -30,6 +32,9 @@ use webrtc::util::Conn;
 
 use super::divert::Divert;
 use super::gso;
+
+mod output;
+pub use output::Output;
 
 /// Datagrams per `sendmmsg` call.
 const BATCH: usize = 64;
@@ -86,6 +91,11 @@ struct Shared {
     dropped: AtomicU64,
     sent: AtomicU64,
     gso_messages: AtomicU64,
+    /// Datagrams in the lanes not yet sent: while there are any, a fan-out queues behind them
+    /// rather than sending at once, so that no destination's datagrams overtake its own.
+    queued: AtomicUsize,
+    /// Off once the kernel or the device has refused segmentation offload.
+    gso: AtomicBool,
 }
 
 /// The lane of a destination, the same for every datagram to it.
@@ -111,26 +121,6 @@ pub struct BatchedUdp {
     divert: Arc<Divert>,
 }
 
-/// A handle that queues datagrams on a [`BatchedUdp`]'s lanes, for the sans-I/O players.
-#[derive(Clone)]
-pub struct Output {
-    shared: Arc<Shared>,
-}
-
-impl Output {
-    pub fn send(&self, buf: &[u8], target: SocketAddr) {
-        self.shared.enqueue(buf, target);
-    }
-
-    /// Queues every datagram of `datagrams` (a packet fanned out to many players), taking
-    /// each lane's lock once for all of them; `datagrams` is left empty. They are copied into
-    /// the lane's spare buffers: handing the engine's own buffers to the flusher measured
-    /// slower (each is then freed on another thread).
-    pub fn send_many(&self, datagrams: &mut Vec<(BytesMut, SocketAddr)>) {
-        self.shared.enqueue_many(datagrams);
-    }
-}
-
 impl BatchedUdp {
     /// One lane per core the process may use, at most `MAX_LANES`.
     pub fn new(socket: UdpSocket) -> Self {
@@ -145,6 +135,8 @@ impl BatchedUdp {
             dropped: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             gso_messages: AtomicU64::new(0),
+            queued: AtomicUsize::new(0),
+            gso: AtomicBool::new(true),
         });
         let flushers = (0..shared.lanes.len())
             .map(|lane| tokio::spawn(flush(socket.clone(), shared.clone(), lane)).abort_handle())
@@ -161,6 +153,7 @@ impl BatchedUdp {
     pub fn player_io(&self) -> (Output, Arc<Divert>) {
         let output = Output {
             shared: self.shared.clone(),
+            socket: self.socket.clone(),
         };
         (output, self.divert.clone())
     }
@@ -206,7 +199,6 @@ impl Drop for BatchedUdp {
 async fn flush(socket: Arc<UdpSocket>, shared: Arc<Shared>, lane: usize) {
     let mut sending: Vec<(Vec<u8>, SocketAddr)> = Vec::new();
     let mut plan = Plan::default();
-    let mut gso = true;
     let lane = &shared.lanes[lane];
     loop {
         {
@@ -237,7 +229,7 @@ async fn flush(socket: Arc<UdpSocket>, shared: Arc<Shared>, lane: usize) {
         plan.singles.clear();
         for run in &plan.runs {
             let members = &plan.order[run.range.clone()];
-            if gso && run.len() > 1 {
+            if run.len() > 1 && shared.gso.load(Ordering::Relaxed) {
                 let sent = send_with(&socket, || {
                     send_gso(
                         socket.as_raw_fd(),
@@ -255,16 +247,7 @@ async fn flush(socket: Arc<UdpSocket>, shared: Arc<Shared>, lane: usize) {
                         shared.gso_messages.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    Some(Err(e)) => {
-                        // No segmentation offload here (an old kernel, a device without
-                        // it): these and all later datagrams go one by one. Any other error
-                        // is this destination's (its datagrams are refused one by one below
-                        // and counted), and the others keep GSO.
-                        if refuses_gso(&e) {
-                            tracing::info!(error = %e, "UDP GSO refused; batching without it");
-                            gso = false;
-                        }
-                    }
+                    Some(Err(e)) => shared.gso_refused(&e),
                 }
             }
             plan.singles.extend_from_slice(members);
@@ -288,6 +271,7 @@ async fn flush(socket: Arc<UdpSocket>, shared: Arc<Shared>, lane: usize) {
                 }
             }
         }
+        shared.queued.fetch_sub(sending.len(), Ordering::Release);
         let mut queue = lane.lock();
         for (datagram, _) in sending.drain(..) {
             if queue.spare.len() < MAX_SPARE {
@@ -298,6 +282,15 @@ async fn flush(socket: Arc<UdpSocket>, shared: Arc<Shared>, lane: usize) {
 }
 
 impl Shared {
+    /// A GSO send failed. No segmentation offload here (an old kernel, a device without it):
+    /// these and all later datagrams go one by one. Any other error is this destination's
+    /// (its datagrams are refused one by one and counted), and the others keep GSO.
+    fn gso_refused(&self, error: &std::io::Error) {
+        if refuses_gso(error) && self.gso.swap(false, Ordering::Relaxed) {
+            tracing::info!(%error, "UDP GSO refused; batching without it");
+        }
+    }
+
     fn enqueue(&self, buf: &[u8], target: SocketAddr) {
         let lane = &self.lanes[lane_of(&target, self.lanes.len())];
         let was_empty = {
@@ -306,6 +299,7 @@ impl Shared {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 return;
             }
+            self.queued.fetch_add(1, Ordering::AcqRel);
             queue.pending.len() == 1
         };
         if was_empty {
@@ -328,7 +322,9 @@ impl Shared {
                         continue;
                     }
                     left -= 1;
-                    if !queue.push_copy(buf, *target) {
+                    if queue.push_copy(buf, *target) {
+                        self.queued.fetch_add(1, Ordering::AcqRel);
+                    } else {
                         self.dropped.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -362,6 +358,8 @@ struct Plan {
     runs: Vec<gso::Run>,
     /// Indices of the datagrams that leave alone: runs of one, and runs GSO could not send.
     singles: Vec<usize>,
+    /// Indices of the datagrams a fan-out could not send at once, for the lanes.
+    left: Vec<usize>,
 }
 
 /// Whether a GSO send failed because the kernel or the device cannot segment (as
@@ -391,14 +389,17 @@ async fn send_with(
 
 /// One `sendmsg` of the datagrams `members` of `batch` to `target` as one message that the
 /// kernel cuts into `segment`-byte datagrams (`UDP_SEGMENT`).
-fn send_gso(
+fn send_gso<D: AsRef<[u8]>>(
     fd: std::os::fd::RawFd,
-    batch: &[(Vec<u8>, SocketAddr)],
+    batch: &[(D, SocketAddr)],
     members: &[usize],
     segment: usize,
     target: SocketAddr,
 ) -> std::io::Result<usize> {
-    let slices: Vec<IoSlice<'_>> = members.iter().map(|&i| IoSlice::new(&batch[i].0)).collect();
+    let slices: Vec<IoSlice<'_>> = members
+        .iter()
+        .map(|&i| IoSlice::new(batch[i].0.as_ref()))
+        .collect();
     let segment = u16::try_from(segment).map_err(|_| std::io::ErrorKind::InvalidInput)?;
     let control = [ControlMessage::UdpGsoSegments(&segment)];
     sendmsg(
@@ -414,14 +415,16 @@ fn send_gso(
 /// One `sendmmsg` of the datagrams `chunk` of `batch`; how many the kernel took. Its
 /// headers are made per call (nix's are not `Send`, so they cannot live in the task across
 /// an `.await`): a few small allocations per batch, none per datagram.
-fn send_batch(
+fn send_batch<D: AsRef<[u8]>>(
     fd: std::os::fd::RawFd,
-    batch: &[(Vec<u8>, SocketAddr)],
+    batch: &[(D, SocketAddr)],
     chunk: &[usize],
 ) -> std::io::Result<usize> {
     let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(chunk.len(), None);
-    let slices: Vec<[IoSlice<'_>; 1]> =
-        chunk.iter().map(|&i| [IoSlice::new(&batch[i].0)]).collect();
+    let slices: Vec<[IoSlice<'_>; 1]> = chunk
+        .iter()
+        .map(|&i| [IoSlice::new(batch[i].0.as_ref())])
+        .collect();
     let addresses: Vec<Option<SockaddrStorage>> = chunk
         .iter()
         .map(|&i| Some(SockaddrStorage::from(batch[i].1)))

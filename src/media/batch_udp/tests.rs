@@ -168,3 +168,68 @@ async fn a_refused_datagram_does_not_stall_the_rest() {
     assert_eq!(&buf[..read], b"kept");
     assert_eq!(sender.counts().2, 1);
 }
+
+/// A fan-out's burst (`Output::send_many`) leaves from the caller's thread when the lanes
+/// hold nothing — a frame to one player as one GSO message, the others in one `sendmmsg` —
+/// and is queued behind what the lanes hold otherwise, each destination's order kept. This
+/// test's runtime has one thread: no flusher runs until it awaits.
+#[tokio::test]
+async fn a_burst_leaves_at_once_unless_the_lanes_hold_datagrams() {
+    let sender = BatchedUdp::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    // Plain sockets read without the runtime: they see what has arrived, polled or not.
+    let plain = || {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_nonblocking(true).unwrap();
+        socket
+    };
+    let (receiver, other) = (plain(), plain());
+    let target = receiver.local_addr().unwrap();
+    // The runtime learns that a new socket is writable when it first polls it.
+    sender.socket.writable().await.unwrap();
+    let (output, _) = sender.player_io();
+    let datagram = |tag: u8, size: usize| (BytesMut::from(&vec![tag; size][..]), target);
+    let mut burst = vec![
+        datagram(1, 1200),
+        (BytesMut::from(&[9u8; 500][..]), other.local_addr().unwrap()),
+        datagram(2, 1200),
+        datagram(3, 700),
+    ];
+    output.send_many(&mut burst);
+    assert!(burst.is_empty());
+    let mut buf = [0u8; 2048];
+    // There already, with no await in between: sent by `send_many` itself.
+    for (tag, size) in [(1u8, 1200usize), (2, 1200), (3, 700)] {
+        let read = receiver.recv(&mut buf).expect("sent at once");
+        assert_eq!((read, buf[0]), (size, tag));
+    }
+    assert_eq!(other.recv(&mut buf).expect("sent at once"), 500);
+    assert_eq!(
+        sender.counts(),
+        (4, 2, 0),
+        "one GSO message and one sendmmsg"
+    );
+
+    // A datagram waits in a lane: the next burst queues behind it.
+    sender.send_to(&[4u8; 100], target).await.unwrap();
+    let mut burst = vec![datagram(5, 1200)];
+    output.send_many(&mut burst);
+    assert!(burst.is_empty());
+    assert!(
+        receiver.recv(&mut buf).is_err(),
+        "not sent ahead of the lane"
+    );
+    let mut order = Vec::new();
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        while let Ok(read) = receiver.recv(&mut buf) {
+            order.push((buf[0], read));
+        }
+        if order.len() >= 2 {
+            break;
+        }
+    }
+    assert_eq!(order, [(4, 100), (5, 1200)], "in the order they came");
+    // The lane has sent: bursts leave at once again.
+    output.send_many(&mut vec![datagram(6, 300)]);
+    assert_eq!(receiver.recv(&mut buf).expect("sent at once"), 300);
+}
