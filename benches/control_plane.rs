@@ -136,7 +136,7 @@ async fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(
         dir.path().join("server.properties"),
-        "ice_loopback_only=true\nmedia_port_from=0\nmedia_port_to=0\nrest_api_https_port=0\n",
+        "ice_loopback_only=true\nmedia_udp_mux_port=0\nmedia_port_from=0\nmedia_port_to=0\nrest_api_https_port=0\n",
     )
     .expect("properties");
     let run = |streams: usize| {

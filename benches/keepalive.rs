@@ -51,7 +51,7 @@ async fn run(
     std::fs::write(
         dir.path().join("server.properties"),
         format!(
-            "ice_loopback_only=true\nmedia_port_from=0\nmedia_port_to=0\nkeep_alive_streaming_sessions_enabled=false\n\
+            "ice_loopback_only=true\nmedia_udp_mux_port=0\nmedia_port_from=0\nmedia_port_to=0\nkeep_alive_streaming_sessions_enabled=false\n\
              streaming_sessions_keep_alive_interval={interval_ms}\nstreaming_sessions_keep_alive_app_keys={}\n\
              rest_hook_max_in_flight=256\nrest_hook_timeout=5000\n",
             keys.join(",")

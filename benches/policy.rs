@@ -47,7 +47,7 @@ async fn main() {
     .expect("apps");
     std::fs::write(
         dir.path().join("server.properties"),
-        "ice_loopback_only=true\nmedia_port_from=0\nmedia_port_to=0\n",
+        "ice_loopback_only=true\nmedia_udp_mux_port=0\nmedia_port_from=0\nmedia_port_to=0\n",
     )
     .expect("props");
     let server = sluice::start(sluice::ServerOptions {
@@ -133,6 +133,7 @@ async fn main() {
     std::fs::write(
         dir.path().join("server.properties"),
         "ice_loopback_only=true
+media_udp_mux_port=0
 media_port_from=0
 media_port_to=0
 keep_alive_streaming_sessions_enabled=true

@@ -20,7 +20,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn properties(interval: u64) -> String {
     format!(
-        "ice_loopback_only=true\nmedia_port_from=0\nmedia_port_to=0\nstreaming_sessions_keep_alive_interval={interval}\n"
+        "ice_loopback_only=true\nmedia_udp_mux_port=0\nmedia_port_from=0\nmedia_port_to=0\nstreaming_sessions_keep_alive_interval={interval}\n"
     )
 }
 

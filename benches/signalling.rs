@@ -28,7 +28,7 @@ async fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(
         dir.path().join("server.properties"),
-        "ice_loopback_only=true\nmedia_port_from=0\nmedia_port_to=0\noffer_rate_per_address=0\n",
+        "ice_loopback_only=true\nmedia_udp_mux_port=0\nmedia_port_from=0\nmedia_port_to=0\noffer_rate_per_address=0\n",
     )
     .expect("properties");
     let loopback = || Some("127.0.0.1:0".parse().expect("addr"));

@@ -195,7 +195,7 @@ async fn main() -> anyhow::Result<()> {
         .parse()?;
     let settings = sluice::config::Settings::parse(
         std::path::Path::new("baseline.properties"),
-        "ice_loopback_only=true\nmedia_port_from=0\nmedia_port_to=0\n",
+        "ice_loopback_only=true\nmedia_udp_mux_port=\nmedia_port_from=0\nmedia_port_to=0\n",
     )?;
     let engine = sluice::media::engine::build(&settings).await?;
     let relay = Relay {

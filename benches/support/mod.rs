@@ -88,7 +88,7 @@ pub async fn in_process_server(extra: &str) -> (sluice::RunningServer, tempfile:
     let dir = tempfile::tempdir().expect("dir");
     std::fs::write(
         dir.path().join("server.properties"),
-        format!("ice_loopback_only=true\nmedia_port_from=0\nmedia_port_to=0\nrest_api_https_port=0\n{extra}"),
+        format!("ice_loopback_only=true\nmedia_udp_mux_port=0\nmedia_port_from=0\nmedia_port_to=0\nrest_api_https_port=0\n{extra}"),
     )
     .expect("properties");
     let server = sluice::start(sluice::ServerOptions {

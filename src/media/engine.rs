@@ -152,8 +152,8 @@ pub async fn build(settings: &Settings) -> Result<Engine, MediaError> {
         .with_setting_engine(s)
         .build();
     if settings.media_rtc_players && player_io.is_none() {
-        tracing::warn!(
-            "media_rtc_players needs media_udp_mux_port and media_udp_batch; players run on webrtc-rs"
+        tracing::info!(
+            "players run on webrtc-rs 0.17: the rtc engine (media_rtc_players) needs media_udp_mux_port and media_udp_batch"
         );
     }
     Ok(Engine {

@@ -27,8 +27,12 @@ pub const QUIET_LOG: &str = "warn,webrtc=error,webrtc_ice=error,webrtc_srtp=erro
 
 /// Settings every test server gets: media and ICE on loopback only, OS-chosen ports, and no
 /// offer rate per address (every test client is 127.0.0.1; `tests/races.rs` sets one).
-pub const LOOPBACK: &str =
-    "ice_loopback_only=true\nmedia_port_from=0\nmedia_port_to=0\noffer_rate_per_address=0\n";
+pub const LOOPBACK: &str = "ice_loopback_only=true\nmedia_udp_mux_port=0\nmedia_port_from=0\nmedia_port_to=0\noffer_rate_per_address=0\n";
+
+/// What a server started with exactly its own properties gets first when they do not name
+/// the media socket: an OS-chosen port, not the default one, which servers side by side
+/// would contend for.
+const OWN_MEDIA_PORT: &str = "media_udp_mux_port=0\n";
 
 impl TestServer {
     /// Starts a server whose `server.properties` is `LOOPBACK` plus `extra`.
@@ -56,11 +60,16 @@ impl TestServer {
     fn spawn(properties: &str, apps: Option<&str>, log: Option<(&str, &[&str])>) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         // `SLUICE_TEST_PROPERTIES` is added to every test server's properties (later lines
-        // win), to run a suite on another setup: e.g. `media_udp_mux_port=0` and
-        // `media_rtc_players=true` run its players on the sans-I/O engine.
+        // win), to run a suite on another setup: e.g. `media_rtc_players=false` runs its
+        // players on webrtc-rs 0.17, `media_udp_mux_port=` gives every session a socket.
+        let properties = if properties.contains("media_udp_mux_port") {
+            properties.to_owned()
+        } else {
+            format!("{OWN_MEDIA_PORT}{properties}")
+        };
         let properties = match std::env::var("SLUICE_TEST_PROPERTIES") {
             Ok(more) => format!("{properties}\n{more}\n"),
-            Err(_) => properties.to_owned(),
+            Err(_) => properties,
         };
         std::fs::write(dir.path().join("server.properties"), properties).expect("write properties");
         if let Some(apps) = apps {
@@ -312,6 +321,12 @@ impl InProcessServer {
     }
 
     pub async fn start_in(dir: tempfile::TempDir) -> InProcessServer {
+        let file = dir.path().join("server.properties");
+        if let Ok(properties) = std::fs::read_to_string(&file)
+            && !properties.contains("media_udp_mux_port")
+        {
+            std::fs::write(&file, format!("{OWN_MEDIA_PORT}{properties}")).expect("properties");
+        }
         let server = sluice::start(sluice::ServerOptions {
             config_dir: Some(dir.path().to_path_buf()),
             http_listen: Some("127.0.0.1:0".parse().unwrap()),

@@ -64,15 +64,15 @@ declare_settings! {
     ice_servers: Vec<IceServer> = Vec::new(), IceServers, Hot,
         "STUN/TURN servers offered to WHIP/WHEP clients as `Link: rel=\"ice-server\"` (RFC 9725 §4.6), a comma list: `stun:host:port`, `turn://user:secret@host:port?transport=udp`; the server itself never contacts them";
     media_port_from: u16 = 31001, Port, Restart,
-        "first UDP port for media, one socket per session; `0` with `media_port_to=0` lets the OS choose";
+        "first UDP port for media with `media_udp_mux_port` empty, one socket per session; `0` with `media_port_to=0` lets the OS choose";
     media_port_to: u16 = 32000, Port, Restart,
-        "last UDP port for media";
-    media_udp_mux_port: Option<u16> = None, Optional(Port), Restart,
-        "when set, all media on this one UDP port (`0` lets the OS choose) instead of a port per session";
+        "last UDP port for media with `media_udp_mux_port` empty";
+    media_udp_mux_port: Option<u16> = Some(31001), Optional(Port), Restart,
+        "all media on this one UDP port (`0` lets the OS choose); empty for a port per session from `media_port_from..=media_port_to` instead. The default is that range's first port, so a firewall open for the range lets it through";
     media_udp_batch: bool = true, Flag, Restart,
         "with `media_udp_mux_port`, send the one socket's datagrams in batches instead of one system call each: the packets to one player that follow one another as one UDP GSO message, the rest by `sendmmsg`, up to 64 a call (0.88x the relay's CPU per packet at 200 players, BENCHMARKS.md)";
-    media_rtc_players: bool = false, Flag, Restart,
-        "with `media_udp_mux_port` and `media_udp_batch`, players (WHEP and WCS) run on the sans-I/O `rtc` 0.21 engine (ICE-lite), fed by a shard task per core per track rather than a task per player, instead of webrtc-rs 0.17; publishers stay on 0.17; such a player's session resource takes `PATCH` (trickle and ICE restart) as the others do. Cheaper per packet and per player than 0.17 at 200 players (BENCHMARKS.md)";
+    media_rtc_players: bool = true, Flag, Restart,
+        "players (WHEP and WCS) run on the sans-I/O `rtc` 0.21 engine (ICE-lite), fed by a shard task per core per track rather than a task per player; `false` (or no `media_udp_mux_port`, or `media_udp_batch=false`: it needs both) runs them on webrtc-rs 0.17, as publishers are. Their session resources take `PATCH` (trickle and ICE restart) either way. About half the CPU per packet and two thirds the memory per player of 0.17 at 200 players (BENCHMARKS.md)";
     media_public_ip: Option<IpAddr> = None, Optional(Address), Restart,
         "an address announced as an extra (server-reflexive) ICE candidate, for clients beyond NAT";
     ice_include_loopback: bool = true, Flag, Restart,
@@ -242,7 +242,9 @@ impl Settings {
 
     /// The rules between keys.
     fn validate(&self, reader: &Reader) -> Result<(), ConfigError> {
-        if self.media_udp_mux_port.is_none() && self.media_port_to < self.media_port_from {
+        // Refused with the mux socket on too: the range is what `media_udp_mux_port=` falls
+        // back to, and a file that names an impossible one is wrong either way.
+        if self.media_port_to < self.media_port_from {
             return Err(reader.error(
                 "media_port_to",
                 format!(
@@ -333,12 +335,13 @@ mod tests {
 
     #[test]
     fn media_ports_mux_or_range() {
+        assert_eq!(parse("").unwrap().media_ports(), MediaPorts::Mux(31001));
         assert_eq!(
             parse("media_udp_mux_port=0").unwrap().media_ports(),
             MediaPorts::Mux(0)
         );
         assert_eq!(
-            parse("media_port_from=40000\nmedia_port_to=40100")
+            parse("media_udp_mux_port=\nmedia_port_from=40000\nmedia_port_to=40100")
                 .unwrap()
                 .media_ports(),
             MediaPorts::Range(40000, 40100)
