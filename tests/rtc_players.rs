@@ -249,6 +249,63 @@ async fn a_player_on_the_sansio_engine_trickles_and_restarts_ice() {
     nothing_left(&server).await;
 }
 
+/// A player whose client never connects costs the server nothing while it waits for it
+/// (until the connect timeout stops it): its task sleeps until its next deadline, rather
+/// than waking at every tick of the runtime's clock once a deadline has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_that_never_connects_leaves_the_server_idle() {
+    let server = TestServer::start_with(RTC_PLAYERS, None);
+    let client = Client::new().unwrap();
+    let publisher = client
+        .publish(&server.url("/whip/idle"), SyntheticMedia::default())
+        .await
+        .unwrap();
+    // The server's threads' context switches over two seconds: each wake-up of a task that
+    // finds the runtime asleep is one.
+    let pid = server.pid();
+    let switches = move || -> u64 {
+        let threads = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+        threads
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("status")).ok())
+            .flat_map(|status| {
+                let lines: Vec<u64> = status
+                    .lines()
+                    .filter(|l| l.starts_with("voluntary_ctxt_switches"))
+                    .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+                    .collect();
+                lines
+            })
+            .sum()
+    };
+    let window = || async move {
+        let before = switches();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        switches() - before
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let publishing = window().await;
+    // An offer whose peer is never told the answer: no ICE check ever comes.
+    let offer = client
+        .sample_offer()
+        .await
+        .unwrap()
+        .replace("a=sendonly", "a=recvonly");
+    let (status, body) = client
+        .post_raw(&server.url("/whep/idle"), "application/sdp", offer)
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+    // Past the first sender-report deadline (1 s), with the player still waiting.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let waiting = window().await;
+    assert!(
+        waiting < publishing + 600,
+        "{waiting} context switches in 2 s with a player waiting, {publishing} without"
+    );
+    publisher.hang_up().await.unwrap();
+    nothing_left(&server).await;
+}
+
 /// The RTCP a browser sends reaches the player's task: a key frame request is passed to the
 /// publisher, and a BYE alone (no `DELETE`, the connection open) ends the player's stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -41,8 +41,7 @@ use super::sender_rtcp::{self, REPORT_INTERVAL, SentTrack};
 use crate::registry::{MediaKind, Status, StopHandle, StopReason};
 
 /// The longest the player's task sleeps without looking at the engine's next deadline: the
-/// shards' writes can bring a deadline nearer (a new stream's first sender report) without
-/// waking the task.
+/// shards' writes can bring the engine's deadlines nearer without waking the task.
 const MAX_TIMER_WAIT: Duration = Duration::from_millis(250);
 /// Forwarded packets a feed counts before adding them to its relay's shared counters.
 const COUNT_EVERY: u64 = 32;
@@ -406,8 +405,12 @@ impl Player {
             self.resend(&mut engine, ssrc, &sequences, now, &mut out);
         }
         output.send_many(&mut out);
-        if engine.connected && now >= engine.next_report {
-            self.report(&mut engine, now);
+        // The deadline moves on whether or not there was anything to report: one left in the
+        // past would wake the task at once, again and again, until the player connects.
+        if now >= engine.next_report {
+            if engine.connected {
+                self.report(&mut engine, now);
+            }
             engine.next_report = now + REPORT_INTERVAL;
         }
         flush(&mut engine, output);
