@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::TestServer;
-use sluice_client::{Client, SyntheticMedia};
+use sluice_client::{Client, ClientSession, SyntheticMedia};
 
 const WAIT: Duration = Duration::from_secs(10);
 const RTC_PLAYERS: &str = "ice_loopback_only=true\nmedia_udp_mux_port=0\nmedia_rtc_players=true\n";
@@ -185,18 +185,7 @@ async fn sharded_players_get_a_key_frame_request_and_are_counted_exactly() {
 async fn a_player_on_the_sansio_engine_trickles_and_restarts_ice() {
     const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
     const CANDIDATE: &str = "a=candidate:1 1 udp 2122260223 127.0.0.1 9 typ host generation 0\r\n";
-    let server = TestServer::start_with(RTC_PLAYERS, None);
-    let client = Client::new().unwrap();
-    let publisher = client
-        .publish(&server.url("/whip/patched"), SyntheticMedia::default())
-        .await
-        .unwrap();
-    let player = client.play(&server.url("/whep/patched")).await.unwrap();
-    assert!(
-        player.wait_packets(20, WAIT).await,
-        "{}",
-        server.why_no_media(&player, &publisher).await
-    );
+    let (server, _client, publisher, player) = publisher_and_player("patched", 20).await;
     let patch = |if_match: String, body: String| {
         let request = server
             .http_client
@@ -310,18 +299,7 @@ async fn a_player_that_never_connects_leaves_the_server_idle() {
 /// publisher, and a BYE alone (no `DELETE`, the connection open) ends the player's stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_players_key_frame_request_and_bye_reach_the_server() {
-    let server = TestServer::start_with(RTC_PLAYERS, None);
-    let client = Client::new().unwrap();
-    let publisher = client
-        .publish(&server.url("/whip/rtcp"), SyntheticMedia::default())
-        .await
-        .unwrap();
-    let player = client.play(&server.url("/whep/rtcp")).await.unwrap();
-    assert!(
-        player.wait_packets(100, WAIT).await,
-        "{}",
-        server.why_no_media(&player, &publisher).await
-    );
+    let (server, _client, publisher, player) = publisher_and_player("rtcp", 100).await;
     let ssrc = player.counters.video.newest().expect("video came").ssrc;
     let requests = &publisher.counters.keyframe_requests;
     // The join's own request is past, and so is the publisher's spacing of them (300 ms).
@@ -351,18 +329,7 @@ async fn a_players_key_frame_request_and_bye_reach_the_server() {
 /// matches the newest frame the player has.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_players_nack_is_answered_and_its_sender_reports_match_its_media() {
-    let server = TestServer::start_with(RTC_PLAYERS, None);
-    let client = Client::new().unwrap();
-    let publisher = client
-        .publish(&server.url("/whip/nack"), SyntheticMedia::default())
-        .await
-        .unwrap();
-    let player = client.play(&server.url("/whep/nack")).await.unwrap();
-    assert!(
-        player.wait_packets(100, WAIT).await,
-        "{}",
-        server.why_no_media(&player, &publisher).await
-    );
+    let (server, _client, publisher, player) = publisher_and_player("nack", 100).await;
     let video = &player.counters.video;
     let before = video.repeated();
     let newest = video.newest().expect("video came");
@@ -408,6 +375,33 @@ async fn a_players_nack_is_answered_and_its_sender_reports_match_its_media() {
     assert!((0.8..1.5).contains(&seconds), "reports {seconds} s apart");
     publisher.hang_up().await.unwrap();
     nothing_left(&server).await;
+}
+
+/// A server with its players on the sans-I/O engine, a publisher of stream `name`, and one
+/// reading player that has had `packets` of its media (and the client that made both).
+async fn publisher_and_player(
+    name: &str,
+    packets: u64,
+) -> (TestServer, Client, ClientSession, ClientSession) {
+    let server = TestServer::start_with(RTC_PLAYERS, None);
+    let client = Client::new().unwrap();
+    let publisher = client
+        .publish(
+            &server.url(&format!("/whip/{name}")),
+            SyntheticMedia::default(),
+        )
+        .await
+        .unwrap();
+    let player = client
+        .play(&server.url(&format!("/whep/{name}")))
+        .await
+        .unwrap();
+    assert!(
+        player.wait_packets(packets, WAIT).await,
+        "{}",
+        server.why_no_media(&player, &publisher).await
+    );
+    (server, client, publisher, player)
 }
 
 /// Waits until the server holds no stream and no peer connection.

@@ -225,50 +225,15 @@ async fn flush(socket: Arc<UdpSocket>, shared: Arc<Shared>, lane: usize) {
             }
             continue;
         }
-        gso::plan(&sending, &mut plan.order, &mut plan.runs);
-        plan.singles.clear();
-        for run in &plan.runs {
-            let members = &plan.order[run.range.clone()];
-            if run.len() > 1 && shared.gso.load(Ordering::Relaxed) {
-                let sent = send_with(&socket, || {
-                    send_gso(
-                        socket.as_raw_fd(),
-                        &sending,
-                        members,
-                        run.segment,
-                        run.target,
-                    )
-                })
-                .await;
-                match sent {
-                    None => return,
-                    Some(Ok(_)) => {
-                        shared.count(lane, members.len(), 1);
-                        shared.gso_messages.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    Some(Err(e)) => shared.gso_refused(&e),
-                }
-            }
-            plan.singles.extend_from_slice(members);
-        }
-        let singles = &plan.singles;
-        let mut start = 0;
-        while start < singles.len() {
-            let chunk = &singles[start..(start + BATCH).min(singles.len())];
-            match send_with(&socket, || send_batch(socket.as_raw_fd(), &sending, chunk)).await {
-                None => return,
-                Some(Ok(n)) => {
-                    shared.count(lane, n, 1);
-                    // n is at least 1: the kernel reports an error rather than sending none.
-                    start += n.max(1);
-                }
-                // The first datagram of the chunk was refused (an unreachable address, a
-                // size the kernel will not take): it is lost, as it would be on the wire.
-                Some(Err(_)) => {
-                    shared.dropped.fetch_add(1, Ordering::Relaxed);
-                    start += 1;
-                }
+        plan.start(&sending);
+        let mut progress = Progress::default();
+        // Only a full socket stops `send_planned`: it goes on once the socket has room.
+        while shared
+            .send_planned(&socket, lane, &sending, &mut plan, &mut progress)
+            .is_err()
+        {
+            if socket.writable().await.is_err() {
+                return;
             }
         }
         shared.queued.fetch_sub(sending.len(), Ordering::Release);
@@ -351,15 +316,100 @@ impl Shared {
     }
 }
 
-/// The flusher's reused planning buffers.
+/// A batch's planning buffers, reused batch after batch.
 #[derive(Default)]
 struct Plan {
     order: Vec<usize>,
     runs: Vec<gso::Run>,
     /// Indices of the datagrams that leave alone: runs of one, and runs GSO could not send.
     singles: Vec<usize>,
-    /// Indices of the datagrams a fan-out could not send at once, for the lanes.
-    left: Vec<usize>,
+}
+
+/// How far the sending of a planned batch has come: the runs before `run` are done (sent
+/// as GSO messages or moved to the singles), and so are the singles before `single`.
+#[derive(Default, Debug)]
+struct Progress {
+    run: usize,
+    single: usize,
+}
+
+impl Plan {
+    /// Plans `batch` (`gso::plan`), its sending not begun.
+    fn start<D: AsRef<[u8]>>(&mut self, batch: &[(D, SocketAddr)]) {
+        gso::plan(batch, &mut self.order, &mut self.runs);
+        self.singles.clear();
+    }
+
+    /// The indices of the datagrams not sent by `progress`, in the order they were queued:
+    /// the runs not yet reached and every single not sent, those gathered from the runs
+    /// before included.
+    fn unsent(&self, progress: &Progress) -> Vec<usize> {
+        let mut left: Vec<usize> = self.runs[progress.run..]
+            .iter()
+            .flat_map(|run| self.order[run.range.clone()].iter().copied())
+            .chain(self.singles[progress.single..].iter().copied())
+            .collect();
+        left.sort_unstable();
+        left
+    }
+}
+
+impl Shared {
+    /// Sends `batch` as `plan` groups it, from `progress` on: each run of datagrams to one
+    /// destination as one GSO message, then the rest `BATCH` a `sendmmsg`, each system call
+    /// made only if the socket takes it now. Stops with `WouldBlock` when the socket is full,
+    /// `progress` saying where; any other error is the datagrams' own (counted as dropped, or
+    /// GSO turned off where it is refused) and is not returned.
+    fn send_planned<D: AsRef<[u8]>>(
+        &self,
+        socket: &UdpSocket,
+        lane: &Lane,
+        batch: &[(D, SocketAddr)],
+        plan: &mut Plan,
+        progress: &mut Progress,
+    ) -> std::io::Result<()> {
+        let fd = socket.as_raw_fd();
+        let would_block = |e: &std::io::Error| e.kind() == std::io::ErrorKind::WouldBlock;
+        while let Some(run) = plan.runs.get(progress.run) {
+            let members = &plan.order[run.range.clone()];
+            if run.len() > 1 && self.gso.load(Ordering::Relaxed) {
+                let (segment, target) = (run.segment, run.target);
+                match socket.try_io(Interest::WRITABLE, || {
+                    send_gso(fd, batch, members, segment, target)
+                }) {
+                    Ok(_) => {
+                        self.count(lane, members.len(), 1);
+                        self.gso_messages.fetch_add(1, Ordering::Relaxed);
+                        progress.run += 1;
+                        continue;
+                    }
+                    Err(e) if would_block(&e) => return Err(e),
+                    Err(e) => self.gso_refused(&e),
+                }
+            }
+            plan.singles.extend_from_slice(members);
+            progress.run += 1;
+        }
+        while progress.single < plan.singles.len() {
+            let end = (progress.single + BATCH).min(plan.singles.len());
+            let chunk = &plan.singles[progress.single..end];
+            match socket.try_io(Interest::WRITABLE, || send_batch(fd, batch, chunk)) {
+                // n is at least 1: the kernel reports an error rather than sending none.
+                Ok(n) => {
+                    self.count(lane, n, 1);
+                    progress.single += n.max(1);
+                }
+                Err(e) if would_block(&e) => return Err(e),
+                // The first datagram of the chunk was refused (an unreachable address, a
+                // size the kernel will not take): it is lost, as it would be on the wire.
+                Err(_) => {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                    progress.single += 1;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Whether a GSO send failed because the kernel or the device cannot segment (as
@@ -370,21 +420,6 @@ fn refuses_gso(error: &std::io::Error) -> bool {
         error.raw_os_error().map(nix::errno::Errno::from_raw),
         Some(nix::errno::Errno::EIO | nix::errno::Errno::EINVAL | nix::errno::Errno::ENOPROTOOPT)
     )
-}
-
-/// Runs `send` once the socket is writable; `None` when the socket is gone.
-async fn send_with(
-    socket: &UdpSocket,
-    mut send: impl FnMut() -> std::io::Result<usize>,
-) -> Option<std::io::Result<usize>> {
-    loop {
-        match socket.try_io(Interest::WRITABLE, &mut send) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                socket.writable().await.ok()?;
-            }
-            result => return Some(result),
-        }
-    }
 }
 
 /// One `sendmsg` of the datagrams `members` of `batch` to `target` as one message that the

@@ -1,7 +1,8 @@
 //! The publisher→players relay: one fan-out per published track. The publisher's reader
 //! pushes each RTP packet once into a broadcast ring; every player's writer reads it at its
 //! own pace. A slow player lags and skips (counted as drops, then asks for a key frame); it
-//! never blocks the publisher or the other players.
+//! never blocks the publisher or the other players. The track's newest packets are also
+//! kept by sequence number, for the NACKs of the players on the sans-I/O engine.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};

@@ -1,10 +1,10 @@
-//! Players on the sans-I/O `rtc` engine (`media_rtc_players`): negotiation of a WHEP
-//! player's offer into an engine of its own (an ICE-lite answer on the mux socket's
-//! candidates, one interceptor that passes the player's RTCP up: its NACKs and sender reports are
-//! `sender_rtcp`'s), then its start: the player's task
+//! Players on the sans-I/O `rtc` engine (`media_rtc_players`, the default): negotiation of a
+//! WHEP player's offer into an engine of its own (an ICE-lite answer on the mux socket's
+//! candidates, with one interceptor, the one that passes the player's RTCP up to its task;
+//! NACKs and sender reports are `sender_rtcp`'s), then its start: the player's task
 //! (`rtc_drive`) and its place in each track's fan-out shards (`fanout`). No async layer, no
-//! per-packet task hop: a forwarded packet is a header rewrite, the engine's SRTP and a push
-//! into the lanes' queue (`batch_udp::Output`).
+//! per-packet task hop: a forwarded packet is a header rewrite, the engine's SRTP and a
+//! datagram in its shard's burst (`batch_udp::Output`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -3,15 +3,13 @@
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
-use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
-use super::{BATCH, Plan, Shared, gso, send_batch, send_gso};
+use super::{Plan, Progress, Shared};
 
 /// A handle that sends datagrams on a [`BatchedUdp`]'s socket, for the sans-I/O players.
 #[derive(Clone)]
@@ -42,62 +40,25 @@ impl Output {
 
     /// Sends what the socket takes now of `datagrams`; leaves in it what it would not take.
     fn send_now(&self, datagrams: &mut Vec<(BytesMut, SocketAddr)>, plan: &mut Plan) {
-        let fd = self.socket.as_raw_fd();
         let shared = &self.shared;
-        let lane = &shared.lanes[0];
-        let now = |send: &mut dyn FnMut() -> std::io::Result<usize>| {
-            self.socket.try_io(Interest::WRITABLE, send)
-        };
-        let would_block = |e: &std::io::Error| e.kind() == std::io::ErrorKind::WouldBlock;
-        gso::plan(datagrams, &mut plan.order, &mut plan.runs);
-        plan.singles.clear();
-        plan.left.clear();
-        for run in &plan.runs {
-            let members = &plan.order[run.range.clone()];
-            if !plan.left.is_empty() {
-                plan.left.extend_from_slice(members);
-                continue;
-            }
-            if run.len() > 1 && shared.gso.load(Ordering::Relaxed) {
-                let (segment, target) = (run.segment, run.target);
-                match now(&mut || send_gso(fd, datagrams, members, segment, target)) {
-                    Ok(_) => {
-                        shared.count(lane, members.len(), 1);
-                        shared.gso_messages.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    Err(e) if would_block(&e) => {
-                        plan.left.extend_from_slice(members);
-                        continue;
-                    }
-                    Err(e) => shared.gso_refused(&e),
-                }
-            }
-            plan.singles.extend_from_slice(members);
-        }
-        let mut start = 0;
-        while start < plan.singles.len() && plan.left.is_empty() {
-            let chunk = &plan.singles[start..(start + BATCH).min(plan.singles.len())];
-            match now(&mut || send_batch(fd, datagrams, chunk)) {
-                Ok(n) => {
-                    shared.count(lane, n, 1);
-                    start += n.max(1);
-                }
-                Err(e) if would_block(&e) => plan.left.extend_from_slice(&plan.singles[start..]),
-                Err(_) => {
-                    shared.dropped.fetch_add(1, Ordering::Relaxed);
-                    start += 1;
-                }
-            }
-        }
-        if plan.left.is_empty() {
+        plan.start(datagrams);
+        let mut progress = Progress::default();
+        if shared
+            .send_planned(
+                &self.socket,
+                &shared.lanes[0],
+                datagrams,
+                plan,
+                &mut progress,
+            )
+            .is_ok()
+        {
             datagrams.clear();
             return;
         }
         // In the order they came, so that each destination's stay in order on its lane.
-        plan.left.sort_unstable();
         let mut kept = 0;
-        for &index in &plan.left {
+        for index in plan.unsent(&progress) {
             datagrams.swap(kept, index);
             kept += 1;
         }

@@ -233,3 +233,33 @@ async fn a_burst_leaves_at_once_unless_the_lanes_hold_datagrams() {
     output.send_many(&mut vec![datagram(6, 300)]);
     assert_eq!(receiver.recv(&mut buf).expect("sent at once"), 300);
 }
+
+/// What a fan-out leaves for the lanes when the socket fills mid-batch is every datagram not
+/// sent, in the order they were queued: the run it stopped at, the runs after it, and the
+/// datagrams of the runs before it that were set aside to leave one by one.
+#[test]
+fn what_a_full_socket_leaves_unsent_is_every_datagram_not_sent_in_queue_order() {
+    let address = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    let (a, b, c) = (address(1001), address(1002), address(1003));
+    let batch = vec![
+        (vec![0u8; 100], a),
+        (vec![1u8; 1200], b),
+        (vec![2u8; 1200], b),
+        (vec![3u8; 700], b),
+        (vec![4u8; 100], c),
+    ];
+    let mut plan = Plan::default();
+    plan.start(&batch);
+    let at = |target| plan.runs.iter().position(|r| r.target == target).unwrap();
+    let (run_a, run_b) = (at(a), at(b));
+    assert_eq!((run_a, run_b), (0, 1), "runs in destination order");
+    // `a`'s run of one set aside, then the socket full at `b`'s GSO message.
+    plan.singles.push(0);
+    let stopped = Progress { run: 1, single: 0 };
+    assert_eq!(plan.unsent(&stopped), [0, 1, 2, 3, 4]);
+    // Every run done (`c` set aside too), the first single sent, the socket full again.
+    plan.singles.push(4);
+    let stopped = Progress { run: 3, single: 1 };
+    assert_eq!(plan.unsent(&stopped), [4]);
+    assert!(plan.unsent(&Progress { run: 3, single: 2 }).is_empty());
+}
