@@ -570,21 +570,7 @@ async fn restarts_and_event_streams_leave_nothing_behind() {
 
 async fn leak_cycle(server: &TestServer, client: &Client, i: usize) -> Value {
     let name = format!("leak{}", i % 3);
-    let publisher = client
-        .publish(
-            &server.url(&format!("/whip/{name}")),
-            SyntheticMedia::default(),
-        )
-        .await
-        .unwrap();
-    let player = client
-        .play(&server.url(&format!("/whep/{name}")))
-        .await
-        .unwrap();
-    assert!(
-        player.wait_packets(5, Duration::from_secs(10)).await,
-        "cycle {i}"
-    );
+    let (publisher, player) = server.publisher_and_player(client, &name, 5).await;
     let etag = player.links.etag.clone().unwrap();
     assert_eq!(
         patch(server, &player.links.resource, Some(&etag), CANDIDATE)

@@ -385,22 +385,7 @@ async fn publisher_and_player(
 ) -> (TestServer, Client, ClientSession, ClientSession) {
     let server = TestServer::start_with(RTC_PLAYERS, None);
     let client = Client::new().unwrap();
-    let publisher = client
-        .publish(
-            &server.url(&format!("/whip/{name}")),
-            SyntheticMedia::default(),
-        )
-        .await
-        .unwrap();
-    let player = client
-        .play(&server.url(&format!("/whep/{name}")))
-        .await
-        .unwrap();
-    assert!(
-        player.wait_packets(packets, WAIT).await,
-        "{}",
-        server.why_no_media(&player, &publisher).await
-    );
+    let (publisher, player) = server.publisher_and_player(&client, name, packets).await;
     (server, client, publisher, player)
 }
 

@@ -404,7 +404,9 @@ impl Player {
         for (ssrc, sequences) in nacked {
             self.resend(&mut engine, ssrc, &sequences, now, &mut out);
         }
-        output.send_many(&mut out);
+        if !out.is_empty() {
+            output.send_many(&mut out);
+        }
         // The deadline moves on whether or not there was anything to report: one left in the
         // past would wake the task at once, again and again, until the player connects.
         if now >= engine.next_report {

@@ -29,10 +29,15 @@ pub const QUIET_LOG: &str = "warn,webrtc=error,webrtc_ice=error,webrtc_srtp=erro
 /// offer rate per address (every test client is 127.0.0.1; `tests/races.rs` sets one).
 pub const LOOPBACK: &str = "ice_loopback_only=true\nmedia_udp_mux_port=0\nmedia_port_from=0\nmedia_port_to=0\noffer_rate_per_address=0\n";
 
-/// What a server started with exactly its own properties gets first when they do not name
-/// the media socket: an OS-chosen port, not the default one, which servers side by side
-/// would contend for.
-const OWN_MEDIA_PORT: &str = "media_udp_mux_port=0\n";
+/// `properties` with an OS-chosen media port first when they do not name the media socket:
+/// the default port is one that test servers side by side would contend for.
+fn with_own_media_port(properties: &str) -> String {
+    if properties.contains("media_udp_mux_port") {
+        properties.to_owned()
+    } else {
+        format!("media_udp_mux_port=0\n{properties}")
+    }
+}
 
 impl TestServer {
     /// Starts a server whose `server.properties` is `LOOPBACK` plus `extra`.
@@ -62,11 +67,7 @@ impl TestServer {
         // `SLUICE_TEST_PROPERTIES` is added to every test server's properties (later lines
         // win), to run a suite on another setup: e.g. `media_rtc_players=false` runs its
         // players on webrtc-rs 0.17, `media_udp_mux_port=` gives every session a socket.
-        let properties = if properties.contains("media_udp_mux_port") {
-            properties.to_owned()
-        } else {
-            format!("{OWN_MEDIA_PORT}{properties}")
-        };
+        let properties = with_own_media_port(properties);
         let properties = match std::env::var("SLUICE_TEST_PROPERTIES") {
             Ok(more) => format!("{properties}\n{more}\n"),
             Err(_) => properties,
@@ -180,6 +181,33 @@ impl TestServer {
             publisher.counters,
             self.streams_found().await
         )
+    }
+
+    /// A publisher of stream `name` (synthetic media) and one player of it that has had
+    /// `packets` of its media within 10 s, both from `client`.
+    pub async fn publisher_and_player(
+        &self,
+        client: &sluice_client::Client,
+        name: &str,
+        packets: u64,
+    ) -> (sluice_client::ClientSession, sluice_client::ClientSession) {
+        let publisher = client
+            .publish(
+                &self.url(&format!("/whip/{name}")),
+                sluice_client::SyntheticMedia::default(),
+            )
+            .await
+            .unwrap();
+        let player = client
+            .play(&self.url(&format!("/whep/{name}")))
+            .await
+            .unwrap();
+        assert!(
+            player.wait_packets(packets, Duration::from_secs(10)).await,
+            "{}",
+            self.why_no_media(&player, &publisher).await
+        );
+        (publisher, player)
     }
 
     /// Every stream `/rest-api/stream/find` lists, as its text: for a failing test to say
@@ -322,10 +350,8 @@ impl InProcessServer {
 
     pub async fn start_in(dir: tempfile::TempDir) -> InProcessServer {
         let file = dir.path().join("server.properties");
-        if let Ok(properties) = std::fs::read_to_string(&file)
-            && !properties.contains("media_udp_mux_port")
-        {
-            std::fs::write(&file, format!("{OWN_MEDIA_PORT}{properties}")).expect("properties");
+        if let Ok(properties) = std::fs::read_to_string(&file) {
+            std::fs::write(&file, with_own_media_port(&properties)).expect("properties");
         }
         let server = sluice::start(sluice::ServerOptions {
             config_dir: Some(dir.path().to_path_buf()),
