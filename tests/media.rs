@@ -407,12 +407,15 @@ async fn cycle(server: &TestServer, client: &Client, i: usize) -> serde_json::Va
 /// arrive earlier are discarded, and a webrtc-rs client (an edge, the load generator) gives
 /// a pair up after seven unanswered checks, which under load left players `Connecting` for
 /// good. The server's debug log gives, for every answer, the ICE state it left in. webrtc-rs
-/// players (an ICE-lite `rtc` player answers checks from the first).
+/// sessions (an ICE-lite `rtc` session answers checks from the first).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_answer_leaves_before_ice_holds_the_offers_credentials() {
     const PLAYS: usize = 40;
     let server = TestServer::start_logged(
-        &format!("{}media_rtc_players=false\n", common::LOOPBACK),
+        &format!(
+            "{}media_rtc_players=false\nmedia_rtc_publishers=false\n",
+            common::LOOPBACK
+        ),
         &format!("{},sluice::media=debug", common::QUIET_LOG),
         &[],
     );

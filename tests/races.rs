@@ -236,6 +236,7 @@ async fn a_republish_during_fifty_plays_leaves_every_player_refused_or_fed_by_th
         video_bitrate_bps: 300_000,
         frames_per_second: 30,
         audio: false,
+        ..SyntheticMedia::default()
     };
     let first = client
         .publish(&server.url("/whip/cam"), media)

@@ -41,6 +41,7 @@ async fn sigterm_under_twenty_streams_tells_every_client_why_and_flushes_the_hoo
         video_bitrate_bps: 200_000,
         frames_per_second: 15,
         audio: false,
+        ..SyntheticMedia::default()
     };
     let mut sessions = Vec::new();
     for i in 0..10 {

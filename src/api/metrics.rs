@@ -168,6 +168,11 @@ impl Scrape {
                 "RTP packets slow players skipped.",
                 relay.dropped_packets,
             ),
+            (
+                "sluice_relay_lost_packets",
+                "RTP packets publishers' sequence numbers say never arrived.",
+                relay.lost_packets,
+            ),
         ] {
             out.push(FamilySpec::counter(name, help, vec![(vec![], value)]));
         }

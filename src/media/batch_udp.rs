@@ -150,7 +150,7 @@ impl BatchedUdp {
     }
 
     /// Where the sans-I/O players send from and receive by.
-    pub fn player_io(&self) -> (Output, Arc<Divert>) {
+    pub fn sansio_io(&self) -> (Output, Arc<Divert>) {
         let output = Output {
             shared: self.shared.clone(),
             socket: self.socket.clone(),

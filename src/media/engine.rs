@@ -24,8 +24,9 @@ use super::MediaError;
 pub struct Engine {
     pub api: API,
     pub mux_addr: Option<std::net::SocketAddr>,
-    /// The mux socket's side for sans-I/O players, when `media_rtc_players` is on.
-    pub player_io: Option<super::rtc_player::PlayerIo>,
+    /// The mux socket's side for sessions on the sans-I/O engine, when `media_rtc_players` or
+    /// `media_rtc_publishers` is on.
+    pub sansio_io: Option<super::rtc_player::SansioIo>,
 }
 
 /// The addresses a sans-I/O player announces as host candidates for the mux socket at
@@ -106,7 +107,7 @@ pub async fn build(settings: &Settings) -> Result<Engine, MediaError> {
         s.set_nat_1to1_ips(vec![ip.to_string()], RTCIceCandidateType::Srflx);
     }
     let mut mux_addr = None;
-    let mut player_io = None;
+    let mut sansio_io = None;
     match settings.media_ports() {
         MediaPorts::Mux(port) => {
             let bind = if settings.ice_loopback_only {
@@ -120,11 +121,11 @@ pub async fn build(settings: &Settings) -> Result<Engine, MediaError> {
             mux_addr = socket.local_addr().ok();
             let params = if settings.media_udp_batch {
                 let batched = super::batch_udp::BatchedUdp::new(socket);
-                if settings.media_rtc_players
+                if (settings.media_rtc_players || settings.media_rtc_publishers)
                     && let Some(local) = mux_addr
                 {
-                    let (output, divert) = batched.player_io();
-                    player_io = Some(super::rtc_player::PlayerIo {
+                    let (output, divert) = batched.sansio_io();
+                    sansio_io = Some(super::rtc_player::SansioIo {
                         fanouts: super::fanout::Fanouts::new(output.clone()),
                         output,
                         divert,
@@ -151,14 +152,14 @@ pub async fn build(settings: &Settings) -> Result<Engine, MediaError> {
         .with_interceptor_registry(interceptors)
         .with_setting_engine(s)
         .build();
-    if settings.media_rtc_players && player_io.is_none() {
+    if (settings.media_rtc_players || settings.media_rtc_publishers) && sansio_io.is_none() {
         tracing::info!(
-            "players run on webrtc-rs 0.17: the rtc engine (media_rtc_players) needs media_udp_mux_port and media_udp_batch"
+            "sessions run on webrtc-rs 0.17: the rtc engine (media_rtc_players, media_rtc_publishers) needs media_udp_mux_port and media_udp_batch"
         );
     }
     Ok(Engine {
         api,
         mux_addr,
-        player_io,
+        sansio_io,
     })
 }

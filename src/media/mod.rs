@@ -13,9 +13,12 @@ mod ice;
 pub mod offer;
 mod player_track;
 mod relay;
+mod rtc_answer;
 mod rtc_drive;
+mod rtc_ice;
+mod rtc_ingest;
 mod rtc_player;
-mod sansio_play;
+mod sansio_sessions;
 pub mod sdpfrag;
 mod sender_rtcp;
 mod session;
@@ -120,10 +123,14 @@ pub struct Media {
     /// Every registered session's peer connection, for `PATCH` (trickle ICE, ICE restart).
     peers: Mutex<HashMap<Uuid, Arc<ice::LivePeer>>>,
     mux_addr: Option<std::net::SocketAddr>,
-    /// The mux socket's side for players on the sans-I/O engine (`media_rtc_players`).
-    player_io: Option<rtc_player::PlayerIo>,
-    /// Players live on the sans-I/O engine.
-    sansio_players: Arc<std::sync::atomic::AtomicUsize>,
+    /// The mux socket's side for sessions on the sans-I/O engine.
+    sansio_io: Option<rtc_player::SansioIo>,
+    /// Players run on the sans-I/O engine (`media_rtc_players`, with `sansio_io`).
+    rtc_players: bool,
+    /// Publishers run on the sans-I/O engine (`media_rtc_publishers`, with `sansio_io`).
+    rtc_publishers: bool,
+    /// Sessions live on the sans-I/O engine.
+    sansio_sessions: Arc<std::sync::atomic::AtomicUsize>,
     /// Relay counters of every track, for `/metrics`.
     pub relays: Arc<RelayLedger>,
     /// The server's tasks: every session's supervisor runs in it.
@@ -150,7 +157,8 @@ impl Media {
         registry: Arc<Registry>,
         tasks: TaskTracker,
     ) -> Result<Arc<Self>, MediaError> {
-        let engine = engine::build(&config.load().settings).await?;
+        let settings = config.load().settings.clone();
+        let engine = engine::build(&settings).await?;
         Ok(Arc::new(Media {
             api: engine.api,
             registry,
@@ -159,8 +167,10 @@ impl Media {
             peers: Mutex::new(HashMap::new()),
             relays: Arc::default(),
             mux_addr: engine.mux_addr,
-            player_io: engine.player_io,
-            sansio_players: Arc::default(),
+            rtc_players: settings.media_rtc_players && engine.sansio_io.is_some(),
+            rtc_publishers: settings.media_rtc_publishers && engine.sansio_io.is_some(),
+            sansio_io: engine.sansio_io,
+            sansio_sessions: Arc::default(),
             tasks,
             edges: Mutex::new(HashMap::new()),
             // Node to node, like the hooks: never through a proxy from the environment.
@@ -228,6 +238,9 @@ impl Media {
         }
         if self.registry.publisher_of(&request.name).is_some() {
             return Err(RegistryError::AlreadyPublishing(request.name).into());
+        }
+        if let Some(io) = self.sansio_io.as_ref().filter(|_| self.rtc_publishers) {
+            return self.publish_sansio(io, request, &summary);
         }
         let id = request.media_session_id;
         let pc = self.new_peer_connection().await?;
@@ -300,7 +313,7 @@ impl Media {
         let sent: Vec<_> = tracks.iter().map(|t| (t.kind, &t.codec)).collect();
         let chosen = codecs::choose(&request.name, &sent, &codecs::offered(&request.sdp))
             .map_err(MediaError::CodecMismatch)?;
-        if let Some(io) = &self.player_io {
+        if let Some(io) = self.sansio_io.as_ref().filter(|_| self.rtc_players) {
             let wanted = tracks
                 .iter()
                 .zip(chosen)
@@ -522,7 +535,7 @@ impl Media {
     pub fn peer_count(&self) -> usize {
         self.lock_peers().values().filter(|p| p.is_webrtc()).count()
             + self
-                .sansio_players
+                .sansio_sessions
                 .load(std::sync::atomic::Ordering::Relaxed)
     }
 

@@ -128,6 +128,29 @@ impl RelayLedger {
     }
 }
 
+/// A publisher on the sans-I/O engine, as its tracks' key frame requests reach it.
+pub trait KeyframeSource: Send + Sync {
+    /// Sends the publisher an RTCP PLI for its track `ssrc`.
+    fn request_keyframe(&self, ssrc: u32);
+}
+
+/// Where a track's key frame requests go: its publisher's peer connection, on either
+/// engine. Weak: a track outliving its publisher asks no one.
+#[derive(Clone, Default)]
+pub enum Upstream {
+    Webrtc(Weak<RTCPeerConnection>),
+    Sansio(Weak<dyn KeyframeSource>),
+    /// Nobody to ask (tests).
+    #[default]
+    None,
+}
+
+/// The sequence numbers of the packets a track has received, for its loss count.
+#[derive(Debug, Default)]
+pub struct Arrivals {
+    last_sequence: Option<u16>,
+}
+
 /// One track of a publisher, as players subscribe to it.
 pub struct RelayTrack {
     pub kind: MediaKind,
@@ -135,7 +158,7 @@ pub struct RelayTrack {
     /// The publisher's SSRC of this track, for key frame requests.
     pub ssrc: u32,
     packets: broadcast::Sender<Arc<Packet>>,
-    publisher: Weak<RTCPeerConnection>,
+    publisher: Upstream,
     last_keyframe_request_ms: AtomicU64,
     pub stats: RelayStats,
     ledger: Weak<RelayLedger>,
@@ -160,7 +183,7 @@ impl RelayTrack {
         kind: MediaKind,
         codec: RTCRtpCodecCapability,
         ssrc: u32,
-        publisher: Weak<RTCPeerConnection>,
+        publisher: Upstream,
         ledger: &Arc<RelayLedger>,
     ) -> Arc<Self> {
         let (packets, _) = broadcast::channel(RING_CAPACITY);
@@ -218,10 +241,35 @@ impl RelayTrack {
         self.packets.receiver_count()
     }
 
-    /// Ends the track as the end of the publisher's pump does.
-    #[cfg(test)]
-    pub fn end(&self) {
+    /// Ends the track as the end of the publisher's pump does: every player's feed of it
+    /// ends.
+    pub(super) fn end(&self) {
         self.ended.cancel();
+    }
+
+    /// Counts the publisher's `packet` (a gap in its sequence numbers as lost) and relays it.
+    pub(super) fn receive(&self, packet: Packet, arrivals: &mut Arrivals) {
+        let sequence = packet.header.sequence_number;
+        let missing = arrivals
+            .last_sequence
+            .map_or(0, |last| lost_between(last, sequence));
+        if missing > 0 {
+            self.stats
+                .lost_packets
+                .fetch_add(missing, Ordering::Relaxed);
+        }
+        // A late (reordered) packet does not move the mark back.
+        if arrivals
+            .last_sequence
+            .is_none_or(|last| sequence.wrapping_sub(last) < 0x8000)
+        {
+            arrivals.last_sequence = Some(sequence);
+        }
+        self.stats.received_packets.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .received_bytes
+            .fetch_add(packet.payload.len() as u64, Ordering::Relaxed);
+        self.publish(packet);
     }
 
     /// Asks the publisher for a key frame (RTCP PLI), at most once per interval.
@@ -239,14 +287,23 @@ impl RelayTrack {
         {
             return;
         }
-        if let Some(pc) = self.publisher.upgrade() {
-            let pli = PictureLossIndication {
-                sender_ssrc: 0,
-                media_ssrc: self.ssrc,
-            };
-            if let Err(e) = pc.write_rtcp(&[Box::new(pli)]).await {
-                tracing::debug!(error = %e, "key frame request not sent");
+        match &self.publisher {
+            Upstream::Webrtc(pc) => {
+                let Some(pc) = pc.upgrade() else { return };
+                let pli = PictureLossIndication {
+                    sender_ssrc: 0,
+                    media_ssrc: self.ssrc,
+                };
+                if let Err(e) = pc.write_rtcp(&[Box::new(pli)]).await {
+                    tracing::debug!(error = %e, "key frame request not sent");
+                }
             }
+            Upstream::Sansio(publisher) => {
+                if let Some(publisher) = publisher.upgrade() {
+                    publisher.request_keyframe(self.ssrc);
+                }
+            }
+            Upstream::None => {}
         }
     }
 
@@ -256,29 +313,14 @@ impl RelayTrack {
         // One cancellation future for the whole loop, not one per packet.
         let cancelled = cancel.cancelled();
         tokio::pin!(cancelled);
-        let mut last_sequence: Option<u16> = None;
+        let mut arrivals = Arrivals::default();
         loop {
             let read = tokio::select! {
                 _ = &mut cancelled => break,
                 read = remote.read_rtp() => read,
             };
             let Ok((packet, _)) = read else { break };
-            let sequence = packet.header.sequence_number;
-            let missing = last_sequence.map_or(0, |last| lost_between(last, sequence));
-            if missing > 0 {
-                self.stats
-                    .lost_packets
-                    .fetch_add(missing, Ordering::Relaxed);
-            }
-            // A late (reordered) packet does not move the mark back.
-            if last_sequence.is_none_or(|last| sequence.wrapping_sub(last) < 0x8000) {
-                last_sequence = Some(sequence);
-            }
-            self.stats.received_packets.fetch_add(1, Ordering::Relaxed);
-            self.stats
-                .received_bytes
-                .fetch_add(packet.payload.len() as u64, Ordering::Relaxed);
-            self.publish(packet);
+            self.receive(packet, &mut arrivals);
         }
     }
 

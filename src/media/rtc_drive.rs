@@ -4,9 +4,7 @@
 //! (`divert`), the engine's timers, the connection state, the player's RTCP (PLI/FIR asks the
 //! publisher for a key frame, a NACK has the relay's copies of the packets sent again, BYE
 //! ends the session), the sender reports (`sender_rtcp`) — and closes the connection at the
-//! end.
-//! `PATCH` reaches its ICE through `PlayerIce`: trickled candidates and ICE restarts, whose
-//! new ufrag routes the player's datagrams too.
+//! end. `PATCH` reaches its ICE through `rtc_ice::SessionIce`.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,9 +14,7 @@ use bytes::{Bytes, BytesMut};
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
-use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
-use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::rtcp::goodbye::Goodbye;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
@@ -31,12 +27,11 @@ use webrtc::rtp::packet::Packet;
 
 use super::CONNECT_TIMEOUT;
 use super::batch_udp::Output;
-use super::divert::{Divert, Inbound};
+use super::divert::Inbound;
 use super::fanout::{Datagrams, Fanouts, Member, Membership};
-use super::ice::SansioIce;
 use super::relay::RelayTrack;
+use super::rtc_ice::SessionEngine;
 use super::rtc_player::Running;
-use super::sdpfrag;
 use super::sender_rtcp::{self, REPORT_INTERVAL, SentTrack};
 use crate::registry::{MediaKind, Status, StopHandle, StopReason};
 
@@ -180,84 +175,9 @@ fn flush(engine: &mut Engine, output: &Output) {
     }
 }
 
-/// A player's ICE as `PATCH` reaches it, and the ufrags that route datagrams to its task.
-pub struct PlayerIce {
-    player: Arc<Player>,
-    divert: Arc<Divert>,
-    inbound: mpsc::Sender<Inbound>,
-    /// Every local ufrag of the session (a restart adds one), routed until it ends.
-    ufrags: Mutex<Vec<String>>,
-}
-
-impl PlayerIce {
-    /// Routes `ufrag`'s datagrams to `inbound`.
-    pub fn new(
-        player: Arc<Player>,
-        divert: Arc<Divert>,
-        inbound: mpsc::Sender<Inbound>,
-        ufrag: String,
-    ) -> Arc<Self> {
-        divert.register(&ufrag, inbound.clone());
-        Arc::new(PlayerIce {
-            player,
-            divert,
-            inbound,
-            ufrags: Mutex::new(vec![ufrag]),
-        })
-    }
-
-    fn ufrags(&self) -> MutexGuard<'_, Vec<String>> {
-        self.ufrags.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Forgets every route of the session (its end).
-    pub fn unregister(&self) {
-        for ufrag in self.ufrags().drain(..) {
-            self.divert.unregister(&ufrag);
-        }
-    }
-}
-
-impl SansioIce for PlayerIce {
-    fn remote_offer(&self) -> Option<String> {
-        let engine = self.player.lock();
-        engine.pc.remote_description().map(|d| d.sdp.clone())
-    }
-
-    fn add_candidate(&self, candidate: &str, mid: Option<String>, mline_index: u16) -> bool {
-        let init = RTCIceCandidateInit {
-            candidate: format!("candidate:{candidate}"),
-            sdp_mid: mid,
-            sdp_mline_index: Some(mline_index),
-            ..Default::default()
-        };
-        self.player.lock().pc.add_remote_candidate(init).is_ok()
-    }
-
-    fn restart(&self, offer: String) -> Result<String, String> {
-        let offer = RTCSessionDescription::offer(offer).map_err(|e| e.to_string())?;
-        let now = Instant::now();
-        let local = {
-            let mut engine = self.player.lock();
-            let pc = &mut engine.pc;
-            pc.set_remote_description(now, offer)
-                .map_err(|e| e.to_string())?;
-            let answer = pc.create_answer(None).map_err(|e| e.to_string())?;
-            pc.set_local_description(now, answer)
-                .map_err(|e| e.to_string())?;
-            pc.local_description()
-                .ok_or("no answer after the restart")?
-                .sdp
-        };
-        // The client's checks of the new ICE session name the new ufrag.
-        if let Some((ufrag, _)) = sdpfrag::credentials(&local) {
-            let mut ufrags = self.ufrags();
-            if !ufrags.contains(&ufrag) {
-                self.divert.register(&ufrag, self.inbound.clone());
-                ufrags.push(ufrag);
-            }
-        }
-        Ok(local)
+impl SessionEngine for Player {
+    fn with_pc<R>(&self, f: impl FnOnce(&mut RTCPeerConnection) -> R) -> R {
+        f(&mut self.lock().pc)
     }
 }
 

@@ -8,17 +8,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use rtc::interceptor::{Registry as Interceptors, Slot};
 use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
-use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
-use rtc::peer_connection::sdp::RTCSessionDescription;
-use rtc::peer_connection::transport::{
-    CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate,
-};
-use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
@@ -33,8 +27,9 @@ use super::batch_udp::Output;
 use super::divert::Divert;
 use super::fanout::Fanouts;
 use super::relay::RelayTrack;
-use super::rtc_drive::{self, Feed, Player, PlayerIce};
-use super::sdpfrag;
+use super::rtc_answer::{self, engine_error};
+use super::rtc_drive::{self, Feed, Player};
+use super::rtc_ice::SessionIce;
 use super::sender_rtcp;
 use super::session::SessionControl;
 use crate::config::Settings;
@@ -43,8 +38,8 @@ use crate::registry::{MediaKind, Registry};
 /// Datagrams from a player's address queued for its task at most.
 const INBOUND_QUEUE: usize = 256;
 
-/// The mux socket's side the sans-I/O players use.
-pub struct PlayerIo {
+/// The mux socket's side the sessions on the sans-I/O engine use.
+pub struct SansioIo {
     pub output: Output,
     pub divert: Arc<Divert>,
     /// The mux socket's address as the candidates announce it.
@@ -80,10 +75,6 @@ fn codec_of(c: &RTCRtpCodecCapability) -> RTCRtpCodec {
     }
 }
 
-fn engine_error(e: impl std::fmt::Display) -> MediaError {
-    MediaError::Internal(format!("rtc engine: {e}"))
-}
-
 /// `nack` and `nack pli` announced for video, and one interceptor: the one that passes the
 /// RTCP the player's task acts on up to it. The engine's defaults (a NACK generator and
 /// receiver reports) look at received RTP only, which a player gets none of, and a sending
@@ -101,13 +92,13 @@ fn sender_feedback(media: &mut MediaEngine) -> Interceptors {
         );
     }
     // Application-most: it sees the RTCP after any interceptor of the engine's own.
-    Interceptors::new().with(Slot::Custom(20_000), sender_rtcp::ToPlayerTask::default())
+    Interceptors::new().with(Slot::Custom(20_000), sender_rtcp::ToSessionTask::default())
 }
 
 /// Answers `offer` with a track per `(relay, codec)`: an ICE-lite answer whose candidates
 /// are the mux socket's.
 pub fn prepare(
-    io: &PlayerIo,
+    io: &SansioIo,
     settings: &Settings,
     offer: &str,
     tracks: &[(Arc<RelayTrack>, RTCRtpCodecCapability)],
@@ -116,23 +107,7 @@ pub fn prepare(
     let mut media = MediaEngine::default();
     media.register_default_codecs().map_err(engine_error)?;
     let interceptors = sender_feedback(&mut media);
-    let setting = SettingEngineBuilder::new()
-        .with_lite(true)
-        // The client's ClientHello starts DTLS as soon as its ICE has a pair; as the DTLS
-        // client the server would wait for its own connected state and a retransmit.
-        .with_answering_dtls_role(RTCDtlsRole::Server)
-        .with_ice_timeouts(
-            Some(settings.ice_disconnected_timeout),
-            Some(settings.ice_failed_timeout),
-            Some(Duration::from_secs(1)),
-        )
-        .build();
-    let mut pc = RTCPeerConnectionBuilder::new()
-        .with_media_engine(media)
-        .with_setting_engine(setting)
-        .with_interceptor_registry(interceptors)
-        .build(Instant::now())
-        .map_err(engine_error)?;
+    let mut pc = rtc_answer::new_engine(settings, media, interceptors)?;
     let mut pending = Vec::new();
     for (relay, codec) in tracks {
         let (kind, name) = match relay.kind {
@@ -157,40 +132,8 @@ pub fn prepare(
         let sender = pc.add_track(track).map_err(engine_error)?;
         pending.push((relay.clone(), name.to_owned(), ssrc, sender, codec.clone()));
     }
-    let offer = RTCSessionDescription::offer(offer.to_owned())
-        .map_err(|e| MediaError::BadOffer(format!("invalid offer: {e}")))?;
-    pc.set_remote_description(Instant::now(), offer)
-        .map_err(|e| MediaError::BadOffer(format!("offer not usable: {e}")))?;
-    for addr in &io.candidates {
-        let candidate = CandidateHostConfig {
-            base_config: CandidateConfig {
-                network: "udp".to_owned(),
-                address: addr.ip().to_string(),
-                port: addr.port(),
-                component: 1,
-                ..Default::default()
-            },
-            ..Default::default()
-        }
-        .new_candidate_host()
-        .map_err(engine_error)?;
-        let init = RTCIceCandidate::from(&candidate)
-            .to_json()
-            .map_err(engine_error)?;
-        pc.add_local_candidate(init).map_err(engine_error)?;
-    }
-    pc.add_local_candidate(Default::default())
-        .map_err(engine_error)?;
-    let answer = pc.create_answer(None).map_err(engine_error)?;
-    pc.set_local_description(Instant::now(), answer)
-        .map_err(engine_error)?;
-    let answer = pc
-        .local_description()
-        .ok_or_else(|| engine_error("no local description after the answer"))?
-        .sdp;
-    // The engine's own credentials (not fixed ones: an ICE restart must change them).
-    let (ufrag, _) = sdpfrag::credentials(&answer)
-        .ok_or_else(|| engine_error("no ICE credentials in the answer"))?;
+    rtc_answer::apply_offer(&mut pc, offer)?;
+    let (answer, ufrag) = rtc_answer::answer(&mut pc, &io.candidates)?;
     let mut feeds = Vec::new();
     for (relay, track_id, ssrc, sender, codec) in pending {
         let Some(mut sender) = pc.rtp_sender(sender) else {
@@ -249,10 +192,10 @@ impl Prepared {
 
     /// Starts the player's task in `run.tasks`; its tracks' shards feed it from then on.
     /// Returns its ICE as `PATCH` reaches it.
-    pub fn spawn(self, io: &PlayerIo, run: Running) -> Arc<PlayerIce> {
+    pub fn spawn(self, io: &SansioIo, run: Running) -> Arc<SessionIce<Player>> {
         let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
         let player = Player::new(self.pc, self.feeds);
-        let ice = PlayerIce::new(player.clone(), io.divert.clone(), tx, self.ufrag);
+        let ice = SessionIce::new(player.clone(), io.divert.clone(), tx, self.ufrag);
         let (output, fanouts, local) = (io.output.clone(), io.fanouts.clone(), io.local);
         let tasks = run.tasks.clone();
         let routes = ice.clone();

@@ -6,8 +6,9 @@
 //! players (BENCHMARKS.md); the relay keeps one history per track for all its players
 //! (`RelayTrack::recent`), and a packet sent costs a few stores here.
 //!
-//! And which of the player's RTCP reaches its task at all (`ToPlayerTask`): the engine hands
-//! received RTCP to the application only when an interceptor marks it so.
+//! And which of a client's RTCP reaches its session's task at all (`ToSessionTask`, a
+//! player's or a publisher's): the engine hands received RTCP to the application only when
+//! an interceptor marks it so.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -88,12 +89,12 @@ pub fn nacked(nack: &TransportLayerNack) -> Vec<u16> {
     wanted
 }
 
-/// The one interceptor of a player's engine: it marks the RTCP its task acts on — key frame
-/// requests, NACKs, BYE — for delivery to the application, where the engine would drop it
+/// The one interceptor of a player's engine (and the last of a publisher's): it marks the
+/// RTCP its task acts on — key frame requests, NACKs, BYE — for delivery to the application, where the engine would drop it
 /// (its chain's last stop keeps received RTCP for the interceptors), and passes everything
 /// else through.
 #[derive(Default)]
-pub struct ToPlayerTask {
+pub struct ToSessionTask {
     reads: VecDeque<TaggedPacket>,
     writes: VecDeque<TaggedPacket>,
 }
@@ -107,7 +108,7 @@ pub fn acted_on(packet: &dyn rtc::rtcp::packet::Packet) -> bool {
         || any.is::<Goodbye>()
 }
 
-impl Protocol<TaggedPacket, TaggedPacket, ()> for ToPlayerTask {
+impl Protocol<TaggedPacket, TaggedPacket, ()> for ToSessionTask {
     type Rout = TaggedPacket;
     type Wout = TaggedPacket;
     type Eout = ();
@@ -138,7 +139,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for ToPlayerTask {
     }
 }
 
-impl Interceptor for ToPlayerTask {
+impl Interceptor for ToSessionTask {
     fn bind_local_stream(&mut self, _: &StreamInfo) {}
     fn unbind_local_stream(&mut self, _: &StreamInfo) {}
     fn bind_remote_stream(&mut self, _: &StreamInfo) {}

@@ -67,7 +67,7 @@ impl Media {
                 kind,
                 remote.codec().capability,
                 remote.ssrc(),
-                weak_pc.clone(),
+                relay::Upstream::Webrtc(weak_pc.clone()),
                 &ledger,
             );
             tasks.spawn(relay.clone().pump(remote, cancel.clone()));

@@ -30,7 +30,9 @@ use webrtc::peer_connection::configuration::RTCConfiguration;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::rtcp::goodbye::Goodbye;
 use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use webrtc::rtcp::receiver_report::ReceiverReport;
 use webrtc::rtcp::sender_report::SenderReport;
+use webrtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use webrtc::rtp::header::Header;
 use webrtc::rtp::packet::Packet;
 use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
@@ -85,6 +87,11 @@ pub struct Counters {
     pub audio_packets: AtomicU64,
     pub bytes: AtomicU64,
     pub keyframe_requests: AtomicU64,
+    /// A publisher's: the video packets it left unsent (`SyntheticMedia::lose_every`), the
+    /// packets NACKs asked for again, and the receiver reports that reached it.
+    pub lost_on_purpose: AtomicU64,
+    pub nacked: AtomicU64,
+    pub receiver_reports: AtomicU64,
     /// Media packets counted from their clear header and dropped unopened (a counting
     /// client's players: `Client::counting`).
     pub counted_unopened: AtomicU64,
@@ -182,6 +189,9 @@ pub struct SyntheticMedia {
     pub video_bitrate_bps: u64,
     pub frames_per_second: u32,
     pub audio: bool,
+    /// Every `lose_every`-th video packet is lost on the way: its sequence number is used
+    /// and it is never sent (0: none is).
+    pub lose_every: u64,
 }
 
 impl Default for SyntheticMedia {
@@ -190,6 +200,7 @@ impl Default for SyntheticMedia {
             video_bitrate_bps: 1_000_000,
             frames_per_second: 30,
             audio: true,
+            lose_every: 0,
         }
     }
 }
@@ -337,9 +348,16 @@ impl Client {
                     };
                     let Ok((packets, _)) = read else { break };
                     for p in packets {
-                        if p.as_any().is::<PictureLossIndication>() {
+                        let any = p.as_any();
+                        if any.is::<PictureLossIndication>() {
                             counters.keyframe_requests.fetch_add(1, Ordering::Relaxed);
-                        } else if p.as_any().is::<Goodbye>() {
+                        } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+                            let asked: usize =
+                                nack.nacks.iter().map(|n| n.packet_list().len()).sum();
+                            counters.nacked.fetch_add(asked as u64, Ordering::Relaxed);
+                        } else if any.is::<ReceiverReport>() {
+                            counters.receiver_reports.fetch_add(1, Ordering::Relaxed);
+                        } else if any.is::<Goodbye>() {
                             ended_tx.send_if_modified(|e| {
                                 e.is_none() && e.replace(Instant::now()).is_none()
                             });
@@ -653,6 +671,13 @@ async fn generate(
                     payload: payload.slice(..size),
                 };
                 video_seq = video_seq.wrapping_add(1);
+                if media.lose_every > 0
+                    && u64::from(packet.header.sequence_number) % media.lose_every
+                        == media.lose_every - 1
+                {
+                    counters.lost_on_purpose.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 if video.write_rtp(&packet).await.is_ok() {
                     counters.video_packets.fetch_add(1, Ordering::Relaxed);
                     counters.bytes.fetch_add(size as u64, Ordering::Relaxed);

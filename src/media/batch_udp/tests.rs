@@ -186,7 +186,7 @@ async fn a_burst_leaves_at_once_unless_the_lanes_hold_datagrams() {
     let target = receiver.local_addr().unwrap();
     // The runtime learns that a new socket is writable when it first polls it.
     sender.socket.writable().await.unwrap();
-    let (output, _) = sender.player_io();
+    let (output, _) = sender.sansio_io();
     let datagram = |tag: u8, size: usize| (BytesMut::from(&vec![tag; size][..]), target);
     let mut burst = vec![
         datagram(1, 1200),

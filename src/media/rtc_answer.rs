@@ -1,0 +1,97 @@
+//! The answer of a session on the sans-I/O `rtc` engine, player or publisher: its engine
+//! (ICE-lite, the server as the DTLS server, the ICE timeouts of the settings), the offer
+//! applied, the mux socket's addresses as host candidates, and the answer with the engine's
+//! own ICE ufrag, which routes the client's datagrams to the session's task (`divert`).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rtc::interceptor::Registry as Interceptors;
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate,
+};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+
+use super::MediaError;
+use super::sdpfrag;
+use crate::config::Settings;
+
+pub fn engine_error(e: impl std::fmt::Display) -> MediaError {
+    MediaError::Internal(format!("rtc engine: {e}"))
+}
+
+/// A new engine for one session: ICE-lite, answering as the DTLS server.
+pub fn new_engine(
+    settings: &Settings,
+    media: MediaEngine,
+    interceptors: Interceptors,
+) -> Result<RTCPeerConnection, MediaError> {
+    let setting = SettingEngineBuilder::new()
+        .with_lite(true)
+        // The client's ClientHello starts DTLS as soon as its ICE has a pair; as the DTLS
+        // client the server would wait for its own connected state and a retransmit.
+        .with_answering_dtls_role(RTCDtlsRole::Server)
+        .with_ice_timeouts(
+            Some(settings.ice_disconnected_timeout),
+            Some(settings.ice_failed_timeout),
+            Some(Duration::from_secs(1)),
+        )
+        .build();
+    RTCPeerConnectionBuilder::new()
+        .with_media_engine(media)
+        .with_setting_engine(setting)
+        .with_interceptor_registry(interceptors)
+        .build(Instant::now())
+        .map_err(engine_error)
+}
+
+/// Applies the client's `offer` to `pc`.
+pub fn apply_offer(pc: &mut RTCPeerConnection, offer: &str) -> Result<(), MediaError> {
+    let offer = RTCSessionDescription::offer(offer.to_owned())
+        .map_err(|e| MediaError::BadOffer(format!("invalid offer: {e}")))?;
+    pc.set_remote_description(Instant::now(), offer)
+        .map_err(|e| MediaError::BadOffer(format!("offer not usable: {e}")))
+}
+
+/// Answers the offer applied to `pc` with `candidates` (the mux socket's addresses) as its
+/// host candidates, all in the answer; returns the answer and its ICE ufrag.
+pub fn answer(
+    pc: &mut RTCPeerConnection,
+    candidates: &[SocketAddr],
+) -> Result<(String, String), MediaError> {
+    for addr in candidates {
+        let candidate = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: "udp".to_owned(),
+                address: addr.ip().to_string(),
+                port: addr.port(),
+                component: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .new_candidate_host()
+        .map_err(engine_error)?;
+        let init = RTCIceCandidate::from(&candidate)
+            .to_json()
+            .map_err(engine_error)?;
+        pc.add_local_candidate(init).map_err(engine_error)?;
+    }
+    // The end of candidates: the answer is complete.
+    pc.add_local_candidate(Default::default())
+        .map_err(engine_error)?;
+    let answer = pc.create_answer(None).map_err(engine_error)?;
+    pc.set_local_description(Instant::now(), answer)
+        .map_err(engine_error)?;
+    let answer = pc
+        .local_description()
+        .ok_or_else(|| engine_error("no local description after the answer"))?
+        .sdp;
+    // The engine's own credentials (not fixed ones: an ICE restart must change them).
+    let (ufrag, _) = sdpfrag::credentials(&answer)
+        .ok_or_else(|| engine_error("no ICE credentials in the answer"))?;
+    Ok((answer, ufrag))
+}

@@ -1,0 +1,104 @@
+//! The ICE of a session on the sans-I/O engine (player or publisher) as `PATCH` reaches it —
+//! trickled candidates and ICE restarts — and the ufrags that route the client's datagrams
+//! from the mux socket to the session's task (`divert`): a restart's new ufrag routes them
+//! too, and every one is forgotten when the session ends.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::transport::RTCIceCandidateInit;
+use tokio::sync::mpsc;
+
+use super::divert::{Divert, Inbound};
+use super::ice::SansioIce;
+use super::sdpfrag;
+
+/// A session whose engine lives behind a lock of its own.
+pub trait SessionEngine: Send + Sync + 'static {
+    /// Runs `f` on the engine, under its lock.
+    fn with_pc<R>(&self, f: impl FnOnce(&mut RTCPeerConnection) -> R) -> R;
+}
+
+/// A session's ICE as `PATCH` reaches it, and the ufrags that route datagrams to its task.
+pub struct SessionIce<E> {
+    engine: Arc<E>,
+    divert: Arc<Divert>,
+    inbound: mpsc::Sender<Inbound>,
+    /// Every local ufrag of the session (a restart adds one), routed until it ends.
+    ufrags: Mutex<Vec<String>>,
+}
+
+impl<E: SessionEngine> SessionIce<E> {
+    /// Routes `ufrag`'s datagrams to `inbound`.
+    pub fn new(
+        engine: Arc<E>,
+        divert: Arc<Divert>,
+        inbound: mpsc::Sender<Inbound>,
+        ufrag: String,
+    ) -> Arc<Self> {
+        divert.register(&ufrag, inbound.clone());
+        Arc::new(SessionIce {
+            engine,
+            divert,
+            inbound,
+            ufrags: Mutex::new(vec![ufrag]),
+        })
+    }
+
+    fn ufrags(&self) -> MutexGuard<'_, Vec<String>> {
+        self.ufrags.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forgets every route of the session (its end).
+    pub fn unregister(&self) {
+        for ufrag in self.ufrags().drain(..) {
+            self.divert.unregister(&ufrag);
+        }
+    }
+}
+
+impl<E: SessionEngine> SansioIce for SessionIce<E> {
+    fn remote_offer(&self) -> Option<String> {
+        self.engine
+            .with_pc(|pc| pc.remote_description().map(|d| d.sdp.clone()))
+    }
+
+    fn add_candidate(&self, candidate: &str, mid: Option<String>, mline_index: u16) -> bool {
+        let init = RTCIceCandidateInit {
+            candidate: format!("candidate:{candidate}"),
+            sdp_mid: mid,
+            sdp_mline_index: Some(mline_index),
+            ..Default::default()
+        };
+        self.engine
+            .with_pc(|pc| pc.add_remote_candidate(init).is_ok())
+    }
+
+    fn restart(&self, offer: String) -> Result<String, String> {
+        let offer = RTCSessionDescription::offer(offer).map_err(|e| e.to_string())?;
+        let now = Instant::now();
+        let local = self.engine.with_pc(|pc| -> Result<String, String> {
+            pc.set_remote_description(now, offer)
+                .map_err(|e| e.to_string())?;
+            let answer = pc.create_answer(None).map_err(|e| e.to_string())?;
+            pc.set_local_description(now, answer)
+                .map_err(|e| e.to_string())?;
+            Ok(pc
+                .local_description()
+                .ok_or("no answer after the restart")?
+                .sdp
+                .clone())
+        })?;
+        // The client's checks of the new ICE session name the new ufrag.
+        if let Some((ufrag, _)) = sdpfrag::credentials(&local) {
+            let mut ufrags = self.ufrags();
+            if !ufrags.contains(&ufrag) {
+                self.divert.register(&ufrag, self.inbound.clone());
+                ufrags.push(ufrag);
+            }
+        }
+        Ok(local)
+    }
+}
