@@ -309,9 +309,13 @@ fn app(dir: &std::path::Path, command: AppCommand) -> anyhow::Result<()> {
 }
 
 fn init_logging(json: bool) {
+    // The engines' own per-session state changes are debug detail here: Sluice logs each
+    // session's start and end itself. A DTLS extension the `rtc` engine does not know (a
+    // GStreamer client's session ticket) is not worth a warning per session either.
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(
-            "info,webrtc=warn,webrtc_ice=warn,webrtc_srtp=warn,webrtc_dtls=warn,webrtc_mdns=warn",
+            "info,webrtc=warn,webrtc_ice=warn,webrtc_srtp=warn,webrtc_dtls=warn,webrtc_mdns=warn,\
+             rtc=warn,rtc_ice=warn,rtc_srtp=warn,rtc_sctp=warn,rtc_interceptor=warn,rtc_dtls=error",
         )
     });
     let builder = tracing_subscriber::fmt()

@@ -12,7 +12,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 use tokio::sync::mpsc;
 use webrtc::stun::attributes::ATTR_USERNAME;
-use webrtc::stun::message::{Getter, Message};
+use webrtc::stun::message::{BINDING_REQUEST, Getter, Message};
 use webrtc::stun::textattrs::Username;
 
 /// One datagram for a player: its bytes, its source, when it arrived.
@@ -86,7 +86,10 @@ impl Divert {
     }
 }
 
-/// The local (first) half of a STUN request's `USERNAME`, `local:remote`.
+/// The local (first) half of a STUN binding request's `USERNAME`, `local:remote`. Only a
+/// request's: libnice (GStreamer's webrtcbin) puts its request's `USERNAME`, whose first
+/// half is its own ufrag, in its success responses too, and a response is routed by its
+/// source address like any other datagram of the session.
 fn local_ufrag(data: &[u8]) -> Option<String> {
     // STUN's first two bits are zero (RFC 7983): RTP, RTCP and DTLS never parse as it.
     if data.len() < 20 || data[0] > 3 {
@@ -95,6 +98,9 @@ fn local_ufrag(data: &[u8]) -> Option<String> {
     let mut message = Message::new();
     message.raw = data.to_vec();
     message.decode().ok()?;
+    if message.typ != BINDING_REQUEST {
+        return None;
+    }
     let mut username = Username::new(ATTR_USERNAME, String::new());
     username.get_from(&message).ok()?;
     let text = username.to_string();
@@ -106,19 +112,46 @@ fn local_ufrag(data: &[u8]) -> Option<String> {
 mod tests {
     use super::*;
     use webrtc::stun::agent::TransactionId;
-    use webrtc::stun::message::BINDING_REQUEST;
+    use webrtc::stun::message::{BINDING_SUCCESS, MessageType};
 
-    fn binding_request(username: &str) -> Vec<u8> {
+    fn binding(typ: MessageType, username: &str) -> Vec<u8> {
         let mut message = Message::new();
         let username = Username::new(ATTR_USERNAME, username.to_owned());
         message
             .build(&[
-                Box::new(BINDING_REQUEST),
+                Box::new(typ),
                 Box::new(TransactionId::new()),
                 Box::new(username),
             ])
-            .expect("a binding request builds");
+            .expect("a binding message builds");
         message.raw
+    }
+
+    fn binding_request(username: &str) -> Vec<u8> {
+        binding(BINDING_REQUEST, username)
+    }
+
+    /// libnice answers the session's own checks with a `USERNAME` whose first half is the
+    /// client's ufrag: the response still reaches the session by its address. (It was left
+    /// to webrtc-rs as another ufrag's, and a GStreamer client never connected.)
+    #[tokio::test]
+    async fn a_response_naming_the_clients_ufrag_reaches_the_session_by_its_address() {
+        let divert = Divert::default();
+        let (tx, mut rx) = mpsc::channel(8);
+        let from: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        divert.register("server", tx);
+        let response = binding(BINDING_SUCCESS, "client:server");
+        assert!(!divert.take(&response, from), "no address claimed yet");
+        assert!(divert.take(&binding_request("server:client"), from));
+        assert!(
+            divert.take(&response, from),
+            "the claimed address's response"
+        );
+        let request = rx.recv().await.expect("the request");
+        assert_eq!(local_ufrag(&request.0).as_deref(), Some("server"));
+        let answered = rx.recv().await.expect("the response");
+        assert_eq!(&answered.0[..], &response[..]);
+        assert_eq!(local_ufrag(&response), None, "a response names no route");
     }
 
     #[tokio::test]

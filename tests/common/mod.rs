@@ -23,7 +23,7 @@ pub struct TestServer {
 
 /// Server logs in tests: its own warnings, and only errors of the WebRTC stack (which warns on
 /// every ordinary teardown).
-pub const QUIET_LOG: &str = "warn,webrtc=error,webrtc_ice=error,webrtc_srtp=error,webrtc_dtls=error,webrtc_mdns=error,webrtc_sctp=error,interceptor=error";
+pub const QUIET_LOG: &str = "warn,webrtc=error,webrtc_ice=error,webrtc_srtp=error,webrtc_dtls=error,webrtc_mdns=error,webrtc_sctp=error,interceptor=error,rtc_dtls=error";
 
 /// Settings every test server gets: media and ICE on loopback only, OS-chosen ports, and no
 /// offer rate per address (every test client is 127.0.0.1; `tests/races.rs` sets one).

@@ -57,6 +57,9 @@ def main():
     ice = webrtc.get_property("ice-agent")
     agent = ice.get_property("agent")
     agent.add_local_address(loopback)
+    # No UPnP port mapping: libnice would otherwise search for a gateway by SSDP multicast
+    # (239.255.255.250:1900), traffic a test must never send beyond loopback.
+    agent.set_property("upnp", False)
     loop = GLib.MainLoop()
     state = {"location": None, "sent": False}
 
