@@ -10,10 +10,10 @@
 # against Sluice and against examples/baseline_relay.rs (a plain webrtc-crate broadcast
 # relay), alternating, with the same engine settings; the ratio is Sluice's server CPU per
 # forwarded packet over the baseline's. Sluice runs three times: with a UDP socket per session
-# (scripts/loopback, players on webrtc-rs 0.17), with all media on one mux socket whose output
-# is batched (scripts/loopback-mux: GSO runs per player and sendmmsg, 0.17 players), and as
-# it runs by default, with the players on the sans-I/O `rtc` engine over that socket
-# (scripts/loopback-rtc).
+# (scripts/loopback, sessions on webrtc-rs 0.17), with all media on one mux socket whose
+# output is batched (scripts/loopback-mux: GSO runs per player and sendmmsg, 0.17 sessions),
+# and as it runs by default, with publishers and players on the sans-I/O `rtc` engine over
+# that socket (scripts/loopback-rtc).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 players=${PLAYERS:-"1 10 50 200"}
