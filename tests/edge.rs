@@ -237,3 +237,45 @@ async fn an_edge_relay_gets_no_keep_alives_or_status_hooks_of_its_own() {
     assert_eq!(relay_events, 0, "no hook call names the edge relay");
     serving.abort();
 }
+
+/// One edge pulls two streams from one origin at once: both pulls' datagrams come from the
+/// origin's one media port to the edge's, and each must reach its own pull. Stream `a` sends
+/// video only and `b` video and audio, so a crossed pull shows as audio at `a`'s player.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_streams_pulled_from_one_origin_each_reach_their_own_players() {
+    let redis = Redis::start();
+    let [n1, n2, _n3] = three_nodes(&redis).await;
+    let client = Client::new().unwrap();
+    let video_only = SyntheticMedia {
+        audio: false,
+        ..SyntheticMedia::default()
+    };
+    let _a = client
+        .publish(&n1.url("/whip/a"), video_only)
+        .await
+        .unwrap();
+    let _b = client
+        .publish(&n1.url("/whip/b"), SyntheticMedia::default())
+        .await
+        .unwrap();
+    let (url_a, url_b) = (n2.url("/whep/a"), n2.url("/whep/b"));
+    let (on_a, on_b) = tokio::join!(client.play(&url_a), client.play(&url_b));
+    let (on_a, on_b) = (on_a.unwrap(), on_b.unwrap());
+    for (name, p) in [("a", &on_a), ("b", &on_b)] {
+        assert!(
+            p.wait_packets(100, Duration::from_secs(10)).await,
+            "the player of '{name}' at the edge received {:?}",
+            p.counters
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while on_b.counters.audio_packets.load(Relaxed) == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(on_b.counters.audio_packets.load(Relaxed) > 0, "b's audio");
+    assert_eq!(
+        on_a.counters.audio_packets.load(Relaxed),
+        0,
+        "audio at a's player"
+    );
+}
