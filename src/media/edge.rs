@@ -1,6 +1,7 @@
 //! Edge relays: a stream another node of the cluster publishes, pulled once over WHEP (with
-//! `sluice-client`'s exchange, on this server's own media engine) and registered here as a
-//! publisher marked with its origin node, so local players wire to it as to any publisher.
+//! `sluice-client`'s exchange; on the `rtc` engine from a socket of the pull's own, or on
+//! webrtc-rs 0.17 when publishers run there) and registered here as a publisher marked with
+//! its origin node, so local players wire to it as to any publisher.
 //! The pull ends with its last player (after a short linger), and its players end with
 //! `Stopped by publisher stop` when the origin's publisher stops (the origin's RTCP BYE).
 
@@ -69,6 +70,9 @@ impl Media {
         if origin.media_kinds.is_empty() {
             return Err(MediaError::NoMedia("pull from the origin"));
         }
+        if self.rtc_publishers {
+            return self.pull_sansio(name, app_key, origin).await;
+        }
         let id = Uuid::new_v4();
         let pc = self.new_peer_connection().await?;
         let (control, stop_rx) = SessionControl::new();
@@ -106,21 +110,10 @@ impl Media {
             Ok(links) => links,
             Err(e) => {
                 abandon(&pc, &tasks, &cancel).await;
-                return Err(match e.status() {
-                    Some(404) => RegistryError::NotPublishing(name.to_string()).into(),
-                    _ => MediaError::Origin(format!(
-                        "pulling '{name}' from node {} failed: {e}",
-                        origin.node_id
-                    )),
-                });
+                return Err(origin_error(name, origin, &e));
             }
         };
-        let mut new = NewStream::publisher(name, app_key);
-        new.media_session_id = Some(id);
-        new.session_id = links.resource.clone();
-        new.remote_address = origin.address.clone();
-        new.media_kinds = kinds(&origin.media_kinds);
-        new.origin_node = Some(origin.node_id.clone());
+        let new = edge_stream(name, app_key, origin, id, &links.resource);
         if let Err(e) = self.register(new, &control) {
             let _ = tokio::time::timeout(HANG_UP_TIMEOUT, self.http.delete(&links.resource).send())
                 .await;
@@ -145,9 +138,103 @@ impl Media {
         Ok(())
     }
 
+    /// `pull` on the sans-I/O engine, from a socket of the pull's own.
+    async fn pull_sansio(
+        self: &Arc<Self>,
+        name: &str,
+        app_key: &str,
+        origin: &Origin,
+    ) -> Result<(), MediaError> {
+        let id = Uuid::new_v4();
+        let settings = self.config.load().settings.clone();
+        let offered = rtc_pull::offer(&settings, &origin.media_kinds).await?;
+        let (links, answer) =
+            sluice_client::whep_exchange(&self.http, offered.sdp, &origin.whep_url)
+                .await
+                .map_err(|e| origin_error(name, origin, &e))?;
+        let hang_up = || async {
+            let _ = tokio::time::timeout(HANG_UP_TIMEOUT, self.http.delete(&links.resource).send())
+                .await;
+        };
+        let mut pc = offered.pc;
+        if let Err(e) = rtc_answer::apply_answer(&mut pc, answer) {
+            hang_up().await;
+            return Err(e);
+        }
+        let (control, stop_rx) = SessionControl::new();
+        let new = edge_stream(name, app_key, origin, id, &links.resource);
+        if let Err(e) = self.register(new, &control) {
+            hang_up().await;
+            return Err(e.into());
+        }
+        let publisher = Arc::new(Publisher {
+            expected_tracks: origin.media_kinds.len(),
+            tracks: watch::channel(Vec::new()).0,
+        });
+        let wiring = rtc_ingest::Wiring {
+            publisher: Arc::downgrade(&publisher),
+            ledger: self.relays.clone(),
+            on_bye: StopReason::PublisherStopped,
+        };
+        self.lock_publishers().insert(id, publisher);
+        let tasks = TaskTracker::new();
+        let cancel = CancellationToken::new();
+        tasks.spawn(stop_when_idle(
+            self.registry.clone(),
+            name.to_string(),
+            control.clone(),
+            cancel.clone(),
+            settings.player_wait_for_publisher + 2 * GATHER_TIMEOUT,
+        ));
+        tasks.spawn(hang_up_at_teardown(
+            self.http.clone(),
+            links.resource.clone(),
+            cancel.clone(),
+        ));
+        let (close_tx, close) = tokio::sync::oneshot::channel();
+        let run = rtc_player::Running {
+            id,
+            registry: self.registry.clone(),
+            control: control.clone(),
+            tasks: tasks.clone(),
+            cancel: cancel.clone(),
+            close,
+            // A pull is no session of a client's: not among the peers `PATCH` reaches.
+            live: Arc::default(),
+        };
+        if let Err(e) = rtc_ingest::spawn_on_socket(pc, offered.socket, run, wiring) {
+            control.stop(StopReason::ConnectionLost(e.to_string()));
+        }
+        tracing::info!(stream = %id, %name, app = %app_key, origin = %origin.node_id, "edge: pulling from the origin");
+        self.spawn_supervisor(id, session::Peer::Sansio(close_tx), tasks, cancel, stop_rx);
+        Ok(())
+    }
+
     fn lock_edges(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<EdgeSlot>>> {
         self.edges.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Why a pull of `name` from `origin` failed, as a play of it is told.
+fn origin_error(name: &str, origin: &Origin, e: &sluice_client::ClientError) -> MediaError {
+    match e.status() {
+        Some(404) => RegistryError::NotPublishing(name.to_string()).into(),
+        _ => MediaError::Origin(format!(
+            "pulling '{name}' from node {} failed: {e}",
+            origin.node_id
+        )),
+    }
+}
+
+/// The registry's record of an edge relay: a publisher of `name` marked with its origin.
+fn edge_stream(name: &str, app_key: &str, origin: &Origin, id: Uuid, resource: &str) -> NewStream {
+    let mut new = NewStream::publisher(name, app_key);
+    new.media_session_id = Some(id);
+    new.session_id = resource.to_string();
+    new.remote_address = origin.address.clone();
+    new.media_kinds = kinds(&origin.media_kinds);
+    new.origin_node = Some(origin.node_id.clone());
+    new
 }
 
 /// Held while one name's edge pull is set up.

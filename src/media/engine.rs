@@ -32,7 +32,10 @@ pub struct Engine {
 /// The addresses a sans-I/O player announces as host candidates for the mux socket at
 /// `local`: its own address when bound to one, else each IPv4 interface's (loopback as the
 /// settings say), and the public address.
-fn candidate_addrs(settings: &Settings, local: std::net::SocketAddr) -> Vec<std::net::SocketAddr> {
+pub(super) fn candidate_addrs(
+    settings: &Settings,
+    local: std::net::SocketAddr,
+) -> Vec<std::net::SocketAddr> {
     let port = local.port();
     let mut addrs = Vec::new();
     if !local.ip().is_unspecified() {

@@ -18,6 +18,7 @@ mod rtc_drive;
 mod rtc_ice;
 mod rtc_ingest;
 mod rtc_player;
+mod rtc_pull;
 mod sansio_sessions;
 pub mod sdpfrag;
 mod sender_rtcp;

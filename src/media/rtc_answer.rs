@@ -1,7 +1,8 @@
-//! The answer of a session on the sans-I/O `rtc` engine, player or publisher: its engine
-//! (ICE-lite, the server as the DTLS server, the ICE timeouts of the settings), the offer
-//! applied, the mux socket's addresses as host candidates, and the answer with the engine's
-//! own ICE ufrag, which routes the client's datagrams to the session's task (`divert`).
+//! The negotiation of a session on the sans-I/O `rtc` engine: its engine (the ICE timeouts of
+//! the settings; for an answer — a player or a publisher — ICE-lite with the server as the
+//! DTLS server; for an offer — an edge's pull — a full ICE agent), the offer applied, the
+//! socket's addresses as host candidates, and the answer with the engine's own ICE ufrag,
+//! which routes the client's datagrams to the session's task (`divert`).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -23,14 +24,33 @@ pub fn engine_error(e: impl std::fmt::Display) -> MediaError {
     MediaError::Internal(format!("rtc engine: {e}"))
 }
 
-/// A new engine for one session: ICE-lite, answering as the DTLS server.
+/// A new engine for one session that answers: ICE-lite, answering as the DTLS server.
 pub fn new_engine(
     settings: &Settings,
     media: MediaEngine,
     interceptors: Interceptors,
 ) -> Result<RTCPeerConnection, MediaError> {
+    build(settings, media, interceptors, true)
+}
+
+/// A new engine for one session that offers (an edge's pull): a full ICE agent, which
+/// checks the answerer's candidates itself and nominates the pair.
+pub fn new_offering_engine(
+    settings: &Settings,
+    media: MediaEngine,
+    interceptors: Interceptors,
+) -> Result<RTCPeerConnection, MediaError> {
+    build(settings, media, interceptors, false)
+}
+
+fn build(
+    settings: &Settings,
+    media: MediaEngine,
+    interceptors: Interceptors,
+    answering: bool,
+) -> Result<RTCPeerConnection, MediaError> {
     let setting = SettingEngineBuilder::new()
-        .with_lite(true)
+        .with_lite(answering)
         // The client's ClientHello starts DTLS as soon as its ICE has a pair; as the DTLS
         // client the server would wait for its own connected state and a retransmit.
         .with_answering_dtls_role(RTCDtlsRole::Server)
@@ -62,6 +82,43 @@ pub fn answer(
     pc: &mut RTCPeerConnection,
     candidates: &[SocketAddr],
 ) -> Result<(String, String), MediaError> {
+    add_candidates(pc, candidates)?;
+    let answer = pc.create_answer(None).map_err(engine_error)?;
+    pc.set_local_description(Instant::now(), answer)
+        .map_err(engine_error)?;
+    let answer = pc
+        .local_description()
+        .ok_or_else(|| engine_error("no local description after the answer"))?
+        .sdp;
+    // The engine's own credentials (not fixed ones: an ICE restart must change them).
+    let (ufrag, _) = sdpfrag::credentials(&answer)
+        .ok_or_else(|| engine_error("no ICE credentials in the answer"))?;
+    Ok((answer, ufrag))
+}
+
+/// The offer of `pc` (its transceivers added) with `candidates` as its host candidates, all
+/// in the offer.
+pub fn offer(pc: &mut RTCPeerConnection, candidates: &[SocketAddr]) -> Result<String, MediaError> {
+    add_candidates(pc, candidates)?;
+    let offer = pc.create_offer(None).map_err(engine_error)?;
+    pc.set_local_description(Instant::now(), offer)
+        .map_err(engine_error)?;
+    Ok(pc
+        .local_description()
+        .ok_or_else(|| engine_error("no local description after the offer"))?
+        .sdp)
+}
+
+/// Applies the answerer's `answer` to the offer of `pc`.
+pub fn apply_answer(pc: &mut RTCPeerConnection, answer: String) -> Result<(), MediaError> {
+    let answer = RTCSessionDescription::answer(answer)
+        .map_err(|e| MediaError::Origin(format!("invalid answer: {e}")))?;
+    pc.set_remote_description(Instant::now(), answer)
+        .map_err(|e| MediaError::Origin(format!("answer not usable: {e}")))
+}
+
+/// Adds `candidates` as host candidates, then the end of candidates.
+fn add_candidates(pc: &mut RTCPeerConnection, candidates: &[SocketAddr]) -> Result<(), MediaError> {
     for addr in candidates {
         let candidate = CandidateHostConfig {
             base_config: CandidateConfig {
@@ -80,18 +137,7 @@ pub fn answer(
             .map_err(engine_error)?;
         pc.add_local_candidate(init).map_err(engine_error)?;
     }
-    // The end of candidates: the answer is complete.
+    // The end of candidates: the description is complete.
     pc.add_local_candidate(Default::default())
-        .map_err(engine_error)?;
-    let answer = pc.create_answer(None).map_err(engine_error)?;
-    pc.set_local_description(Instant::now(), answer)
-        .map_err(engine_error)?;
-    let answer = pc
-        .local_description()
-        .ok_or_else(|| engine_error("no local description after the answer"))?
-        .sdp;
-    // The engine's own credentials (not fixed ones: an ICE restart must change them).
-    let (ufrag, _) = sdpfrag::credentials(&answer)
-        .ok_or_else(|| engine_error("no ICE credentials in the answer"))?;
-    Ok((answer, ufrag))
+        .map_err(engine_error)
 }

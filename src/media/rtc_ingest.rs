@@ -1,6 +1,7 @@
 //! Publishers on the sans-I/O `rtc` engine (`media_rtc_publishers`, the default with the mux
 //! socket): the answer to a WHIP (or WCS) publisher's offer, and the publisher's task — its
-//! datagrams in from the mux socket (`divert`), the engine's timers (the NACKs it sends for
+//! datagrams in from the mux socket (`divert`), or from a socket of its own for an edge's
+//! pull of a stream from its origin (`rtc_pull`), the engine's timers (the NACKs it sends for
 //! lost packets, its receiver reports and transport-wide feedback), each track as it opens
 //! becoming a relay track, each RTP packet counted and relayed (`RelayTrack::receive`), the
 //! publisher's BYE or a broken connection stopping the session, key frame requests from the
@@ -11,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use rtc::interceptor::{Registry as Interceptors, Slot};
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::configuration::interceptor_registry::{
@@ -60,7 +61,7 @@ pub struct Prepared {
 /// transport-wide congestion feedback, the `mid`/`rid` header extensions that place a stream
 /// whose SSRC the offer did not name, and ours, which passes the publisher's BYE up to its
 /// task (the engine keeps received RTCP for its interceptors otherwise).
-fn receiver_feedback(media: &mut MediaEngine) -> Result<Interceptors, MediaError> {
+pub fn receiver_feedback(media: &mut MediaEngine) -> Result<Interceptors, MediaError> {
     for parameter in ["", "pli"] {
         media.register_feedback(
             RTCPFeedback {
@@ -104,18 +105,39 @@ struct Track {
     arrivals: Arrivals,
 }
 
+/// Where a publisher's engine sends its datagrams.
+#[derive(Clone)]
+pub enum Outlet {
+    /// The mux socket's batched output.
+    Mux(Output),
+    /// A socket of the session's own (an edge's pull).
+    Own(Arc<tokio::net::UdpSocket>),
+}
+
+impl Outlet {
+    fn send(&self, datagram: &[u8], to: SocketAddr) {
+        match self {
+            Outlet::Mux(output) => output.send(datagram, to),
+            // A full socket drops the datagram, as a wire would.
+            Outlet::Own(socket) => {
+                let _ = socket.try_send_to(datagram, to);
+            }
+        }
+    }
+}
+
 /// What the lock guards.
 struct Engine {
     pc: RTCPeerConnection,
     tracks: Vec<Track>,
-    output: Output,
+    outlet: Outlet,
 }
 
 impl Engine {
     /// Sends what the engine has to send now.
     fn flush(&mut self) {
         while let Some(datagram) = self.pc.poll_write() {
-            self.output
+            self.outlet
                 .send(&datagram.message, datagram.transport.peer_addr);
         }
     }
@@ -127,6 +149,16 @@ pub struct Ingest {
 }
 
 impl Ingest {
+    fn new(pc: RTCPeerConnection, outlet: Outlet) -> Arc<Self> {
+        Arc::new(Ingest {
+            engine: Mutex::new(Engine {
+                pc,
+                tracks: Vec::new(),
+                outlet,
+            }),
+        })
+    }
+
     fn lock(&self) -> MutexGuard<'_, Engine> {
         // The engine's state is its own; a holder that panicked is a bug in the engine, and
         // the connection then fails on its own timers.
@@ -168,19 +200,59 @@ impl KeyframeSource for Ingest {
 pub struct Wiring {
     pub publisher: Weak<Publisher>,
     pub ledger: Arc<RelayLedger>,
+    /// What the client's BYE means: a publisher that left, or, for an edge, the origin's.
+    pub on_bye: StopReason,
+}
+
+/// Starts the task of a publisher whose datagrams come and go through `socket` alone (an
+/// edge's pull), and the task that reads the socket; both end with the session.
+pub fn spawn_on_socket(
+    pc: RTCPeerConnection,
+    socket: Arc<tokio::net::UdpSocket>,
+    run: Running,
+    wiring: Wiring,
+) -> Result<(), MediaError> {
+    let local = socket.local_addr().map_err(engine_error)?;
+    let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
+    let ingest = Ingest::new(pc, Outlet::Own(socket.clone()));
+    run.tasks.spawn(read_socket(socket, tx, run.cancel.clone()));
+    run.tasks
+        .clone()
+        .spawn(drive(ingest, local, rx, run, wiring));
+    Ok(())
+}
+
+/// Hands the datagrams `socket` receives to the session's task until `cancel`.
+async fn read_socket(
+    socket: Arc<tokio::net::UdpSocket>,
+    to: mpsc::Sender<Inbound>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let read = tokio::select! {
+            _ = cancel.cancelled() => break,
+            read = socket.recv_from(&mut buf) => read,
+        };
+        match read {
+            // A full queue is a task that is not keeping up: the datagram is lost.
+            Ok((len, from)) => {
+                let _ = to.try_send((BytesMut::from(&buf[..len]), from, Instant::now()));
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "session socket read failed");
+                // Not a tight loop on an error that repeats.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
 }
 
 impl Prepared {
     /// Starts the publisher's task in `run.tasks`. Returns its ICE as `PATCH` reaches it.
     pub fn spawn(self, io: &SansioIo, run: Running, wiring: Wiring) -> Arc<SessionIce<Ingest>> {
         let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
-        let ingest = Arc::new(Ingest {
-            engine: Mutex::new(Engine {
-                pc: self.pc,
-                tracks: Vec::new(),
-                output: io.output.clone(),
-            }),
-        });
+        let ingest = Ingest::new(self.pc, Outlet::Mux(io.output.clone()));
         let ice = SessionIce::new(ingest.clone(), io.divert.clone(), tx, self.ufrag);
         let local = io.local;
         let tasks = run.tasks.clone();
@@ -229,7 +301,7 @@ async fn drive(
                 .stop(StopReason::ConnectionLost("ICE or DTLS failed".into()));
         }
         if found.bye {
-            run.control.stop(StopReason::ClientLeft);
+            run.control.stop(wiring.on_bye.clone());
         }
         if !all_arrived
             && Instant::now() > connect_by

@@ -93,6 +93,7 @@ impl Media {
         let wiring = rtc_ingest::Wiring {
             publisher: Arc::downgrade(&publisher),
             ledger: self.relays.clone(),
+            on_bye: StopReason::ClientLeft,
         };
         self.lock_publishers().insert(id, publisher);
         let tasks = TaskTracker::new();

@@ -572,17 +572,30 @@ async fn gathered_offer(pc: &RTCPeerConnection) -> Result<String, ClientError> {
 
 /// The WHIP/WHEP exchange for any peer connection whose transceivers are set up: its offer
 /// `POST`ed to `url`, the `201`'s answer applied, and what the `201` said of the session.
-/// Sluice's edge nodes pull a stream from its origin with this, on their own media engine.
 pub async fn whep_offer(
     http: &reqwest::Client,
     pc: &RTCPeerConnection,
     url: &str,
 ) -> Result<SessionLinks, ClientError> {
     let local = gathered_offer(pc).await?;
+    let (links, answer) = whep_exchange(http, local, url).await?;
+    pc.set_remote_description(RTCSessionDescription::answer(answer)?)
+        .await?;
+    Ok(links)
+}
+
+/// The WHIP/WHEP exchange of an offer made by any engine: `offer` `POST`ed to `url`; the
+/// `201`'s answer and what it said of the session. Sluice's edge nodes pull a stream from
+/// its origin with this.
+pub async fn whep_exchange(
+    http: &reqwest::Client,
+    offer: String,
+    url: &str,
+) -> Result<(SessionLinks, String), ClientError> {
     let response = http
         .post(url)
         .header(reqwest::header::CONTENT_TYPE, "application/sdp")
-        .body(local)
+        .body(offer)
         .send()
         .await?;
     let status = response.status().as_u16();
@@ -611,13 +624,12 @@ pub async fn whep_offer(
         let end = l.find('>')?;
         base.join(&l[start..end]).ok().map(|u| u.to_string())
     });
-    pc.set_remote_description(RTCSessionDescription::answer(body)?)
-        .await?;
-    Ok(SessionLinks {
+    let links = SessionLinks {
         resource,
         events,
         etag,
-    })
+    };
+    Ok((links, body))
 }
 
 fn capability(mime: &str, clock_rate: u32, channels: u16) -> RTCRtpCodecCapability {

@@ -74,7 +74,7 @@ declare_settings! {
     media_rtc_players: bool = true, Flag, Restart,
         "players (WHEP and WCS) run on the sans-I/O `rtc` 0.21 engine (ICE-lite), fed by a shard task per core per track rather than a task per player; `false` (or no `media_udp_mux_port`, or `media_udp_batch=false`: it needs both) runs them on webrtc-rs 0.17. Their session resources take `PATCH` (trickle and ICE restart) either way. At 200 players about 0.7x the CPU per forwarded packet and the memory per player of 0.17 players on the same socket, and about half the CPU of a plain 0.17 relay (BENCHMARKS.md)";
     media_rtc_publishers: bool = true, Flag, Restart,
-        "publishers (WHIP and WCS) run on the sans-I/O `rtc` 0.21 engine (ICE-lite, on the mux socket): NACKs for lost packets, receiver reports and transport-wide feedback to the publisher, key frame requests from the players; `false` (or no `media_udp_mux_port`, or `media_udp_batch=false`) runs them on webrtc-rs 0.17. An edge's pull of a stream from its origin runs on webrtc-rs 0.17 either way";
+        "publishers (WHIP and WCS) run on the sans-I/O `rtc` 0.21 engine (ICE-lite, on the mux socket): NACKs for lost packets, receiver reports and transport-wide feedback to the publisher, key frame requests from the players; `false` (or no `media_udp_mux_port`, or `media_udp_batch=false`) runs them on webrtc-rs 0.17. An edge's pull of a stream from its origin runs on the same engine as publishers (on `rtc`, from a UDP socket of the pull's own)";
     media_public_ip: Option<IpAddr> = None, Optional(Address), Restart,
         "an address announced as an extra (server-reflexive) ICE candidate, for clients beyond NAT";
     ice_include_loopback: bool = true, Flag, Restart,
