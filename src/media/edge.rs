@@ -199,8 +199,9 @@ impl Media {
             tasks: tasks.clone(),
             cancel: cancel.clone(),
             close,
-            // A pull is no session of a client's: not among the peers `PATCH` reaches.
-            live: Arc::default(),
+            // A pull is no session of a client's: not among the peers `PATCH` reaches (its
+            // own count, which its task's end takes back to zero).
+            live: Arc::new(std::sync::atomic::AtomicUsize::new(1)),
         };
         if let Err(e) = rtc_ingest::spawn_on_socket(pc, offered.socket, run, wiring) {
             control.stop(StopReason::ConnectionLost(e.to_string()));

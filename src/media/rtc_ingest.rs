@@ -291,8 +291,9 @@ async fn drive(
     let info = loop {
         let found = ingest.serve(&run, &wiring.ledger, &upstream);
         for relay in found.opened {
-            all_arrived |= add_track(&wiring.publisher, run.id, relay);
-            if all_arrived {
+            // `PUBLISHING` once, when the last track the offer announced arrives.
+            if add_track(&wiring.publisher, run.id, relay) && !all_arrived {
+                all_arrived = true;
                 run.registry.set_status(run.id, Status::Publishing, "");
             }
         }
