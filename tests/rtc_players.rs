@@ -72,22 +72,10 @@ async fn twenty_sansio_cycles_leave_nothing_behind() {
     cycle(&server, &client, 0).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let baseline = server.runtime().await;
-    let (tasks, fds) = (
-        baseline["aliveTasks"].as_u64().unwrap(),
-        baseline["openFds"].as_u64().unwrap(),
-    );
     for i in 1..=20 {
         cycle(&server, &client, i).await;
     }
-    let settled = server
-        .eventually(Duration::from_secs(15), || async {
-            let now = server.runtime().await;
-            now["streams"] == 0
-                && now["peerConnections"] == 0
-                && now["aliveTasks"].as_u64().unwrap() <= tasks
-                && now["openFds"].as_u64().unwrap() <= fds
-        })
-        .await;
+    let settled = server.back_to(&baseline, Duration::from_secs(15)).await;
     assert!(
         settled,
         "baseline {baseline}, after {}",

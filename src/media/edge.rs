@@ -92,10 +92,7 @@ impl Media {
                 return Err(e.into());
             }
         }
-        let publisher = Arc::new(Publisher {
-            expected_tracks: origin.media_kinds.len(),
-            tracks: watch::channel(Vec::new()).0,
-        });
+        let publisher = Publisher::new(origin.media_kinds.len());
         self.on_publisher_track(
             &pc,
             id,
@@ -167,10 +164,7 @@ impl Media {
             hang_up().await;
             return Err(e.into());
         }
-        let publisher = Arc::new(Publisher {
-            expected_tracks: origin.media_kinds.len(),
-            tracks: watch::channel(Vec::new()).0,
-        });
+        let publisher = Publisher::new(origin.media_kinds.len());
         let wiring = rtc_ingest::Wiring {
             publisher: Arc::downgrade(&publisher),
             ledger: self.relays.clone(),

@@ -12,6 +12,7 @@ mod gso;
 mod ice;
 pub mod offer;
 mod player_track;
+mod records;
 mod relay;
 mod rtc_answer;
 mod rtc_drive;
@@ -33,7 +34,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
@@ -54,6 +54,7 @@ use crate::registry::{
     Bearer, MediaKind, NewStream, Registry, RegistryError, Status, StopHandle, StopReason,
 };
 
+use records::{Publisher, kind_name, kinds, player_stream, publisher_stream};
 use session::{Session, SessionControl};
 
 /// Why a WHIP/WHEP request failed. Each maps to one HTTP status in `api`.
@@ -106,13 +107,6 @@ pub struct SessionAnswer {
     pub sdp: String,
     /// The entity-tag of the session's ICE session (`ETag`, RFC 9725 §4.3.1).
     pub etag: String,
-}
-
-/// A live publisher as players see it: its tracks once they arrive.
-struct Publisher {
-    /// How many tracks the offer said it would send.
-    expected_tracks: usize,
-    tracks: watch::Sender<Vec<Arc<RelayTrack>>>,
 }
 
 /// The media side of the server.
@@ -248,10 +242,7 @@ impl Media {
         let (control, stop_rx) = SessionControl::new();
         let tasks = TaskTracker::new();
         let cancel = CancellationToken::new();
-        let publisher = Arc::new(Publisher {
-            expected_tracks: summary.sending.len(),
-            tracks: watch::channel(Vec::new()).0,
-        });
+        let publisher = Publisher::new(summary.sending.len());
         self.on_publisher_track(
             &pc,
             id,
@@ -270,17 +261,7 @@ impl Media {
                 return Err(e);
             }
         };
-        let mut new = NewStream::publisher(&request.name, &request.app_key);
-        new.media_session_id = Some(id);
-        new.session_id = request
-            .session_id
-            .clone()
-            .unwrap_or_else(|| resource_path(id));
-        new.remote_address = request.remote_address;
-        new.media_kinds = kinds(&summary.sending);
-        new.custom = request.custom;
-        (new.audio_codec, new.video_codec) = offer::agreed_codecs(&answer);
-        new.bearer = request.bearer;
+        let new = publisher_stream(request, &summary, &answer);
         if let Err(e) = self.register(new, &control) {
             abandon(&pc, &tasks, &cancel).await;
             return Err(e.into());
@@ -560,51 +541,4 @@ async fn abandon(pc: &RTCPeerConnection, tasks: &TaskTracker, cancel: &Cancellat
 /// The path of a session's resource: `Location` of the `201`, target of `DELETE`.
 pub fn resource_path(id: Uuid) -> String {
     format!("/session/{id}")
-}
-
-/// The registry's record of a new player of `publisher_id` receiving `relays`.
-fn player_stream(
-    request: OfferRequest,
-    publisher_id: Uuid,
-    relays: &[Arc<RelayTrack>],
-) -> NewStream {
-    let id = request.media_session_id;
-    let mut new = NewStream::player(&request.name, &request.app_key);
-    new.publisher_id = Some(publisher_id);
-    new.media_session_id = Some(id);
-    new.session_id = request
-        .session_id
-        .clone()
-        .unwrap_or_else(|| resource_path(id));
-    new.remote_address = request.remote_address;
-    new.media_kinds = kinds(&relays.iter().map(|r| r.kind).collect::<Vec<_>>());
-    new.custom = request.custom;
-    // What the player receives is the publisher's codec, whatever else the answer lists.
-    for relay in relays {
-        let name = relay
-            .codec
-            .mime_type
-            .split_once('/')
-            .map(|(_, n)| codecs::canonical_name(n));
-        match relay.kind {
-            MediaKind::Audio => new.audio_codec = name,
-            MediaKind::Video => new.video_codec = name,
-        }
-    }
-    new.bearer = request.bearer;
-    new
-}
-
-fn kinds(list: &[MediaKind]) -> Vec<MediaKind> {
-    let mut kinds = list.to_vec();
-    kinds.sort();
-    kinds.dedup();
-    kinds
-}
-
-fn kind_name(kind: MediaKind) -> &'static str {
-    match kind {
-        MediaKind::Audio => "audio",
-        MediaKind::Video => "video",
-    }
 }

@@ -15,10 +15,25 @@ use rtc::peer_connection::transport::{
     CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate,
 };
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RtpCodecKind};
 
 use super::MediaError;
 use super::sdpfrag;
 use crate::config::Settings;
+
+/// Announces `nack` and `nack pli` for video: a player's NACKs are answered from the relay's
+/// history, a publisher is sent NACKs for what it lost, and both carry key frame requests.
+pub fn register_nack_feedback(media: &mut MediaEngine) {
+    for parameter in ["", "pli"] {
+        media.register_feedback(
+            RTCPFeedback {
+                typ: "nack".to_owned(),
+                parameter: parameter.to_owned(),
+            },
+            RtpCodecKind::Video,
+        );
+    }
+}
 
 pub fn engine_error(e: impl std::fmt::Display) -> MediaError {
     MediaError::Internal(format!("rtc engine: {e}"))

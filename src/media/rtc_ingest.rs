@@ -25,7 +25,7 @@ use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::rtcp::goodbye::Goodbye;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::RTCRtpReceiverId;
-use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RtpCodecKind};
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::mpsc;
@@ -62,15 +62,7 @@ pub struct Prepared {
 /// whose SSRC the offer did not name, and ours, which passes the publisher's BYE up to its
 /// task (the engine keeps received RTCP for its interceptors otherwise).
 pub fn receiver_feedback(media: &mut MediaEngine) -> Result<Interceptors, MediaError> {
-    for parameter in ["", "pli"] {
-        media.register_feedback(
-            RTCPFeedback {
-                typ: "nack".to_owned(),
-                parameter: parameter.to_owned(),
-            },
-            RtpCodecKind::Video,
-        );
-    }
+    rtc_answer::register_nack_feedback(media);
     configure_simulcast_extension_headers(media).map_err(engine_error)?;
     let interceptors = Interceptors::new()
         .with(
@@ -292,7 +284,11 @@ async fn drive(
         let found = ingest.serve(&run, &wiring.ledger, &upstream);
         for relay in found.opened {
             // `PUBLISHING` once, when the last track the offer announced arrives.
-            if add_track(&wiring.publisher, run.id, relay) && !all_arrived {
+            let last = wiring
+                .publisher
+                .upgrade()
+                .is_some_and(|publisher| publisher.add_track(run.id, relay));
+            if last && !all_arrived {
                 all_arrived = true;
                 run.registry.set_status(run.id, Status::Publishing, "");
             }
@@ -338,32 +334,6 @@ async fn drive(
     };
     ingest.close(&info);
     run.live.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// Adds an opened track to the publisher's for its players; whether every track the offer
-/// announced has now arrived.
-fn add_track(publisher: &Weak<Publisher>, id: uuid::Uuid, relay: Arc<RelayTrack>) -> bool {
-    let Some(publisher) = publisher.upgrade() else {
-        return false;
-    };
-    let mut all_arrived = false;
-    publisher.tracks.send_modify(|tracks| {
-        if let Some(twin) = tracks.iter().find(|t| t.kind == relay.kind) {
-            // A second source of one kind (another SSRC on the same m-line).
-            tracing::warn!(
-                stream = %id,
-                kind = ?relay.kind,
-                first_codec = %twin.codec.mime_type,
-                first_ssrc = twin.ssrc,
-                second_codec = %relay.codec.mime_type,
-                second_ssrc = relay.ssrc,
-                "a publisher sent a second track of one kind"
-            );
-        }
-        tracks.push(relay);
-        all_arrived = tracks.len() == publisher.expected_tracks;
-    });
-    all_arrived
 }
 
 impl Ingest {

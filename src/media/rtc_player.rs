@@ -82,15 +82,7 @@ fn codec_of(c: &RTCRtpCodecCapability) -> RTCRtpCodec {
 /// relay's one history per track — every packet walked through their queues cost a relay
 /// about a tenth of its CPU at 200 players.
 fn sender_feedback(media: &mut MediaEngine) -> Interceptors {
-    for parameter in ["", "pli"] {
-        media.register_feedback(
-            RTCPFeedback {
-                typ: "nack".to_owned(),
-                parameter: parameter.to_owned(),
-            },
-            RtpCodecKind::Video,
-        );
-    }
+    rtc_answer::register_nack_feedback(media);
     // Application-most: it sees the RTCP after any interceptor of the engine's own.
     Interceptors::new().with(Slot::Custom(20_000), sender_rtcp::ToSessionTask::default())
 }

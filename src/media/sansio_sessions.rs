@@ -35,32 +35,9 @@ impl Media {
             return Err(RegistryError::NotPublishing(name).into());
         }
         self.register(new, &control)?;
-        let tasks = TaskTracker::new();
-        let cancel = CancellationToken::new();
-        let (close_tx, close) = tokio::sync::oneshot::channel();
-        let answer = prepared.answer.clone();
-        self.sansio_sessions.fetch_add(1, Ordering::Relaxed);
-        let ice = prepared.spawn(
-            io,
-            Running {
-                id,
-                registry: self.registry.clone(),
-                control,
-                tasks: tasks.clone(),
-                cancel: cancel.clone(),
-                close,
-                live: self.sansio_sessions.clone(),
-            },
-        );
-        let peer = ice::LivePeer::new(ice::IcePeer::Sansio(ice));
-        let etag = peer.etag();
-        self.lock_peers().insert(id, peer);
-        self.spawn_supervisor(id, session::Peer::Sansio(close_tx), tasks, cancel, stop_rx);
-        Ok(SessionAnswer {
-            id,
-            sdp: answer,
-            etag,
-        })
+        let sdp = prepared.answer.clone();
+        let etag = self.start_sansio(id, control, stop_rx, |run| prepared.spawn(io, run));
+        Ok(SessionAnswer { id, sdp, etag })
     }
 
     /// WHIP on the sans-I/O engine: the publisher's answer, registration, its task.
@@ -73,55 +50,47 @@ impl Media {
         let id = request.media_session_id;
         let settings = self.config.load().settings.clone();
         let prepared = rtc_ingest::prepare(io, &settings, &request.sdp)?;
-        let mut new = NewStream::publisher(&request.name, &request.app_key);
-        new.media_session_id = Some(id);
-        new.session_id = request
-            .session_id
-            .clone()
-            .unwrap_or_else(|| resource_path(id));
-        new.remote_address = request.remote_address;
-        new.media_kinds = kinds(&summary.sending);
-        new.custom = request.custom;
-        (new.audio_codec, new.video_codec) = offer::agreed_codecs(&prepared.answer);
-        new.bearer = request.bearer;
+        let new = publisher_stream(request, summary, &prepared.answer);
         let (control, stop_rx) = SessionControl::new();
         self.register(new, &control)?;
-        let publisher = Arc::new(Publisher {
-            expected_tracks: summary.sending.len(),
-            tracks: watch::channel(Vec::new()).0,
-        });
+        let publisher = Publisher::new(summary.sending.len());
         let wiring = rtc_ingest::Wiring {
             publisher: Arc::downgrade(&publisher),
             ledger: self.relays.clone(),
             on_bye: StopReason::ClientLeft,
         };
         self.lock_publishers().insert(id, publisher);
+        let sdp = prepared.answer.clone();
+        let etag = self.start_sansio(id, control, stop_rx, |run| prepared.spawn(io, run, wiring));
+        Ok(SessionAnswer { id, sdp, etag })
+    }
+
+    /// Starts a registered session's task (`spawn`, given what it runs with), makes its ICE
+    /// reachable by `PATCH` and supervises it; returns the entity-tag of its ICE session.
+    fn start_sansio(
+        self: &Arc<Self>,
+        id: Uuid,
+        control: Arc<SessionControl>,
+        stop_rx: tokio::sync::oneshot::Receiver<StopReason>,
+        spawn: impl FnOnce(Running) -> Arc<dyn ice::SansioIce>,
+    ) -> String {
         let tasks = TaskTracker::new();
         let cancel = CancellationToken::new();
         let (close_tx, close) = tokio::sync::oneshot::channel();
-        let answer = prepared.answer.clone();
         self.sansio_sessions.fetch_add(1, Ordering::Relaxed);
-        let ice = prepared.spawn(
-            io,
-            Running {
-                id,
-                registry: self.registry.clone(),
-                control,
-                tasks: tasks.clone(),
-                cancel: cancel.clone(),
-                close,
-                live: self.sansio_sessions.clone(),
-            },
-            wiring,
-        );
+        let ice = spawn(Running {
+            id,
+            registry: self.registry.clone(),
+            control,
+            tasks: tasks.clone(),
+            cancel: cancel.clone(),
+            close,
+            live: self.sansio_sessions.clone(),
+        });
         let peer = ice::LivePeer::new(ice::IcePeer::Sansio(ice));
         let etag = peer.etag();
         self.lock_peers().insert(id, peer);
         self.spawn_supervisor(id, session::Peer::Sansio(close_tx), tasks, cancel, stop_rx);
-        Ok(SessionAnswer {
-            id,
-            sdp: answer,
-            etag,
-        })
+        etag
     }
 }

@@ -86,27 +86,10 @@ impl Media {
                     }
                 }
             });
-            if let Some(publisher) = publisher.upgrade() {
-                let mut all_arrived = false;
-                publisher.tracks.send_modify(|tracks| {
-                    if let Some(twin) = tracks.iter().find(|t| t.kind == relay.kind) {
-                        // A second source of one kind (another SSRC on the same m-line).
-                        tracing::warn!(
-                            stream = %id,
-                            kind = ?relay.kind,
-                            first_codec = %twin.codec.mime_type,
-                            first_ssrc = twin.ssrc,
-                            second_codec = %relay.codec.mime_type,
-                            second_ssrc = relay.ssrc,
-                            "a publisher sent a second track of one kind"
-                        );
-                    }
-                    tracks.push(relay);
-                    all_arrived = tracks.len() == publisher.expected_tracks;
-                });
-                if all_arrived {
-                    registry.set_status(id, Status::Publishing, "");
-                }
+            if let Some(publisher) = publisher.upgrade()
+                && publisher.add_track(id, relay)
+            {
+                registry.set_status(id, Status::Publishing, "");
             }
             Box::pin(async {})
         }));

@@ -243,6 +243,24 @@ impl TestServer {
             .expect("forwarded packets in /metrics")
     }
 
+    /// Waits until the server holds no stream and no peer connection, and no more tokio
+    /// tasks and open descriptors than `baseline` (a `runtime()` reading): whether it did
+    /// within `within`.
+    pub async fn back_to(&self, baseline: &Value, within: Duration) -> bool {
+        let (tasks, fds) = (
+            baseline["aliveTasks"].as_u64().expect("aliveTasks"),
+            baseline["openFds"].as_u64().expect("openFds"),
+        );
+        self.eventually(within, || async {
+            let now = self.runtime().await;
+            now["streams"] == 0
+                && now["peerConnections"] == 0
+                && now["aliveTasks"].as_u64().is_some_and(|t| t <= tasks)
+                && now["openFds"].as_u64().is_some_and(|f| f <= fds)
+        })
+        .await
+    }
+
     pub async fn streams(&self) -> u64 {
         self.runtime().await["streams"].as_u64().expect("streams")
     }
