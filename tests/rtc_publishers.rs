@@ -16,24 +16,6 @@ const WAIT: Duration = Duration::from_secs(10);
 const RTC_PUBLISHERS: &str =
     "ice_loopback_only=true\nmedia_udp_mux_port=0\nmedia_rtc_publishers=true\n";
 
-/// The server's counter `name` from `/metrics`.
-async fn metric(server: &TestServer, name: &str) -> f64 {
-    let metrics = server
-        .http_client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in /metrics"))
-}
-
 /// The SSRCs `session` sends.
 async fn sending_ssrcs(session: &ClientSession) -> Vec<u32> {
     let mut ssrcs = Vec::new();
@@ -93,7 +75,7 @@ async fn a_publisher_on_the_sansio_engine_is_relayed_asked_for_key_frames_and_na
         counters.receiver_reports.load(Ordering::Relaxed)
     );
     // Never sent again (the publisher never sent them): lost, as the relay counts.
-    let lost = metric(&server, "sluice_relay_lost_packets_total").await;
+    let lost = server.metric("sluice_relay_lost_packets_total").await;
     let left_out = counters.lost_on_purpose.load(Ordering::Relaxed) as f64;
     assert!(
         lost >= 1.0 && lost <= left_out,

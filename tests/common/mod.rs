@@ -227,6 +227,11 @@ impl TestServer {
 
     /// The server's `sluice_relay_forwarded_packets_total` (from `/metrics`).
     pub async fn forwarded_packets(&self) -> f64 {
+        self.metric("sluice_relay_forwarded_packets_total").await
+    }
+
+    /// The value of the unlabelled series `name` in the server's `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
         let metrics = self
             .http_client
             .get(self.url("/metrics"))
@@ -238,9 +243,9 @@ impl TestServer {
             .expect("metrics text");
         metrics
             .lines()
-            .find_map(|l| l.strip_prefix("sluice_relay_forwarded_packets_total "))
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
             .and_then(|v| v.trim().parse().ok())
-            .expect("forwarded packets in /metrics")
+            .unwrap_or_else(|| panic!("{name} not in /metrics"))
     }
 
     /// Waits until the server holds no stream and no peer connection, and no more tokio
