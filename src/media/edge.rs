@@ -164,13 +164,7 @@ impl Media {
             hang_up().await;
             return Err(e.into());
         }
-        let publisher = Publisher::new(origin.media_kinds.len());
-        let wiring = rtc_ingest::Wiring {
-            publisher: Arc::downgrade(&publisher),
-            ledger: self.relays.clone(),
-            on_bye: StopReason::PublisherStopped,
-        };
-        self.lock_publishers().insert(id, publisher);
+        let wiring = self.ingest_wiring(id, origin.media_kinds.len(), StopReason::PublisherStopped);
         let tasks = TaskTracker::new();
         let cancel = CancellationToken::new();
         tasks.spawn(stop_when_idle(

@@ -31,7 +31,7 @@ use super::divert::Inbound;
 use super::fanout::{Datagrams, Fanouts, Member, Membership};
 use super::relay::RelayTrack;
 use super::rtc_ice::SessionEngine;
-use super::rtc_player::Running;
+use super::rtc_player::{Running, wake_at};
 use super::sender_rtcp::{self, REPORT_INTERVAL, SentTrack};
 use crate::registry::{MediaKind, Status, StopHandle, StopReason};
 
@@ -219,18 +219,11 @@ pub async fn drive(
         connected |= found.connected_now;
         act(&player, &run, &found);
         if !connected && Instant::now() > connect_by {
-            run.control.stop(StopReason::ConnectionLost(format!(
-                "no media within {} s",
-                CONNECT_TIMEOUT.as_secs()
-            )));
+            run.stop_unconnected();
         }
-        let wait = found
-            .deadline
-            .map_or(MAX_TIMER_WAIT, |d| {
-                d.saturating_duration_since(Instant::now())
-            })
-            .min(MAX_TIMER_WAIT);
-        timer.as_mut().reset(tokio::time::Instant::now() + wait);
+        timer
+            .as_mut()
+            .reset(wake_at(found.deadline, MAX_TIMER_WAIT));
         tokio::select! {
             biased;
             info = &mut run.close => break info.unwrap_or_default(),

@@ -36,7 +36,7 @@ use super::divert::Inbound;
 use super::relay::{Arrivals, KeyframeSource, RelayLedger, RelayTrack, Upstream};
 use super::rtc_answer::{self, engine_error};
 use super::rtc_ice::{SessionEngine, SessionIce};
-use super::rtc_player::{Running, SansioIo};
+use super::rtc_player::{Running, SansioIo, wake_at};
 use super::sender_rtcp::ToSessionTask;
 use super::{CONNECT_TIMEOUT, MediaError, Publisher};
 use crate::config::Settings;
@@ -307,18 +307,11 @@ async fn drive(
                 .get(run.id)
                 .is_some_and(|r| r.status == Status::Pending)
         {
-            run.control.stop(StopReason::ConnectionLost(format!(
-                "no media within {} s",
-                CONNECT_TIMEOUT.as_secs()
-            )));
+            run.stop_unconnected();
         }
-        let wait = found
-            .deadline
-            .map_or(MAX_TIMER_WAIT, |d| {
-                d.saturating_duration_since(Instant::now())
-            })
-            .min(MAX_TIMER_WAIT);
-        timer.as_mut().reset(tokio::time::Instant::now() + wait);
+        timer
+            .as_mut()
+            .reset(wake_at(found.deadline, MAX_TIMER_WAIT));
         tokio::select! {
             biased;
             info = &mut run.close => break info.unwrap_or_default(),

@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rtc::interceptor::{Registry as Interceptors, Slot};
 use rtc::media_stream::MediaStreamTrack;
@@ -22,7 +23,6 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 use webrtc::rtp_transceiver::rtp_codec::RTCRtpCodecCapability;
 
-use super::MediaError;
 use super::batch_udp::Output;
 use super::divert::Divert;
 use super::fanout::Fanouts;
@@ -32,8 +32,9 @@ use super::rtc_drive::{self, Feed, Player};
 use super::rtc_ice::SessionIce;
 use super::sender_rtcp;
 use super::session::SessionControl;
+use super::{CONNECT_TIMEOUT, MediaError};
 use crate::config::Settings;
-use crate::registry::{MediaKind, Registry};
+use crate::registry::{MediaKind, Registry, StopHandle, StopReason};
 
 /// Datagrams from a player's address queued for its task at most.
 const INBOUND_QUEUE: usize = 256;
@@ -163,7 +164,8 @@ pub fn prepare(
     })
 }
 
-/// What the running player needs from its session.
+/// What a running session on the sans-I/O engine (player, publisher or edge pull) needs
+/// from its session.
 pub struct Running {
     pub id: Uuid,
     pub registry: Arc<Registry>,
@@ -172,8 +174,28 @@ pub struct Running {
     pub cancel: CancellationToken,
     /// The teardown's info for the BYE; the task closes the connection when it comes.
     pub close: oneshot::Receiver<String>,
-    /// The count of live sans-I/O players, less one when this one's task ends.
+    /// The count of live sans-I/O sessions, less one when this one's task ends.
     pub live: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Running {
+    /// Stops the session for never having connected within `CONNECT_TIMEOUT`.
+    pub fn stop_unconnected(&self) {
+        self.control.stop(StopReason::ConnectionLost(format!(
+            "no media within {} s",
+            CONNECT_TIMEOUT.as_secs()
+        )));
+    }
+}
+
+/// When a session's task wakes for its engine: at the engine's next deadline, and at the
+/// latest `longest` from now (what others write into the engine can bring its deadlines
+/// nearer without waking the task).
+pub fn wake_at(deadline: Option<Instant>, longest: Duration) -> tokio::time::Instant {
+    let wait = deadline
+        .map_or(longest, |d| d.saturating_duration_since(Instant::now()))
+        .min(longest);
+    tokio::time::Instant::now() + wait
 }
 
 impl Prepared {

@@ -53,16 +53,29 @@ impl Media {
         let new = publisher_stream(request, summary, &prepared.answer);
         let (control, stop_rx) = SessionControl::new();
         self.register(new, &control)?;
-        let publisher = Publisher::new(summary.sending.len());
-        let wiring = rtc_ingest::Wiring {
-            publisher: Arc::downgrade(&publisher),
-            ledger: self.relays.clone(),
-            on_bye: StopReason::ClientLeft,
-        };
-        self.lock_publishers().insert(id, publisher);
+        let wiring = self.ingest_wiring(id, summary.sending.len(), StopReason::ClientLeft);
         let sdp = prepared.answer.clone();
         let etag = self.start_sansio(id, control, stop_rx, |run| prepared.spawn(io, run, wiring));
         Ok(SessionAnswer { id, sdp, etag })
+    }
+
+    /// A registered publisher (or edge pull) `id` on the sans-I/O engine, offering
+    /// `expected_tracks` to players: its tracks' entry for the players, and what its task
+    /// feeds them through.
+    pub(super) fn ingest_wiring(
+        &self,
+        id: Uuid,
+        expected_tracks: usize,
+        on_bye: StopReason,
+    ) -> rtc_ingest::Wiring {
+        let publisher = Publisher::new(expected_tracks);
+        let wiring = rtc_ingest::Wiring {
+            publisher: Arc::downgrade(&publisher),
+            ledger: self.relays.clone(),
+            on_bye,
+        };
+        self.lock_publishers().insert(id, publisher);
+        wiring
     }
 
     /// Starts a registered session's task (`spawn`, given what it runs with), makes its ICE
