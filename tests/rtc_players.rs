@@ -63,6 +63,58 @@ async fn players_on_the_sansio_engine_receive_and_stop() {
     nothing_left(&server).await;
 }
 
+/// Players on direct connections (`media_direct_players`, the default: ICE-lite, DTLS and
+/// SRTP driven by the server itself) answer with the server's one certificate, the same
+/// fingerprint for every player, where the `rtc` peer connection makes one per player; both
+/// receive the publisher's media and end with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn players_on_direct_connections_share_the_servers_certificate_and_receive() {
+    let fingerprint = |sdp: &str| {
+        sdp.lines()
+            .find_map(|l| {
+                l.trim_end()
+                    .strip_prefix("a=fingerprint:")
+                    .map(str::to_owned)
+            })
+            .expect("a fingerprint")
+    };
+    let peer_connection = format!("{RTC_PLAYERS}media_direct_players=false\n");
+    for (direct, settings) in [(true, RTC_PLAYERS), (false, peer_connection.as_str())] {
+        let server = TestServer::start_with(settings, None);
+        let client = Client::new().unwrap();
+        let publisher = client
+            .publish(&server.url("/whip/direct"), SyntheticMedia::default())
+            .await
+            .unwrap();
+        let mut fingerprints = Vec::new();
+        let mut players = Vec::new();
+        for _ in 0..2 {
+            let player = client.play(&server.url("/whep/direct")).await.unwrap();
+            assert!(
+                player.wait_packets(50, WAIT).await,
+                "direct={direct}: {}",
+                server.why_no_media(&player, &publisher).await
+            );
+            let answer = player.pc.remote_description().await.expect("an answer").sdp;
+            fingerprints.push(fingerprint(&answer));
+            players.push(player);
+        }
+        assert_eq!(
+            fingerprints[0] == fingerprints[1],
+            direct,
+            "direct={direct}: {fingerprints:?}"
+        );
+        publisher.hang_up().await.unwrap();
+        for player in &players {
+            assert!(
+                player.wait_ended(WAIT).await.is_some(),
+                "direct={direct}: player not told"
+            );
+        }
+        nothing_left(&server).await;
+    }
+}
+
 /// Twenty publish/play/stop cycles on the sans-I/O engine leave no more tokio tasks and
 /// file descriptors than before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -134,6 +134,7 @@ pub async fn build(settings: &Settings) -> Result<Engine, MediaError> {
                         divert,
                         local,
                         candidates: candidate_addrs(settings, local),
+                        direct: direct_players(settings),
                     });
                 }
                 UDPMuxParams::new(batched)
@@ -165,4 +166,19 @@ pub async fn build(settings: &Settings) -> Result<Engine, MediaError> {
         mux_addr,
         sansio_io,
     })
+}
+
+/// What players' direct connections share, when `media_direct_players` asks for them (a
+/// server that cannot make its certificate runs its players on the peer connection).
+fn direct_players(settings: &Settings) -> Option<std::sync::Arc<super::direct::DirectShared>> {
+    if !settings.media_direct_players {
+        return None;
+    }
+    match super::direct::DirectShared::new() {
+        Ok(shared) => Some(std::sync::Arc::new(shared)),
+        Err(e) => {
+            tracing::warn!(error = %e, "players run on the rtc peer connection: no certificate for direct connections");
+            None
+        }
+    }
 }

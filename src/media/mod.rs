@@ -4,6 +4,7 @@
 
 mod batch_udp;
 pub mod codecs;
+mod direct;
 mod divert;
 mod edge;
 pub mod engine;
@@ -11,6 +12,7 @@ mod fanout;
 mod gso;
 mod ice;
 pub mod offer;
+mod player_engine;
 mod player_track;
 mod records;
 mod relay;

@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use rtc::interceptor::Registry as Interceptors;
+use rtc::peer_connection::certificate::RTCCertificate;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::sdp::RTCSessionDescription;
@@ -39,13 +41,15 @@ pub fn engine_error(e: impl std::fmt::Display) -> MediaError {
     MediaError::Internal(format!("rtc engine: {e}"))
 }
 
-/// A new engine for one session that answers: ICE-lite, answering as the DTLS server.
+/// A new engine for one session that answers: ICE-lite, answering as the DTLS server (with
+/// `certificate`, or one of its own).
 pub fn new_engine(
     settings: &Settings,
     media: MediaEngine,
     interceptors: Interceptors,
+    certificate: Option<RTCCertificate>,
 ) -> Result<RTCPeerConnection, MediaError> {
-    build(settings, media, interceptors, true)
+    build(settings, media, interceptors, true, certificate)
 }
 
 /// A new engine for one session that offers (an edge's pull): a full ICE agent, which
@@ -55,7 +59,7 @@ pub fn new_offering_engine(
     media: MediaEngine,
     interceptors: Interceptors,
 ) -> Result<RTCPeerConnection, MediaError> {
-    build(settings, media, interceptors, false)
+    build(settings, media, interceptors, false, None)
 }
 
 fn build(
@@ -63,6 +67,7 @@ fn build(
     media: MediaEngine,
     interceptors: Interceptors,
     answering: bool,
+    certificate: Option<RTCCertificate>,
 ) -> Result<RTCPeerConnection, MediaError> {
     let setting = SettingEngineBuilder::new()
         .with_lite(answering)
@@ -75,7 +80,15 @@ fn build(
             Some(Duration::from_secs(1)),
         )
         .build();
-    RTCPeerConnectionBuilder::new()
+    let mut builder = RTCPeerConnectionBuilder::new();
+    if let Some(certificate) = certificate {
+        builder = builder.with_configuration(
+            RTCConfigurationBuilder::new()
+                .with_certificates(vec![certificate])
+                .build(),
+        );
+    }
+    builder
         .with_media_engine(media)
         .with_setting_engine(setting)
         .with_interceptor_registry(interceptors)

@@ -11,17 +11,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use rtc::peer_connection::RTCPeerConnection;
-use rtc::peer_connection::event::RTCPeerConnectionEvent;
-use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
-use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::rtcp::goodbye::Goodbye;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
-use rtc::sansio::Protocol;
 use rtc::shared::time::SystemInstant;
-use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::mpsc;
 use webrtc::rtp::packet::Packet;
 
@@ -29,6 +23,7 @@ use super::CONNECT_TIMEOUT;
 use super::batch_udp::Output;
 use super::divert::Inbound;
 use super::fanout::{Datagrams, Fanouts, Member, Membership};
+use super::player_engine::{EngineEvent, PlayerEngine};
 use super::relay::RelayTrack;
 use super::rtc_ice::SessionEngine;
 use super::rtc_player::{Running, wake_at};
@@ -51,7 +46,7 @@ pub struct Feed {
 
 /// What the lock guards: the engine and what the shards' writes change.
 struct Engine {
-    pc: RTCPeerConnection,
+    conn: PlayerEngine,
     connected: bool,
     /// Per feed: packets and payload bytes forwarded, not yet added to the relay's counters.
     counts: Vec<(u64, u64)>,
@@ -83,19 +78,7 @@ impl Engine {
             ..Default::default()
         };
         let payload: Bytes = packet.payload.clone();
-        let written = self.pc.handle_write(TaggedRTCMessage {
-            now,
-            // The engine routes RTP by SSRC; the track id is not read (and an empty
-            // `String` costs no allocation).
-            message: RTCMessage::RtpPacket(
-                String::new(),
-                rtc::rtp::packet::Packet { header, payload },
-            ),
-        });
-        while let Some(datagram) = self.pc.poll_write() {
-            out.push((datagram.message, datagram.transport.peer_addr));
-        }
-        written.is_ok()
+        self.conn.write_rtp(header, payload, now, out)
     }
 }
 
@@ -106,10 +89,10 @@ pub struct Player {
 }
 
 impl Player {
-    pub fn new(pc: RTCPeerConnection, feeds: Vec<Feed>) -> Arc<Self> {
+    pub fn new(conn: PlayerEngine, feeds: Vec<Feed>) -> Arc<Self> {
         Arc::new(Player {
             engine: Mutex::new(Engine {
-                pc,
+                conn,
                 connected: false,
                 counts: vec![(0, 0); feeds.len()],
                 sent: vec![SentTrack::default(); feeds.len()],
@@ -170,14 +153,22 @@ impl Member for FeedOf {
 
 /// Sends what the engine has to send now (the player's own traffic, not the shards').
 fn flush(engine: &mut Engine, output: &Output) {
-    while let Some(datagram) = engine.pc.poll_write() {
-        output.send(&datagram.message, datagram.transport.peer_addr);
+    while let Some((datagram, to)) = engine.conn.poll_transmit() {
+        output.send(&datagram, to);
     }
 }
 
 impl SessionEngine for Player {
-    fn with_pc<R>(&self, f: impl FnOnce(&mut RTCPeerConnection) -> R) -> R {
-        f(&mut self.lock().pc)
+    fn remote_offer(&self) -> Option<String> {
+        self.lock().conn.remote_offer()
+    }
+
+    fn add_candidate(&self, candidate: &str, mid: Option<String>, mline_index: u16) -> bool {
+        self.lock().conn.add_candidate(candidate, mid, mline_index)
+    }
+
+    fn restart(&self, offer: String) -> Result<String, String> {
+        self.lock().conn.restart(offer)
     }
 }
 
@@ -185,7 +176,7 @@ impl SessionEngine for Player {
 #[derive(Default)]
 struct Found {
     connected_now: bool,
-    failed: bool,
+    failed: Option<&'static str>,
     keyframe: bool,
     bye: bool,
     deadline: Option<Instant>,
@@ -233,7 +224,7 @@ pub async fn drive(
                 None => break String::new(),
             },
             () = &mut timer => {
-                let _ = player.lock().pc.handle_timeout(Instant::now());
+                player.lock().conn.handle_timeout(Instant::now());
             }
         }
     };
@@ -264,9 +255,8 @@ fn act(player: &Player, run: &Running, found: &Found) {
                 .spawn(async move { relay.request_keyframe().await });
         }
     }
-    if found.failed {
-        run.control
-            .stop(StopReason::ConnectionLost("ICE or DTLS failed".into()));
+    if let Some(why) = found.failed {
+        run.control.stop(StopReason::ConnectionLost(why.into()));
     }
     if found.bye {
         run.control.stop(StopReason::ClientLeft);
@@ -281,25 +271,19 @@ impl Player {
         let mut found = Found::default();
         let mut engine = self.lock();
         let mut nacked = Vec::new();
-        while let Some(event) = engine.pc.poll_event() {
-            let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event else {
-                continue;
-            };
-            tracing::debug!(stream = %id, %state, "rtc player connection state");
-            match state {
-                RTCPeerConnectionState::Connected if !engine.connected => {
-                    engine.connected = true;
-                    found.connected_now = true;
+        while let Some(event) = engine.conn.poll_event() {
+            let packets = match event {
+                EngineEvent::Connected => {
+                    tracing::debug!(stream = %id, "player connected");
+                    found.connected_now |= !std::mem::replace(&mut engine.connected, true);
+                    continue;
                 }
-                RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
-                    found.failed = true;
+                EngineEvent::Failed(why) => {
+                    tracing::debug!(stream = %id, why, "player connection failed");
+                    found.failed = Some(why);
+                    continue;
                 }
-                _ => {}
-            }
-        }
-        while let Some(read) = engine.pc.poll_read() {
-            let RTCMessage::RtcpPacket(_, packets) = read.message else {
-                continue;
+                EngineEvent::Rtcp(packets) => packets,
             };
             for packet in packets {
                 let any = packet.as_any();
@@ -331,7 +315,7 @@ impl Player {
         flush(&mut engine, output);
         found.deadline = Some(
             engine
-                .pc
+                .conn
                 .poll_timeout()
                 .map_or(engine.next_report, |d| d.min(engine.next_report)),
         );
@@ -365,24 +349,14 @@ impl Player {
             else {
                 continue;
             };
-            let _ = engine.pc.handle_write(TaggedRTCMessage {
-                now,
-                message: RTCMessage::RtcpPacket(feed.track_id.clone(), vec![Box::new(report)]),
-            });
+            engine
+                .conn
+                .write_rtcp(&feed.track_id, vec![Box::new(report)], now);
         }
     }
 
     fn read(&self, local: SocketAddr, message: BytesMut, from: SocketAddr, now: Instant) {
-        let _ = self.lock().pc.handle_read(TaggedBytesMut {
-            now,
-            transport: TransportContext {
-                local_addr: local,
-                peer_addr: from,
-                transport_protocol: TransportProtocol::UDP,
-                ecn: None,
-            },
-            message,
-        });
+        self.lock().conn.read(local, message, from, now);
     }
 
     /// RTCP BYE for every track, then DTLS close_notify, all queued before the task ends;
@@ -396,13 +370,12 @@ impl Player {
                 sources: self.feeds.iter().map(|f| f.ssrc).collect(),
                 reason: Bytes::copy_from_slice(&info.as_bytes()[..info.len().min(255)]),
             };
-            let _ = engine.pc.handle_write(TaggedRTCMessage {
-                now: Instant::now(),
-                message: RTCMessage::RtcpPacket(feed.track_id.clone(), vec![Box::new(bye)]),
-            });
+            engine
+                .conn
+                .write_rtcp(&feed.track_id, vec![Box::new(bye)], Instant::now());
         }
         flush(&mut engine, output);
-        let _ = engine.pc.close();
+        engine.conn.close(Instant::now());
         flush(&mut engine, output);
         for index in 0..self.feeds.len() {
             self.count(&mut engine, index, true);

@@ -15,10 +15,70 @@ use super::divert::{Divert, Inbound};
 use super::ice::SansioIce;
 use super::sdpfrag;
 
-/// A session whose engine lives behind a lock of its own.
+/// A session whose engine lives behind a lock of its own, as `PATCH` reaches it.
 pub trait SessionEngine: Send + Sync + 'static {
-    /// Runs `f` on the engine, under its lock.
-    fn with_pc<R>(&self, f: impl FnOnce(&mut RTCPeerConnection) -> R) -> R;
+    /// The client's offer as last applied.
+    fn remote_offer(&self) -> Option<String>;
+    /// Adds a trickled candidate of the client's; whether it was usable.
+    fn add_candidate(&self, candidate: &str, mid: Option<String>, mline_index: u16) -> bool;
+    /// Applies an ICE restart's offer; the new local description.
+    fn restart(&self, offer: String) -> Result<String, String>;
+}
+
+/// `SessionEngine::remote_offer` of a peer connection.
+pub fn pc_remote_offer(pc: &RTCPeerConnection) -> Option<String> {
+    pc.remote_description().map(|d| d.sdp.clone())
+}
+
+/// `SessionEngine::add_candidate` of a peer connection.
+pub fn pc_add_candidate(
+    pc: &mut RTCPeerConnection,
+    candidate: &str,
+    mid: Option<String>,
+    mline_index: u16,
+) -> bool {
+    let init = RTCIceCandidateInit {
+        candidate: format!("candidate:{candidate}"),
+        sdp_mid: mid,
+        sdp_mline_index: Some(mline_index),
+        ..Default::default()
+    };
+    pc.add_remote_candidate(init).is_ok()
+}
+
+/// `SessionEngine::restart` of a peer connection: its engine's new answer.
+pub fn pc_restart(pc: &mut RTCPeerConnection, offer: String) -> Result<String, String> {
+    let offer = RTCSessionDescription::offer(offer).map_err(|e| e.to_string())?;
+    let now = Instant::now();
+    pc.set_remote_description(now, offer)
+        .map_err(|e| e.to_string())?;
+    let answer = pc.create_answer(None).map_err(|e| e.to_string())?;
+    pc.set_local_description(now, answer)
+        .map_err(|e| e.to_string())?;
+    Ok(pc
+        .local_description()
+        .ok_or("no answer after the restart")?
+        .sdp
+        .clone())
+}
+
+/// `sdp` with every `a=ice-ufrag`/`a=ice-pwd` replaced by `ufrag`/`pwd`.
+pub fn with_credentials(sdp: &str, ufrag: &str, pwd: &str) -> String {
+    let mut out = String::with_capacity(sdp.len() + 16);
+    for line in sdp.lines() {
+        let line = line.trim_end_matches('\r');
+        if line.starts_with("a=ice-ufrag:") {
+            out.push_str("a=ice-ufrag:");
+            out.push_str(ufrag);
+        } else if line.starts_with("a=ice-pwd:") {
+            out.push_str("a=ice-pwd:");
+            out.push_str(pwd);
+        } else {
+            out.push_str(line);
+        }
+        out.push_str("\r\n");
+    }
+    out
 }
 
 /// A session's ICE as `PATCH` reaches it, and the ufrags that route datagrams to its task.
@@ -61,36 +121,15 @@ impl<E: SessionEngine> SessionIce<E> {
 
 impl<E: SessionEngine> SansioIce for SessionIce<E> {
     fn remote_offer(&self) -> Option<String> {
-        self.engine
-            .with_pc(|pc| pc.remote_description().map(|d| d.sdp.clone()))
+        self.engine.remote_offer()
     }
 
     fn add_candidate(&self, candidate: &str, mid: Option<String>, mline_index: u16) -> bool {
-        let init = RTCIceCandidateInit {
-            candidate: format!("candidate:{candidate}"),
-            sdp_mid: mid,
-            sdp_mline_index: Some(mline_index),
-            ..Default::default()
-        };
-        self.engine
-            .with_pc(|pc| pc.add_remote_candidate(init).is_ok())
+        self.engine.add_candidate(candidate, mid, mline_index)
     }
 
     fn restart(&self, offer: String) -> Result<String, String> {
-        let offer = RTCSessionDescription::offer(offer).map_err(|e| e.to_string())?;
-        let now = Instant::now();
-        let local = self.engine.with_pc(|pc| -> Result<String, String> {
-            pc.set_remote_description(now, offer)
-                .map_err(|e| e.to_string())?;
-            let answer = pc.create_answer(None).map_err(|e| e.to_string())?;
-            pc.set_local_description(now, answer)
-                .map_err(|e| e.to_string())?;
-            Ok(pc
-                .local_description()
-                .ok_or("no answer after the restart")?
-                .sdp
-                .clone())
-        })?;
+        let local = self.engine.restart(offer)?;
         // The client's checks of the new ICE session name the new ufrag.
         if let Some((ufrag, _)) = sdpfrag::credentials(&local) {
             let mut ufrags = self.ufrags();

@@ -35,7 +35,7 @@ use super::batch_udp::Output;
 use super::divert::Inbound;
 use super::relay::{Arrivals, KeyframeSource, RelayLedger, RelayTrack, Upstream};
 use super::rtc_answer::{self, engine_error};
-use super::rtc_ice::{SessionEngine, SessionIce};
+use super::rtc_ice::{self, SessionEngine, SessionIce};
 use super::rtc_player::{Running, SansioIo, wake_at};
 use super::sender_rtcp::ToSessionTask;
 use super::{CONNECT_TIMEOUT, MediaError, Publisher};
@@ -83,7 +83,7 @@ pub fn prepare(io: &SansioIo, settings: &Settings, offer: &str) -> Result<Prepar
     let mut media = MediaEngine::default();
     media.register_default_codecs().map_err(engine_error)?;
     let interceptors = receiver_feedback(&mut media)?;
-    let mut pc = rtc_answer::new_engine(settings, media, interceptors)?;
+    let mut pc = rtc_answer::new_engine(settings, media, interceptors, None)?;
     rtc_answer::apply_offer(&mut pc, offer)?;
     let (answer, ufrag) = rtc_answer::answer(&mut pc, &io.candidates)?;
     Ok(Prepared { pc, ufrag, answer })
@@ -159,8 +159,16 @@ impl Ingest {
 }
 
 impl SessionEngine for Ingest {
-    fn with_pc<R>(&self, f: impl FnOnce(&mut RTCPeerConnection) -> R) -> R {
-        f(&mut self.lock().pc)
+    fn remote_offer(&self) -> Option<String> {
+        rtc_ice::pc_remote_offer(&self.lock().pc)
+    }
+
+    fn add_candidate(&self, candidate: &str, mid: Option<String>, mline_index: u16) -> bool {
+        rtc_ice::pc_add_candidate(&mut self.lock().pc, candidate, mid, mline_index)
+    }
+
+    fn restart(&self, offer: String) -> Result<String, String> {
+        rtc_ice::pc_restart(&mut self.lock().pc, offer)
     }
 }
 

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use rtc::interceptor::{Registry as Interceptors, Slot};
 use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
@@ -24,12 +23,15 @@ use uuid::Uuid;
 use webrtc::rtp_transceiver::rtp_codec::RTCRtpCodecCapability;
 
 use super::batch_udp::Output;
+use super::direct::{self, DirectParams, DirectSession, DirectShared};
 use super::divert::Divert;
 use super::fanout::Fanouts;
+use super::player_engine::{Direct, PlayerEngine};
 use super::relay::RelayTrack;
 use super::rtc_answer::{self, engine_error};
 use super::rtc_drive::{self, Feed, Player};
 use super::rtc_ice::SessionIce;
+use super::sdpfrag;
 use super::sender_rtcp;
 use super::session::SessionControl;
 use super::{CONNECT_TIMEOUT, MediaError};
@@ -49,11 +51,13 @@ pub struct SansioIo {
     pub candidates: Vec<SocketAddr>,
     /// The shards that write the publishers' packets into the players.
     pub fanouts: Arc<Fanouts>,
+    /// What the players' direct connections share (`media_direct_players`).
+    pub direct: Option<Arc<DirectShared>>,
 }
 
 /// A negotiated player, not yet running.
 pub struct Prepared {
-    pc: RTCPeerConnection,
+    conn: PlayerEngine,
     ufrag: String,
     feeds: Vec<Feed>,
     pub answer: String,
@@ -100,7 +104,9 @@ pub fn prepare(
     let mut media = MediaEngine::default();
     media.register_default_codecs().map_err(engine_error)?;
     let interceptors = sender_feedback(&mut media);
-    let mut pc = rtc_answer::new_engine(settings, media, interceptors)?;
+    let direct = io.direct.clone().filter(|_| direct_serves(offer));
+    let certificate = direct.as_ref().map(|d| d.certificate.clone());
+    let mut pc = rtc_answer::new_engine(settings, media, interceptors, certificate)?;
     let mut pending = Vec::new();
     for (relay, codec) in tracks {
         let (kind, name) = match relay.kind {
@@ -156,12 +162,44 @@ pub fn prepare(
             "the answer carries none of the publisher's tracks".into(),
         ));
     }
+    let conn = match direct {
+        // The peer connection negotiated the answer; the direct connection carries it.
+        Some(shared) => {
+            let (local_ufrag, local_pwd) = sdpfrag::credentials(&answer)
+                .ok_or_else(|| engine_error("no ICE credentials in the answer"))?;
+            let (remote_ufrag, remote_pwd) = sdpfrag::credentials(offer)
+                .ok_or_else(|| MediaError::BadOffer("the offer has no ICE credentials".into()))?;
+            let params = DirectParams {
+                local_ufrag,
+                local_pwd,
+                remote_ufrag,
+                remote_pwd,
+                remote_fingerprints: direct::sha256_fingerprints(offer),
+                failed_timeout: settings.ice_failed_timeout,
+            };
+            let session =
+                DirectSession::new(shared, params, Instant::now()).map_err(engine_error)?;
+            PlayerEngine::Direct(Box::new(Direct {
+                session,
+                offer: offer.to_owned(),
+                answer: answer.clone(),
+            }))
+        }
+        None => PlayerEngine::Rtc(Box::new(pc)),
+    };
     Ok(Prepared {
-        pc,
+        conn,
         ufrag,
         feeds,
         answer,
     })
+}
+
+/// Whether a direct connection serves `offer`: one with no data channel (which needs the
+/// peer connection's SCTP) and a `sha-256` certificate fingerprint to check the client by.
+fn direct_serves(offer: &str) -> bool {
+    !offer.lines().any(|l| l.starts_with("m=application"))
+        && !direct::sha256_fingerprints(offer).is_empty()
 }
 
 /// What a running session on the sans-I/O engine (player, publisher or edge pull) needs
@@ -208,7 +246,7 @@ impl Prepared {
     /// Returns its ICE as `PATCH` reaches it.
     pub fn spawn(self, io: &SansioIo, run: Running) -> Arc<SessionIce<Player>> {
         let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
-        let player = Player::new(self.pc, self.feeds);
+        let player = Player::new(self.conn, self.feeds);
         let ice = SessionIce::new(player.clone(), io.divert.clone(), tx, self.ufrag);
         let (output, fanouts, local) = (io.output.clone(), io.fanouts.clone(), io.local);
         let tasks = run.tasks.clone();
