@@ -13,7 +13,7 @@
 # (scripts/loopback, sessions on webrtc-rs 0.17), with all media on one mux socket whose
 # output is batched (scripts/loopback-mux: GSO runs per player and sendmmsg, 0.17 sessions),
 # and as it runs by default, with publishers and players on the sans-I/O `rtc` engine over
-# that socket (scripts/loopback-rtc).
+# that socket, the players on direct connections (scripts/loopback-rtc).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 players=${PLAYERS:-"1 10 50 200"}
@@ -48,7 +48,7 @@ read -r r021_pid r021_url < <(start_server relay-021 ./target/release/relay-021 
 read -r mux_pid mux_url < <(start_server sluice-mux ./target/release/sluice serve --config scripts/loopback-mux --http 127.0.0.1:0)
 read -r rtc_pid rtc_url < <(start_server sluice-rtc ./target/release/sluice serve --config scripts/loopback-rtc --http 127.0.0.1:0)
 for n in $players; do
-  echo "relay: $n players, Sluice (a socket per session, one batched mux socket, rtc players), baseline, then the 0.21 relay…" >&2
+  echo "relay: $n players, Sluice (a socket per session, one batched mux socket, Sluice as it runs by default), baseline, then the 0.21 relay…" >&2
   ./target/release/examples/relay_load --url "$sluice_url" --server-pid "$sluice_pid" --label sluice "$n" | tee -a "$out/relay.txt" >&2
   ./target/release/examples/relay_load --url "$mux_url" --server-pid "$mux_pid" --label sluice-mux "$n" | tee -a "$out/relay.txt" >&2
   ./target/release/examples/relay_load --url "$rtc_url" --server-pid "$rtc_pid" --label sluice-rtc "$n" | tee -a "$out/relay.txt" >&2
@@ -76,9 +76,9 @@ kill "$sluice_pid" "$mux_pid" "$rtc_pid" "$base_pid" "$r021_pid" 2>/dev/null || 
           printf "relay server CPU per forwarded packet, Sluice on one batched mux socket|%s players|%s µs (loss %s %%, first pkt %s ms, gen CPU %s %%)|%s µs (loss %s %%, first pkt %s ms)|%.2f\n", n, w[4], w[5], w[6], w[8], y[4], y[5], y[6], w[4] / y[4];
         }
         if (n in t) { split(t[n], v, "|");
-          printf "relay server CPU per forwarded packet, Sluice with rtc players on the mux socket|%s players|%s µs (loss %s %%, first pkt %s ms, gen CPU %s %%)|%s µs (loss %s %%, first pkt %s ms)|%.2f\n", n, v[4], v[5], v[6], v[8], y[4], y[5], y[6], v[4] / y[4];
-          if (v[9] != "-" && y[9] != "-") printf "relay server memory per player, rtc players|%s players|%s KiB|%s KiB (baseline)|%.2f\n", n, v[9], y[9], (y[9] > 0 ? v[9] / y[9] : 0);
-          if (v[12] != "" && v[12] != "-") printf "relay server RSS 2 s after the players left, over RSS before they came, rtc players|%s players|%.1f MiB after, %.1f before (%.1f live)|-|%.2f\n", n, v[12] / 1024, v[10] / 1024, v[11] / 1024, (v[10] > 0 ? v[12] / v[10] : 0);
+          printf "relay server CPU per forwarded packet, Sluice as it runs by default (rtc: direct players)|%s players|%s µs (loss %s %%, first pkt %s ms, gen CPU %s %%)|%s µs (loss %s %%, first pkt %s ms)|%.2f\n", n, v[4], v[5], v[6], v[8], y[4], y[5], y[6], v[4] / y[4];
+          if (v[9] != "-" && y[9] != "-") printf "relay server memory per player, Sluice as it runs by default|%s players|%s KiB|%s KiB (baseline)|%.2f\n", n, v[9], y[9], (y[9] > 0 ? v[9] / y[9] : 0);
+          if (v[12] != "" && v[12] != "-") printf "relay server RSS 2 s after the players left, over RSS before they came, Sluice as it runs by default|%s players|%.1f MiB after, %.1f before (%.1f live)|-|%.2f\n", n, v[12] / 1024, v[10] / 1024, v[11] / 1024, (v[10] > 0 ? v[12] / v[10] : 0);
         }
         if (n in r) { split(r[n], z, "|");
           printf "relay server CPU per forwarded packet, plain relay on webrtc 0.21|%s players|%s µs (loss %s %%)|%s µs (loss %s %%, plain relay on 0.17)|%.2f\n", n, z[4], z[5], y[4], y[5], z[4] / y[4];

@@ -141,3 +141,19 @@ impl<E: SessionEngine> SansioIce for SessionIce<E> {
         Ok(local)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_credentials_replace_the_old_at_every_level_and_nothing_else() {
+        let sdp = "v=0\r\na=ice-ufrag:old1\r\na=ice-pwd:oldpassword\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=ice-ufrag:old1\r\na=ice-pwd:oldpassword\r\na=candidate:1 1 udp 1 127.0.0.1 9 typ host\r\n";
+        let new = with_credentials(sdp, "new1", "newpassword");
+        assert_eq!(new.matches("a=ice-ufrag:new1\r\n").count(), 2, "{new}");
+        assert_eq!(new.matches("a=ice-pwd:newpassword\r\n").count(), 2, "{new}");
+        assert!(!new.contains("old"), "{new}");
+        assert!(new.contains("a=candidate:1 1 udp 1 127.0.0.1 9 typ host\r\n"));
+        assert_eq!(new.lines().count(), sdp.lines().count());
+    }
+}

@@ -258,3 +258,23 @@ impl Prepared {
         ice
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MEDIA: &str =
+        "v=0\r\na=fingerprint:sha-256 AB:CD\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=recvonly\r\n";
+
+    #[test]
+    fn a_direct_connection_serves_media_offers_with_a_sha256_fingerprint_only() {
+        assert!(direct_serves(MEDIA));
+        let with_data = format!("{MEDIA}m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n");
+        assert!(!direct_serves(&with_data), "a data channel needs SCTP");
+        let sha1_only = MEDIA.replace("sha-256", "sha-1");
+        assert!(
+            !direct_serves(&sha1_only),
+            "no fingerprint to check the client by"
+        );
+    }
+}
