@@ -295,7 +295,7 @@ impl DirectSession {
 
     fn read_dtls(&mut self, now: Instant, from: SocketAddr, datagram: BytesMut) {
         let events = self.dtls.read(now, from, None, datagram);
-        self.take_dtls_transmits(from);
+        self.take_dtls_transmits();
         match events {
             Ok(events) => {
                 self.last_heard = now;
@@ -313,14 +313,10 @@ impl DirectSession {
         }
     }
 
-    fn take_dtls_transmits(&mut self, fallback: SocketAddr) {
+    fn take_dtls_transmits(&mut self) {
         while let Some(transmit) = self.dtls.poll_transmit() {
-            let to = if transmit.transport.peer_addr.port() == 0 {
-                fallback
-            } else {
-                transmit.transport.peer_addr
-            };
-            self.transmits.push_back((transmit.message, to));
+            self.transmits
+                .push_back((transmit.message, transmit.transport.peer_addr));
         }
     }
 
@@ -454,8 +450,8 @@ impl DirectSession {
             if self.dtls.handle_timeout(remote, now).is_err() && self.keys.is_none() {
                 self.fail("the DTLS handshake timed out");
             }
-            self.take_dtls_transmits(remote);
         }
+        self.take_dtls_transmits();
     }
 
     /// DTLS close_notify to the client; nothing is sent after it.
@@ -464,7 +460,7 @@ impl DirectSession {
             return;
         }
         let _ = self.dtls.close(now);
-        self.take_dtls_transmits(self.remote.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))));
+        self.take_dtls_transmits();
         self.closed = true;
     }
 }
