@@ -207,6 +207,29 @@ impl Default for SyntheticMedia {
 
 const RTP_PAYLOAD_MAX: usize = 1100;
 
+/// A counting client's interceptors: its publisher's sending side only (the NACK responder
+/// and sender reports). Its players read their media past webrtc-rs, so a NACK generator,
+/// receiver reports and transport-wide feedback would only tick for nothing — timers per
+/// player that made the load generator dearer than the server it loads.
+fn sending_interceptors(media: &mut MediaEngine) -> InterceptorRegistry {
+    use webrtc::interceptor::nack::responder::Responder;
+    use webrtc::interceptor::report::sender::SenderReport;
+    use webrtc::rtp_transceiver::{RTCPFeedback, rtp_codec::RTPCodecType};
+    for parameter in ["", "pli"] {
+        media.register_feedback(
+            RTCPFeedback {
+                typ: "nack".to_owned(),
+                parameter: parameter.to_owned(),
+            },
+            RTPCodecType::Video,
+        );
+    }
+    let mut registry = InterceptorRegistry::new();
+    registry.add(Box::new(Responder::builder()));
+    registry.add(Box::new(SenderReport::builder()));
+    registry
+}
+
 impl Client {
     /// A client whose players decrypt and read every packet, as a real player does.
     pub fn new() -> Result<Self, ClientError> {
@@ -229,7 +252,11 @@ impl Client {
     fn build(counting: Option<Arc<counting::CountingMux>>) -> Result<Self, ClientError> {
         let mut media = MediaEngine::default();
         media.register_default_codecs()?;
-        let interceptors = register_default_interceptors(InterceptorRegistry::new(), &mut media)?;
+        let interceptors = if counting.is_some() {
+            sending_interceptors(&mut media)
+        } else {
+            register_default_interceptors(InterceptorRegistry::new(), &mut media)?
+        };
         let mut s = SettingEngine::default();
         s.set_include_loopback_candidate(true);
         s.set_ip_filter(Box::new(|ip| ip.is_loopback()));
