@@ -15,10 +15,10 @@ use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::rtcp::packet::Packet as RtcpPacket;
 use rtc::rtp::header::Header;
 use rtc::sansio::Protocol;
-use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 use super::direct::{DirectEvent, DirectSession};
 use super::fanout::Datagrams;
+use super::rtc_answer;
 use super::rtc_ice;
 use super::sdpfrag;
 
@@ -127,16 +127,7 @@ impl PlayerEngine {
         match self {
             PlayerEngine::Direct(d) => d.session.read(now, from, message),
             PlayerEngine::Rtc(pc) => {
-                let _ = pc.handle_read(TaggedBytesMut {
-                    now,
-                    transport: TransportContext {
-                        local_addr: local,
-                        peer_addr: from,
-                        transport_protocol: TransportProtocol::UDP,
-                        ecn: None,
-                    },
-                    message,
-                });
+                let _ = pc.handle_read(rtc_answer::udp_datagram(local, from, now, message));
             }
         }
     }

@@ -18,6 +18,7 @@ use rtc::peer_connection::transport::{
 };
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RtpCodecKind};
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 use super::MediaError;
 use super::sdpfrag;
@@ -34,6 +35,25 @@ pub fn register_nack_feedback(media: &mut MediaEngine) {
             },
             RtpCodecKind::Video,
         );
+    }
+}
+
+/// A UDP datagram from `from` to the mux socket's `local`, as an engine reads it.
+pub fn udp_datagram(
+    local: SocketAddr,
+    from: SocketAddr,
+    now: Instant,
+    message: bytes::BytesMut,
+) -> TaggedBytesMut {
+    TaggedBytesMut {
+        now,
+        transport: TransportContext {
+            local_addr: local,
+            peer_addr: from,
+            transport_protocol: TransportProtocol::UDP,
+            ecn: None,
+        },
+        message,
     }
 }
 

@@ -27,7 +27,6 @@ use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication
 use rtc::rtp_transceiver::RTCRtpReceiverId;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::sansio::Protocol;
-use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::mpsc;
 use webrtc::rtp_transceiver::rtp_codec::RTCRtpCodecCapability;
 
@@ -344,16 +343,9 @@ impl Ingest {
         let mut next = Some(first);
         let mut handed = 0;
         while let Some((message, from, now)) = next.take() {
-            let _ = engine.pc.handle_read(TaggedBytesMut {
-                now,
-                transport: TransportContext {
-                    local_addr: local,
-                    peer_addr: from,
-                    transport_protocol: TransportProtocol::UDP,
-                    ecn: None,
-                },
-                message,
-            });
+            let _ = engine
+                .pc
+                .handle_read(rtc_answer::udp_datagram(local, from, now, message));
             handed += 1;
             if handed < READ_BURST {
                 next = more.try_recv().ok();

@@ -24,13 +24,21 @@ use rtc::rtp::header::Header;
 use rtc::shared::TransportProtocol;
 use rtc::shared::marshal::{Marshal, MarshalSize};
 use rtc::srtp::context::Context;
-use rtc::srtp::protection_profile::ProtectionProfile;
 use rtc::stun::attributes::{ATTR_USE_CANDIDATE, ATTR_USERNAME};
 use rtc::stun::fingerprint::FINGERPRINT;
 use rtc::stun::integrity::MessageIntegrity;
-use rtc::stun::message::{BINDING_REQUEST, BINDING_SUCCESS, Getter, Message, TransactionId};
+use rtc::stun::message::{
+    BINDING_REQUEST, BINDING_SUCCESS, Getter, Message, Setter, TransactionId,
+};
 use rtc::stun::textattrs::Username;
 use rtc::stun::xoraddr::XorMappedAddress;
+
+mod keys;
+#[cfg(test)]
+mod tests;
+
+pub use keys::sha256_fingerprints;
+use keys::srtp_contexts;
 
 /// What a connection tells its task.
 pub enum DirectEvent {
@@ -243,24 +251,17 @@ impl DirectSession {
         } else if self.remote.is_none() {
             self.remote = Some(from);
         }
-        let mut response = Message::new();
-        let built = response.build(&[
+        // The request's transaction id, answered from where it came.
+        let response: [Box<dyn Setter>; 3] = [
             Box::new(request.clone()),
             Box::new(BINDING_SUCCESS),
             Box::new(XorMappedAddress {
                 ip: from.ip(),
                 port: from.port(),
             }),
-            Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
-                self.local_pwd.clone(),
-                self.shared.crypto.crypto(),
-            )),
-            Box::new(FINGERPRINT),
-        ]);
-        if built.is_ok() {
-            self.transmits
-                .push_back((BytesMut::from(&response.raw[..]), from));
-        }
+        ];
+        let password = self.local_pwd.clone();
+        self.send_stun(response, password, from);
         if !self.pinged.contains(&from) && self.pinged.len() < MAX_CHECKED {
             self.pinged.push(from);
             self.check(from);
@@ -271,8 +272,7 @@ impl DirectSession {
     /// first check: a controlling client that sees its pair work both ways nominates it at
     /// once rather than at its next check (200 ms later for webrtc-rs).
     fn check(&mut self, to: SocketAddr) {
-        let mut request = Message::new();
-        let built = request.build(&[
+        let request: [Box<dyn Setter>; 5] = [
             Box::new(BINDING_REQUEST),
             Box::new(TransactionId::new()),
             Box::new(Username::new(
@@ -281,15 +281,30 @@ impl DirectSession {
             )),
             Box::new(AttrControlled(self.tie_breaker)),
             Box::new(PriorityAttr(HOST_PRIORITY)),
-            Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
-                self.remote_pwd.clone(),
-                self.shared.crypto.crypto(),
-            )),
-            Box::new(FINGERPRINT),
-        ]);
-        if built.is_ok() {
+        ];
+        let password = self.remote_pwd.clone();
+        self.send_stun(request, password, to);
+    }
+
+    /// Queues a STUN message of `attributes`, signed with `password` (short-term
+    /// credentials) and fingerprinted, for `to`.
+    fn send_stun(
+        &mut self,
+        attributes: impl IntoIterator<Item = Box<dyn Setter>>,
+        password: String,
+        to: SocketAddr,
+    ) {
+        let crypto = self.shared.crypto.crypto();
+        let mut setters: Vec<Box<dyn Setter + '_>> =
+            attributes.into_iter().map(|a| a as _).collect();
+        setters.push(Box::new(
+            MessageIntegrity::new_short_term_integrity_with_provider(password, crypto),
+        ));
+        setters.push(Box::new(FINGERPRINT));
+        let mut message = Message::new();
+        if message.build(&setters).is_ok() {
             self.transmits
-                .push_back((BytesMut::from(&request.raw[..]), to));
+                .push_back((BytesMut::from(&message.raw[..]), to));
         }
     }
 
@@ -462,371 +477,5 @@ impl DirectSession {
         let _ = self.dtls.close(now);
         self.take_dtls_transmits();
         self.closed = true;
-    }
-}
-
-/// Our and the client's SRTP contexts from a finished DTLS handshake (RFC 5764 §4.2).
-fn srtp_contexts(
-    state: &rtc::dtls::state::State,
-    crypto: &dyn RTCCryptoProvider,
-) -> Result<Keys, String> {
-    let profile = match state.srtp_protection_profile() {
-        SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm => ProtectionProfile::AeadAes128Gcm,
-        SrtpProtectionProfile::Srtp_Aead_Aes_256_Gcm => ProtectionProfile::AeadAes256Gcm,
-        SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80 => {
-            ProtectionProfile::Aes128CmHmacSha1_80
-        }
-        SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_32 => {
-            ProtectionProfile::Aes128CmHmacSha1_32
-        }
-        _ => return Err("no SRTP profile agreed".into()),
-    };
-    let mut config = rtc::srtp::config::Config {
-        profile,
-        ..Default::default()
-    };
-    let material = state
-        .export_keying_material(
-            rtc::srtp::config::LABEL_EXTRACTOR_DTLS_SRTP,
-            &[],
-            config.keying_material_len(),
-        )
-        .map_err(error)?;
-    config
-        .set_session_keys_from_keying_material(material.as_ref(), state.is_client())
-        .map_err(error)?;
-    let keys = &config.keys;
-    let local = Context::new(
-        &keys.local_master_key,
-        &keys.local_master_salt,
-        profile,
-        None,
-        None,
-        crypto.crypto(),
-    )
-    .map_err(error)?;
-    let remote = Context::new(
-        &keys.remote_master_key,
-        &keys.remote_master_salt,
-        profile,
-        Some(rtc::srtp::option::srtp_replay_protection(64)),
-        Some(rtc::srtp::option::srtcp_replay_protection(64)),
-        crypto.crypto(),
-    )
-    .map_err(error)?;
-    Ok(Keys { local, remote })
-}
-
-/// The `sha-256` fingerprints of an SDP (session or media level), lower case.
-pub fn sha256_fingerprints(sdp: &str) -> Vec<String> {
-    let mut found: Vec<String> = sdp
-        .lines()
-        .filter_map(|l| l.trim_end_matches('\r').strip_prefix("a=fingerprint:"))
-        .filter_map(|f| {
-            let (algorithm, value) = f.split_once(' ')?;
-            algorithm
-                .eq_ignore_ascii_case("sha-256")
-                .then(|| value.trim().to_lowercase())
-        })
-        .collect();
-    found.dedup();
-    found
-}
-
-#[cfg(test)]
-mod tests {
-    //! A client made of the same parts (a DTLS client endpoint, STUN checks, SRTP) against a
-    //! `DirectSession`, datagrams carried by hand: no sockets.
-    use super::*;
-    use rtc::dtls::config::HandshakeConfig;
-    use rtc::ice::attributes::control::AttrControlling;
-    use rtc::ice::attributes::use_candidate::UseCandidateAttr;
-    use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
-    use rtc::shared::marshal::Unmarshal;
-
-    const SERVER: SocketAddr =
-        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 5000);
-    const CLIENT: SocketAddr =
-        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 6000);
-
-    struct Client {
-        shared: DirectShared,
-        dtls: Endpoint,
-        keys: Option<Keys>,
-        responses: Vec<Message>,
-        requests: Vec<Message>,
-        closed_by_server: bool,
-    }
-
-    fn fingerprint(shared: &DirectShared) -> String {
-        let der = &shared.certificate.dtls_certificate.certificate[0];
-        let hashed = shared
-            .crypto
-            .crypto()
-            .hash(HashAlgorithm::Sha256, der)
-            .unwrap();
-        hashed
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":")
-    }
-
-    fn client_config(client: &DirectShared) -> Arc<HandshakeConfig> {
-        Arc::new(
-            ConfigBuilder::default()
-                .with_crypto_provider(client.crypto.clone())
-                .with_certificates(vec![client.certificate.dtls_certificate.clone()])
-                .with_srtp_protection_profiles(vec![SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm])
-                .with_insecure_skip_verify(true)
-                .with_extended_master_secret(ExtendedMasterSecretType::Require)
-                .build(true, None)
-                .unwrap(),
-        )
-    }
-
-    /// A server session whose offer names `fingerprint` as the client's.
-    fn server(fingerprint: String, now: Instant) -> DirectSession {
-        let shared = Arc::new(DirectShared::new().unwrap());
-        let params = DirectParams {
-            local_ufrag: "srvu".into(),
-            local_pwd: "serverpasswordserverpw".into(),
-            remote_ufrag: "cliu".into(),
-            remote_pwd: "clientpasswordclientpw".into(),
-            remote_fingerprints: vec![fingerprint],
-            failed_timeout: Duration::from_secs(8),
-        };
-        DirectSession::new(shared, params, now).unwrap()
-    }
-
-    fn check(password: &str, nominate: bool) -> BytesMut {
-        let crypto = rtc::crypto::default_provider().unwrap();
-        let mut m = Message::new();
-        let mut setters: Vec<Box<dyn rtc::stun::message::Setter + '_>> = vec![
-            Box::new(BINDING_REQUEST),
-            Box::new(TransactionId::new()),
-            Box::new(Username::new(ATTR_USERNAME, "srvu:cliu".into())),
-            Box::new(AttrControlling(7)),
-            Box::new(PriorityAttr(HOST_PRIORITY)),
-        ];
-        if nominate {
-            setters.push(Box::new(UseCandidateAttr::new()));
-        }
-        setters.push(Box::new(
-            MessageIntegrity::new_short_term_integrity_with_provider(
-                password.to_owned(),
-                crypto.crypto(),
-            ),
-        ));
-        setters.push(Box::new(FINGERPRINT));
-        m.build(&setters).unwrap();
-        BytesMut::from(&m.raw[..])
-    }
-
-    impl Client {
-        fn new() -> Self {
-            Client {
-                shared: DirectShared::new().unwrap(),
-                dtls: Endpoint::new(CLIENT, TransportProtocol::UDP, None),
-                keys: None,
-                responses: Vec::new(),
-                requests: Vec::new(),
-                closed_by_server: false,
-            }
-        }
-
-        fn take(&mut self, now: Instant, datagram: BytesMut) {
-            if datagram.first().is_some_and(|b| *b < 4) {
-                let mut m = Message::new();
-                m.unmarshal_binary(&datagram).unwrap();
-                if m.typ == BINDING_REQUEST {
-                    self.requests.push(m);
-                } else {
-                    self.responses.push(m);
-                }
-                return;
-            }
-            if let Ok(events) = self.dtls.read(now, SERVER, None, datagram) {
-                for event in events {
-                    match event {
-                        EndpointEvent::HandshakeComplete => {
-                            let state = self.dtls.get_connection_state(SERVER).unwrap();
-                            self.keys =
-                                Some(srtp_contexts(state, self.shared.crypto.as_ref()).unwrap());
-                        }
-                        EndpointEvent::PeerClosed => self.closed_by_server = true,
-                        _ => {}
-                    }
-                }
-            }
-        }
-    }
-
-    /// Carries datagrams both ways until neither side has any (bounded).
-    fn pump(server: &mut DirectSession, client: &mut Client, now: Instant) {
-        for _ in 0..50 {
-            let mut moved = false;
-            while let Some((datagram, to)) = server.poll_transmit() {
-                assert_eq!(to, CLIENT);
-                client.take(now, datagram);
-                moved = true;
-            }
-            while let Some(t) = client.dtls.poll_transmit() {
-                server.read(now, CLIENT, t.message);
-                moved = true;
-            }
-            if !moved {
-                return;
-            }
-        }
-        panic!("the two sides never went quiet");
-    }
-
-    /// Checks, DTLS and SRTP keys: the state after which RTP flows.
-    fn connected(now: Instant) -> (DirectSession, Client) {
-        let mut client = Client::new();
-        let mut server = server(fingerprint(&client.shared), now);
-        server.read(now, CLIENT, check("serverpasswordserverpw", true));
-        pump(&mut server, &mut client, now);
-        client
-            .dtls
-            .connect(now, SERVER, client_config(&client.shared), None)
-            .unwrap();
-        pump(&mut server, &mut client, now);
-        (server, client)
-    }
-
-    #[test]
-    fn a_checked_client_connects_and_decrypts_the_rtp_sent_to_it() {
-        let now = Instant::now();
-        let (mut server, mut client) = connected(now);
-        assert_eq!(client.responses.len(), 1, "one answer to one check");
-        let mut mapped = XorMappedAddress {
-            ip: SERVER.ip(),
-            port: 0,
-        };
-        mapped.get_from(&client.responses[0]).unwrap();
-        assert_eq!(SocketAddr::new(mapped.ip, mapped.port), CLIENT);
-        // Our own check went to the client, with its credentials.
-        let mut username = Username::new(ATTR_USERNAME, String::new());
-        username.get_from(&client.requests[0]).unwrap();
-        assert_eq!(username.to_string(), "cliu:srvu");
-        assert!(matches!(server.poll_event(), Some(DirectEvent::Connected)));
-        let keys = client.keys.as_mut().expect("the client's SRTP keys");
-        let header = Header {
-            version: 2,
-            payload_type: 96,
-            sequence_number: 4242,
-            timestamp: 90_000,
-            ssrc: 0x1234_5678,
-            ..Default::default()
-        };
-        let mut out = Vec::new();
-        assert!(server.write_rtp(&header, &Bytes::from_static(b"frame bytes"), &mut out));
-        let (datagram, to) = out.pop().unwrap();
-        assert_eq!(to, CLIENT);
-        let plain = keys.remote.decrypt_rtp(&datagram).unwrap();
-        let packet = rtc::rtp::packet::Packet::unmarshal(&mut &plain[..]).unwrap();
-        assert_eq!(packet.header.sequence_number, 4242);
-        assert_eq!(packet.header.ssrc, 0x1234_5678);
-        assert_eq!(&packet.payload[..], b"frame bytes");
-    }
-
-    #[test]
-    fn a_check_with_the_wrong_password_is_not_answered_nor_its_dtls_read() {
-        let now = Instant::now();
-        let mut client = Client::new();
-        let mut server = server(fingerprint(&client.shared), now);
-        server.read(now, CLIENT, check("not-the-password-at-all", true));
-        assert!(
-            server.poll_transmit().is_none(),
-            "no answer to a forged check"
-        );
-        client
-            .dtls
-            .connect(now, SERVER, client_config(&client.shared), None)
-            .unwrap();
-        pump(&mut server, &mut client, now);
-        assert!(client.keys.is_none());
-        assert!(server.poll_event().is_none());
-        let mut out = Vec::new();
-        assert!(!server.write_rtp(&Header::default(), &Bytes::new(), &mut out));
-        assert!(out.is_empty());
-    }
-
-    #[test]
-    fn a_client_whose_certificate_the_offer_does_not_name_never_connects() {
-        let now = Instant::now();
-        let mut client = Client::new();
-        let stranger = DirectShared::new().unwrap();
-        let mut server = server(fingerprint(&stranger), now);
-        server.read(now, CLIENT, check("serverpasswordserverpw", true));
-        pump(&mut server, &mut client, now);
-        client
-            .dtls
-            .connect(now, SERVER, client_config(&client.shared), None)
-            .unwrap();
-        pump(&mut server, &mut client, now);
-        assert!(!matches!(server.poll_event(), Some(DirectEvent::Connected)));
-        let mut out = Vec::new();
-        assert!(!server.write_rtp(&Header::default(), &Bytes::new(), &mut out));
-    }
-
-    #[test]
-    fn the_clients_rtcp_reaches_the_task_and_its_silence_fails_the_connection() {
-        let now = Instant::now();
-        let (mut server, mut client) = connected(now);
-        assert!(matches!(server.poll_event(), Some(DirectEvent::Connected)));
-        let pli: Vec<Box<dyn RtcpPacket>> = vec![Box::new(PictureLossIndication {
-            sender_ssrc: 1,
-            media_ssrc: 0x1234_5678,
-        })];
-        let plain = rtc::rtcp::packet::marshal(&pli).unwrap();
-        let keys = client.keys.as_mut().unwrap();
-        let datagram = keys.local.encrypt_rtcp(&plain).unwrap();
-        let later = now + Duration::from_secs(5);
-        server.read(later, CLIENT, datagram);
-        let Some(DirectEvent::Rtcp(packets)) = server.poll_event() else {
-            panic!("no RTCP event");
-        };
-        assert!(packets[0].as_any().is::<PictureLossIndication>());
-        // Heard at `later`: silent until its failed timeout after that, not before.
-        server.handle_timeout(later + Duration::from_secs(7));
-        assert!(server.poll_event().is_none());
-        assert!(server.poll_timeout().unwrap() <= later + Duration::from_secs(8));
-        server.handle_timeout(later + Duration::from_secs(8));
-        assert!(matches!(server.poll_event(), Some(DirectEvent::Failed(_))));
-    }
-
-    #[test]
-    fn an_unconnected_session_has_no_silence_deadline_to_spin_on() {
-        let now = Instant::now();
-        let mut server = server("00".into(), now);
-        server.read(now, CLIENT, check("serverpasswordserverpw", true));
-        while server.poll_transmit().is_some() {}
-        // Long past the failed timeout, not connected: nothing to wake for (the task's
-        // connect timeout stops it), so no deadline left in the past.
-        server.handle_timeout(now + Duration::from_secs(60));
-        assert!(server.poll_event().is_none());
-        assert_eq!(server.poll_timeout(), None);
-    }
-
-    #[test]
-    fn close_tells_the_client_and_nothing_is_sent_after_it() {
-        let now = Instant::now();
-        let (mut server, mut client) = connected(now);
-        server.close(now);
-        pump(&mut server, &mut client, now);
-        assert!(client.closed_by_server, "close_notify reached the client");
-        let mut out = Vec::new();
-        assert!(!server.write_rtp(&Header::default(), &Bytes::new(), &mut out));
-        server.read(now, CLIENT, check("serverpasswordserverpw", true));
-        assert!(server.poll_transmit().is_none());
-    }
-
-    #[test]
-    fn an_offers_sha256_fingerprints_are_read_in_lower_case() {
-        let sdp = "v=0\r\na=fingerprint:sha-256 AB:CD\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=fingerprint:sha-1 00:11\r\na=fingerprint:SHA-256 ab:cd\r\n";
-        assert_eq!(sha256_fingerprints(sdp), vec!["ab:cd".to_owned()]);
     }
 }
