@@ -115,6 +115,99 @@ async fn players_on_direct_connections_share_the_servers_certificate_and_receive
     }
 }
 
+/// A player whose offer carries a data channel is not served by a direct connection (it has
+/// no SCTP): the `rtc` peer connection answers it — its own certificate, not the one every
+/// direct player's answer names — and it receives the publisher's media all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_with_a_data_channel_keeps_the_peer_connection_and_receives() {
+    use webrtc::api::APIBuilder;
+    use webrtc::api::interceptor_registry::register_default_interceptors;
+    use webrtc::api::media_engine::MediaEngine;
+    use webrtc::api::setting_engine::SettingEngine;
+    use webrtc::ice::mdns::MulticastDnsMode;
+    use webrtc::ice::network_type::NetworkType;
+    use webrtc::interceptor::registry::Registry;
+    use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
+    use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
+    use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
+
+    let fingerprint = |sdp: &str| {
+        sdp.lines()
+            .find_map(|l| {
+                l.trim_end()
+                    .strip_prefix("a=fingerprint:")
+                    .map(str::to_owned)
+            })
+            .expect("a fingerprint")
+    };
+    let (server, _client, publisher, direct) = publisher_and_player("datachannel", 20).await;
+    let direct_answer = direct.pc.remote_description().await.unwrap().sdp;
+
+    let mut media = MediaEngine::default();
+    media.register_default_codecs().unwrap();
+    let interceptors = register_default_interceptors(Registry::new(), &mut media).unwrap();
+    let mut settings = SettingEngine::default();
+    settings.set_include_loopback_candidate(true);
+    settings.set_ip_filter(Box::new(|ip| ip.is_loopback()));
+    settings.set_network_types(vec![NetworkType::Udp4]);
+    settings.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
+    let api = APIBuilder::new()
+        .with_media_engine(media)
+        .with_interceptor_registry(interceptors)
+        .with_setting_engine(settings)
+        .build();
+    let pc = api.new_peer_connection(Default::default()).await.unwrap();
+    for kind in [RTPCodecType::Audio, RTPCodecType::Video] {
+        let init = RTCRtpTransceiverInit {
+            direction: RTCRtpTransceiverDirection::Recvonly,
+            send_encodings: Vec::new(),
+        };
+        pc.add_transceiver_from_kind(kind, Some(init))
+            .await
+            .unwrap();
+    }
+    pc.create_data_channel("chat", None).await.unwrap();
+    let (arrived_tx, mut arrived) = tokio::sync::mpsc::channel::<()>(64);
+    pc.on_track(Box::new(move |track, _, _| {
+        let arrived = arrived_tx.clone();
+        Box::pin(async move {
+            // Bounded: a few packets are enough, and the track ends with the session.
+            for _ in 0..20 {
+                if track.read_rtp().await.is_err() || arrived.send(()).await.is_err() {
+                    return;
+                }
+            }
+        })
+    }));
+    let links =
+        sluice_client::whep_offer(&server.http_client, &pc, &server.url("/whep/datachannel"))
+            .await
+            .unwrap();
+    let answer = pc.remote_description().await.unwrap().sdp;
+    assert!(answer.contains("m=application"), "{answer}");
+    assert_ne!(
+        fingerprint(&answer),
+        fingerprint(&direct_answer),
+        "answered on the server's direct certificate: {answer}"
+    );
+    for _ in 0..10 {
+        let packet = tokio::time::timeout(WAIT, arrived.recv()).await;
+        assert!(
+            matches!(packet, Ok(Some(()))),
+            "no media for the player with a data channel"
+        );
+    }
+    server
+        .http_client
+        .delete(&links.resource)
+        .send()
+        .await
+        .unwrap();
+    pc.close().await.unwrap();
+    publisher.hang_up().await.unwrap();
+    nothing_left(&server).await;
+}
+
 /// Twenty publish/play/stop cycles on the sans-I/O engine leave no more tokio tasks and
 /// file descriptors than before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
