@@ -69,15 +69,6 @@ async fn players_on_the_sansio_engine_receive_and_stop() {
 /// receive the publisher's media and end with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn players_on_direct_connections_share_the_servers_certificate_and_receive() {
-    let fingerprint = |sdp: &str| {
-        sdp.lines()
-            .find_map(|l| {
-                l.trim_end()
-                    .strip_prefix("a=fingerprint:")
-                    .map(str::to_owned)
-            })
-            .expect("a fingerprint")
-    };
     let peer_connection = format!("{RTC_PLAYERS}media_direct_players=false\n");
     for (direct, settings) in [(true, RTC_PLAYERS), (false, peer_connection.as_str())] {
         let server = TestServer::start_with(settings, None);
@@ -131,15 +122,6 @@ async fn a_player_with_a_data_channel_keeps_the_peer_connection_and_receives() {
     use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
     use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
 
-    let fingerprint = |sdp: &str| {
-        sdp.lines()
-            .find_map(|l| {
-                l.trim_end()
-                    .strip_prefix("a=fingerprint:")
-                    .map(str::to_owned)
-            })
-            .expect("a fingerprint")
-    };
     let (server, _client, publisher, direct) = publisher_and_player("datachannel", 20).await;
     let direct_answer = direct.pc.remote_description().await.unwrap().sdp;
 
@@ -534,4 +516,15 @@ async fn nothing_left(server: &TestServer) {
         "{}",
         server.runtime().await
     );
+}
+
+/// The first certificate fingerprint of an SDP.
+fn fingerprint(sdp: &str) -> String {
+    sdp.lines()
+        .find_map(|l| {
+            l.trim_end()
+                .strip_prefix("a=fingerprint:")
+                .map(str::to_owned)
+        })
+        .expect("a fingerprint")
 }

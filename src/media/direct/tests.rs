@@ -146,17 +146,25 @@ fn pump(server: &mut DirectSession, client: &mut Client, now: Instant) {
     panic!("the two sides never went quiet");
 }
 
-/// Checks, DTLS and SRTP keys: the state after which RTP flows.
-fn connected(now: Instant) -> (DirectSession, Client) {
-    let mut client = Client::new();
-    let mut server = server(fingerprint(&client.shared), now);
+/// A check, then the DTLS handshake, between a client and a server whose offer names the
+/// certificate of fingerprint `named` as the client's.
+fn handshake(client: &mut Client, named: String, now: Instant) -> DirectSession {
+    let mut server = server(named, now);
     server.read(now, CLIENT, check("serverpasswordserverpw", true));
-    pump(&mut server, &mut client, now);
+    pump(&mut server, client, now);
     client
         .dtls
         .connect(now, SERVER, client_config(&client.shared), None)
         .unwrap();
-    pump(&mut server, &mut client, now);
+    pump(&mut server, client, now);
+    server
+}
+
+/// Checks, DTLS and SRTP keys: the state after which RTP flows.
+fn connected(now: Instant) -> (DirectSession, Client) {
+    let mut client = Client::new();
+    let own = fingerprint(&client.shared);
+    let server = handshake(&mut client, own, now);
     (server, client)
 }
 
@@ -223,14 +231,7 @@ fn a_client_whose_certificate_the_offer_does_not_name_never_connects() {
     let now = Instant::now();
     let mut client = Client::new();
     let stranger = DirectShared::new().unwrap();
-    let mut server = server(fingerprint(&stranger), now);
-    server.read(now, CLIENT, check("serverpasswordserverpw", true));
-    pump(&mut server, &mut client, now);
-    client
-        .dtls
-        .connect(now, SERVER, client_config(&client.shared), None)
-        .unwrap();
-    pump(&mut server, &mut client, now);
+    let mut server = handshake(&mut client, fingerprint(&stranger), now);
     assert!(!matches!(server.poll_event(), Some(DirectEvent::Connected)));
     let mut out = Vec::new();
     assert!(!server.write_rtp(&Header::default(), &Bytes::new(), &mut out));
