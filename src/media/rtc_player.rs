@@ -196,9 +196,12 @@ pub fn prepare(
 }
 
 /// Whether a direct connection serves `offer`: one with no data channel (which needs the
-/// peer connection's SCTP) and a `sha-256` certificate fingerprint to check the client by.
+/// peer connection's SCTP), a `sha-256` certificate fingerprint to check the client by, and
+/// the client willing to be the DTLS client (a direct connection is always the server).
 fn direct_serves(offer: &str) -> bool {
-    !offer.lines().any(|l| l.starts_with("m=application"))
+    !offer
+        .lines()
+        .any(|l| l.starts_with("m=application") || l.trim_end() == "a=setup:passive")
         && !direct::sha256_fingerprints(offer).is_empty()
 }
 
@@ -267,7 +270,7 @@ mod tests {
         "v=0\r\na=fingerprint:sha-256 AB:CD\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=recvonly\r\n";
 
     #[test]
-    fn a_direct_connection_serves_media_offers_with_a_sha256_fingerprint_only() {
+    fn a_direct_connection_serves_media_offers_it_can_be_the_dtls_server_of() {
         assert!(direct_serves(MEDIA));
         let with_data = format!("{MEDIA}m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n");
         assert!(!direct_serves(&with_data), "a data channel needs SCTP");
@@ -276,5 +279,11 @@ mod tests {
             !direct_serves(&sha1_only),
             "no fingerprint to check the client by"
         );
+        let dtls_server = format!("{MEDIA}a=setup:passive\r\n");
+        assert!(
+            !direct_serves(&dtls_server),
+            "the client would be the DTLS server"
+        );
+        assert!(direct_serves(&format!("{MEDIA}a=setup:actpass\r\n")));
     }
 }
