@@ -44,6 +44,7 @@ struct MediaSink {
     video_payload_types: Vec<u8>,
     passed_video: AtomicBool,
     passed_audio: AtomicBool,
+    first_counted: AtomicBool,
 }
 
 impl MediaSink {
@@ -58,6 +59,7 @@ impl MediaSink {
             video_payload_types,
             passed_video: AtomicBool::new(false),
             passed_audio: AtomicBool::new(false),
+            first_counted: AtomicBool::new(false),
         }
     }
 }
@@ -111,8 +113,11 @@ fn count(sink: &MediaSink, datagram: &[u8], payload_type: u8, marker: bool) -> b
         .bytes
         .fetch_add(datagram.len().saturating_sub(12) as u64, Ordering::Relaxed);
     counters.counted_unopened.fetch_add(1, Ordering::Relaxed);
-    sink.first_packet
-        .send_if_modified(|f| f.is_none() && f.replace(Instant::now()).is_none());
+    // Once: the watch's lock is not taken for every packet.
+    if !sink.first_counted.swap(true, Ordering::Relaxed) {
+        sink.first_packet
+            .send_if_modified(|f| f.is_none() && f.replace(Instant::now()).is_none());
+    }
     true
 }
 
@@ -149,25 +154,31 @@ impl CountingConn {
     fn read_batch(&self) -> std::io::Result<()> {
         let mut reader = lock(&self.reader);
         let Reader { buffers, passing } = &mut *reader;
-        let received: Vec<(usize, Option<SocketAddr>)> = {
+        // Fixed arrays, not vectors: a batch read allocates only the kernel's headers.
+        let mut received = [(0usize, None::<SocketAddr>); BATCH];
+        let mut count_read = 0;
+        {
             let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
-            let mut slices: Vec<[IoSliceMut<'_>; 1]> = buffers
-                .iter_mut()
-                .map(|b| [IoSliceMut::new(b.as_mut_slice())])
-                .collect();
-            recvmmsg(
+            let mut buffers_left = buffers.iter_mut();
+            let mut slices: [[IoSliceMut<'_>; 1]; BATCH] = std::array::from_fn(|_| {
+                let buffer = buffers_left.next().expect("BATCH buffers");
+                [IoSliceMut::new(buffer.as_mut_slice())]
+            });
+            let messages = recvmmsg(
                 self.socket.as_raw_fd(),
                 &mut headers,
                 slices.iter_mut(),
                 MsgFlags::MSG_DONTWAIT,
                 None,
             )
-            .map_err(std::io::Error::from)?
-            .map(|m| (m.bytes, m.address.and_then(socket_addr)))
-            .collect()
-        };
+            .map_err(std::io::Error::from)?;
+            for (slot, m) in received.iter_mut().zip(messages) {
+                *slot = (m.bytes, m.address.and_then(socket_addr));
+                count_read += 1;
+            }
+        }
         self.syscalls.fetch_add(1, Ordering::Relaxed);
-        for (i, (len, from)) in received.into_iter().enumerate() {
+        for (i, &(len, from)) in received[..count_read].iter().enumerate() {
             let datagram = &buffers[i][..len];
             let counted = match (classify(datagram), self.sink.get()) {
                 (
