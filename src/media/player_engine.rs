@@ -16,18 +16,15 @@ use rtc::rtcp::packet::Packet as RtcpPacket;
 use rtc::rtp::header::Header;
 use rtc::sansio::Protocol;
 
-use super::direct::{DirectEvent, DirectSession};
+use super::direct::DirectSession;
 use super::fanout::Datagrams;
 use super::rtc_answer;
 use super::rtc_ice;
 use super::sdpfrag;
 
-/// What the engine tells the player's task.
-pub enum EngineEvent {
-    Connected,
-    Failed(&'static str),
-    Rtcp(Vec<Box<dyn RtcpPacket>>),
-}
+/// What the engine tells the player's task: a direct connection's events, which the peer
+/// connection's are read as.
+pub use super::direct::DirectEvent as EngineEvent;
 
 /// A direct connection, and what `PATCH` reads of its negotiation.
 pub struct Direct {
@@ -46,13 +43,15 @@ impl PlayerEngine {
     pub fn write_rtp(
         &mut self,
         header: Header,
-        payload: Bytes,
+        payload: &Bytes,
         now: Instant,
         out: &mut Datagrams,
     ) -> bool {
         match self {
-            PlayerEngine::Direct(d) => d.session.write_rtp(&header, &payload, out),
+            // By reference: the payload's count is shared by every player of every shard.
+            PlayerEngine::Direct(d) => d.session.write_rtp(&header, payload, out),
             PlayerEngine::Rtc(pc) => {
+                let payload = payload.clone();
                 let written = pc.handle_write(TaggedRTCMessage {
                     now,
                     // The engine routes RTP by SSRC; the track id is not read (and an empty
@@ -85,11 +84,7 @@ impl PlayerEngine {
 
     pub fn poll_event(&mut self) -> Option<EngineEvent> {
         match self {
-            PlayerEngine::Direct(d) => d.session.poll_event().map(|e| match e {
-                DirectEvent::Connected => EngineEvent::Connected,
-                DirectEvent::Failed(why) => EngineEvent::Failed(why),
-                DirectEvent::Rtcp(packets) => EngineEvent::Rtcp(packets),
-            }),
+            PlayerEngine::Direct(d) => d.session.poll_event(),
             PlayerEngine::Rtc(pc) => {
                 while let Some(event) = pc.poll_event() {
                     let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event else {

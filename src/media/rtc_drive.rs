@@ -77,8 +77,7 @@ impl Engine {
             ssrc: feed.ssrc,
             ..Default::default()
         };
-        let payload: Bytes = packet.payload.clone();
-        self.conn.write_rtp(header, payload, now, out)
+        self.conn.write_rtp(header, &packet.payload, now, out)
     }
 }
 

@@ -76,3 +76,13 @@ pub fn sha256_fingerprints(sdp: &str) -> Vec<String> {
     found.dedup();
     found
 }
+
+/// The `sha-256` fingerprint of a DER certificate, as SDP writes it (`ab:cd:…`).
+pub fn fingerprint_of(crypto: &dyn RTCCryptoProvider, der: &[u8]) -> Result<String, String> {
+    let hashed = crypto
+        .crypto()
+        .hash(rtc::crypto::HashAlgorithm::Sha256, der)
+        .map_err(error)?;
+    let hex: Vec<String> = hashed.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(hex.join(":"))
+}

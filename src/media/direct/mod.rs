@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use rtc::crypto::{HashAlgorithm, RTCCryptoProvider};
+use rtc::crypto::RTCCryptoProvider;
 use rtc::dtls::config::{ClientAuthType, ConfigBuilder, ExtendedMasterSecretType};
 use rtc::dtls::endpoint::{Endpoint, EndpointEvent};
 use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
@@ -38,7 +38,7 @@ mod keys;
 mod tests;
 
 pub use keys::sha256_fingerprints;
-use keys::srtp_contexts;
+use keys::{fingerprint_of, srtp_contexts};
 
 /// What a connection tells its task.
 pub enum DirectEvent {
@@ -147,12 +147,8 @@ impl DirectSession {
                 let first = certs
                     .first()
                     .ok_or(rtc::shared::error::Error::ErrNonCertificate)?;
-                let hashed = hasher
-                    .crypto()
-                    .hash(HashAlgorithm::Sha256, first)
-                    .map_err(|e| rtc::shared::error::Error::Crypto(e.to_string()))?;
-                let value: Vec<String> = hashed.iter().map(|b| format!("{b:02x}")).collect();
-                let value = value.join(":");
+                let value = fingerprint_of(hasher.as_ref(), first)
+                    .map_err(rtc::shared::error::Error::Crypto)?;
                 if fingerprints.contains(&value) {
                     Ok(())
                 } else {

@@ -24,16 +24,7 @@ struct Client {
 
 fn fingerprint(shared: &DirectShared) -> String {
     let der = &shared.certificate.dtls_certificate.certificate[0];
-    let hashed = shared
-        .crypto
-        .crypto()
-        .hash(HashAlgorithm::Sha256, der)
-        .unwrap();
-    hashed
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    fingerprint_of(shared.crypto.as_ref(), der).unwrap()
 }
 
 fn client_config(client: &DirectShared) -> Arc<HandshakeConfig> {
